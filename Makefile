@@ -1,0 +1,27 @@
+# Two entry points: `make quickstart` (the main job) and `make test`. Each installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export FARM_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install quickstart test lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) -m farm_sweep.run studies/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m ruff check farm_sweep tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check farm_sweep tests bench

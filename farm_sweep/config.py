@@ -1,0 +1,118 @@
+"""The configuration of one training run: every choice a trial makes, validated field by field."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from farm_sweep.losses import DIVERGENCES, LOSSES
+from farm_sweep.models.made import WEIGHT_SHARING
+from farm_sweep.orderings import FAMILIES, max_orderings
+
+MODELS = ("made", "pixelcnn")
+DATASETS = ("digits", "binarized_mnist", "mnist", "cifar10")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "static"
+    max_train_examples: int | None = None
+    model: str = "made"
+    hidden_sizes: tuple[int, ...] = (500,)
+    num_orderings: int = 1
+    ordering_family: str = "raster"
+    weight_sharing: str = "shared"
+    num_masks: int = 1
+    loss: str = "ensemble"
+    resample_every: int = 20
+    divergence: str = "none"
+    divergence_weight: float = 0.0
+    lr: float = 1e-3
+    batch_size: int = 100
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        object.__setattr__(self, "lr", float(self.lr))
+        object.__setattr__(self, "divergence_weight", float(self.divergence_weight))
+        self._check_choices()
+        self._check_ranges()
+
+    def _check_types(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for name, hint in hints.items():
+            value = getattr(self, name)
+            if not _matches(value, hint):
+                raise ConfigError(f"{name}: {value!r} has type {type(value).__name__}, expected {hint}")
+
+    def _check_choices(self) -> None:
+        for name, allowed in (("dataset", DATASETS), ("model", MODELS), ("ordering_family", FAMILIES),
+                              ("weight_sharing", WEIGHT_SHARING), ("loss", LOSSES),
+                              ("divergence", DIVERGENCES), ("binarize", ("static", "dynamic", "threshold")),
+                              ("device", ("auto", "cpu", "cuda"))):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+        limit = max_orderings(self.ordering_family)
+        if limit is not None and self.num_orderings > limit:
+            raise ConfigError(f"num_orderings: {self.num_orderings} is more than ordering_family "
+                              f"{self.ordering_family!r} offers ({limit}); use at most {limit} or the "
+                              f"'random' family")
+
+    def _check_ranges(self) -> None:
+        positive = ("num_orderings", "num_masks", "resample_every", "batch_size", "epochs", "lr")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} must be positive")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError(f"hidden_sizes: {list(self.hidden_sizes)} must be one or more positive sizes")
+        if self.divergence_weight < 0:
+            raise ConfigError(f"divergence_weight: {self.divergence_weight} must be >= 0 (it weighs a "
+                              f"divergence added to the loss)")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ConfigError(f"max_train_examples: {self.max_train_examples} must be positive or null")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from plain values (a study's fixed and sampled parameters); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ConfigError(str(error)) from error
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["hidden_sizes"] = list(self.hidden_sizes)
+        return values
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """isinstance for the few annotations TrainConfig uses (bool is never a number here)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_matches(v, args[0]) for v in value)
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)

@@ -1,0 +1,120 @@
+"""FARM+MADE: one MADE evaluated under k pixel orderings in a single batched forward.
+
+Connectivity follows MADE (Germain et al. 2015): every unit has a degree; a weight from a unit of
+degree a to a unit of degree b exists iff b >= a (hidden layers) or b > a (output layer). Input pixel d
+under ordering i has degree rank_i(d) + 1, so output d sees exactly the pixels before it in ordering i.
+As in the FARM paper (section 3) the hidden degrees are shared by all orderings: only the input and
+output masks change with the ordering. `num_masks > 1` draws several hidden-degree sets
+(connectivity-agnostic training); `mask_index` selects the active one.
+
+Weights have a leading "set" axis: 1 set for `shared` weights, k sets for `separate` (k independent
+MADEs). Either way the k orderings run as stacked masked matmuls, never as a Python loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from farm_sweep.orderings import ranks
+
+WEIGHT_SHARING = ("shared", "separate")
+
+
+class FarmMADE(nn.Module):
+    def __init__(self, orders: torch.Tensor, hidden_sizes: Sequence[int], weight_sharing: str = "shared",
+                 num_masks: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        if weight_sharing not in WEIGHT_SHARING:
+            raise ValueError(f"weight_sharing={weight_sharing!r}; choose one of {WEIGHT_SHARING}")
+        if not hidden_sizes:
+            raise ValueError("hidden_sizes must name at least one hidden layer")
+        self.k, self.dim = orders.shape
+        self.hidden_sizes = list(hidden_sizes)
+        self.weight_sharing = weight_sharing
+        self.num_masks = num_masks
+        self.mask_index = 0
+        self.register_buffer("orders", orders.clone())
+        self.register_buffer("ranks", ranks(orders))
+
+        sets = 1 if weight_sharing == "shared" else self.k
+        sizes = [self.dim, *self.hidden_sizes, self.dim]
+        self.weights = nn.ParameterList(
+            nn.Parameter(_init_weight(sets, fan_out, fan_in)) for fan_in, fan_out in zip(sizes, sizes[1:]))
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(sets, 1, fan_out)) for fan_out in sizes[1:])
+        self._register_masks(seed)
+
+    def _register_masks(self, seed: int) -> None:
+        """Masks per hidden-degree set m: input (M, k, h1, D), hidden (M, h_{l+1}, h_l), output (M, k, D, hL)."""
+        generator = torch.Generator().manual_seed(seed)
+        input_degree = self.ranks + 1  # (k, D), values 1..D
+        firsts, middles, lasts = [], [], []
+        for _ in range(self.num_masks):
+            degrees = _hidden_degrees(self.hidden_sizes, self.dim, generator)
+            firsts.append(degrees[0][None, :, None] >= input_degree[:, None, :])
+            middles.append([later[:, None] >= earlier[None, :] for earlier, later in zip(degrees, degrees[1:])])
+            lasts.append(input_degree[:, :, None] > degrees[-1][None, None, :])
+        self.register_buffer("input_masks", torch.stack(firsts))
+        for layer in range(len(self.hidden_sizes) - 1):
+            self.register_buffer(f"hidden_masks_{layer}", torch.stack([m[layer] for m in middles]))
+        self.register_buffer("output_masks", torch.stack(lasts))
+
+    def masks(self, orderings: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The active masks, one per layer; per-ordering masks are restricted to `orderings`."""
+        m = self.mask_index
+        first, last = self.input_masks[m], self.output_masks[m]
+        if orderings is not None:
+            first, last = first[orderings], last[orderings]
+        hidden = [getattr(self, f"hidden_masks_{layer}")[m] for layer in range(len(self.hidden_sizes) - 1)]
+        return [first, *hidden, last]
+
+    def forward(self, x: torch.Tensor, orderings: torch.Tensor | None = None) -> torch.Tensor:
+        """Bernoulli logits for every pixel under each ordering: (k', B, D) for x of shape (B, D).
+
+        `orderings` (indices) restricts the forward to a subset of the k orderings (default: all)."""
+        index = torch.arange(self.k, device=x.device) if orderings is None else orderings.to(x.device)
+        masks = self.masks(index)
+        h = x.unsqueeze(0)  # (1, B, D): the input is the same for every ordering
+        for layer, (weight, bias, mask) in enumerate(zip(self.weights, self.biases, masks)):
+            if self.weight_sharing == "separate":
+                weight, bias = weight[index], bias[index]
+            h = _masked_linear(h, weight * mask, bias)
+            if layer < len(masks) - 1:
+                h = torch.relu(h)
+        return h
+
+    def set_mask(self, index: int) -> None:
+        if not 0 <= index < self.num_masks:
+            raise ValueError(f"mask index {index} out of range 0..{self.num_masks - 1}")
+        self.mask_index = index
+
+
+def _masked_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h (s_h, B, in) @ weight (s_w, out, in)^T + bias, broadcasting the leading set axis.
+
+    A single input set meeting many weight sets (the first layer) becomes one wide matmul."""
+    if h.shape[0] == 1 and weight.shape[0] > 1:
+        sets, out, fan_in = weight.shape
+        wide = h[0] @ weight.reshape(sets * out, fan_in).T  # (B, sets*out)
+        return wide.view(-1, sets, out).transpose(0, 1) + bias
+    if weight.shape[0] == 1:
+        return h @ weight[0].T + bias
+    return torch.baddbmm(bias, h, weight.transpose(1, 2))
+
+
+def _hidden_degrees(hidden_sizes: Sequence[int], dim: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """MADE degrees: each hidden layer's degrees uniform in [min of the previous layer, D-1]."""
+    degrees, low = [], 1
+    for size in hidden_sizes:
+        high = max(dim - 1, low)
+        layer = torch.randint(low, high + 1, (size,), generator=generator)
+        degrees.append(layer)
+        low = int(layer.min())
+    return degrees
+
+
+def _init_weight(sets: int, fan_out: int, fan_in: int) -> torch.Tensor:
+    bound = fan_in ** -0.5
+    return torch.empty(sets, fan_out, fan_in).uniform_(-bound, bound)

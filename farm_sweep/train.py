@@ -1,0 +1,146 @@
+"""Train one configuration, one epoch at a time, with exact checkpoint/resume.
+
+`train(config)` is a generator of per-epoch metrics: the same function runs alone for debugging
+(`python -m farm_sweep.train --help`) and inside a Ray Tune trial. Everything random is derived from
+(seed, epoch, step), so a run resumed from a checkpoint continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from farm_sweep import checkpoint
+from farm_sweep.config import ConfigError, TrainConfig
+from farm_sweep.data import ImageDataset, load_dataset
+from farm_sweep.likelihood import nll_image
+from farm_sweep.losses import farm_loss
+from farm_sweep.models.made import FarmMADE
+from farm_sweep.orderings import evidence_weights, make_orderings
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the run cannot continue meaningfully."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but no CUDA GPU is visible; use device: auto or cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def build_model(config: TrainConfig, height: int, width: int) -> FarmMADE:
+    if config.model != "made":
+        raise ConfigError(f"model: {config.model!r} is not trained by this function; use model: made")
+    torch.manual_seed(config.seed)
+    orders = make_orderings(config.ordering_family, config.num_orderings, height, width, seed=config.seed)
+    return FarmMADE(orders, config.hidden_sizes, config.weight_sharing, config.num_masks, seed=config.seed)
+
+
+def load_splits(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
+    train_set = load_dataset(config.dataset, "train", config.data_dir, binarize=config.binarize, seed=config.seed)
+    valid_set = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize, seed=config.seed)
+    if train_set.channels != 1:
+        raise ConfigError(f"dataset: {config.dataset!r} has {train_set.channels} channels; MADE models "
+                          f"binary single-channel images (digits, binarized_mnist, mnist)")
+    return train_set, valid_set
+
+
+def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
+          progress: Callable[[str], None] | None = print) -> Iterator[dict[str, Any]]:
+    """Yield one metrics dict per epoch (epoch, train_loss, main_loss, divergence, nll_image, ...).
+
+    Checkpoints go to `checkpoint_dir` after every epoch (the dict's "checkpoint" names the folder).
+    Training resumes from `resume_from`, or else from the newest valid checkpoint in `checkpoint_dir`."""
+    device = resolve_device(config.device)
+    train_set, valid_set = load_splits(config)
+    images = train_set.images[:config.max_train_examples]
+    model = build_model(config, train_set.height, train_set.width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    weights = evidence_weights(model.ranks).to(device)
+
+    start = resume_from or (checkpoint.latest_valid(checkpoint_dir) if checkpoint_dir else None)
+    history = checkpoint.load(start, model, optimizer)["history"] if start else []
+    steps_per_epoch = math.ceil(len(images) / config.batch_size)
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        began = time.perf_counter()
+        model.train()
+        sums = _train_epoch(model, optimizer, weights, images, config, epoch, (epoch - 1) * steps_per_epoch, device)
+        model.eval()
+        metrics = {"epoch": epoch, **sums, **nll_image(model, valid_set.images),
+                   "seconds": time.perf_counter() - began}
+        history.append(metrics)
+        if checkpoint_dir is not None:
+            state = {"epoch": epoch, "config": config.to_dict(), "history": history}
+            metrics = {**metrics, "checkpoint": str(checkpoint.save(checkpoint_dir, model, optimizer, state))}
+        if progress:
+            progress(f"epoch {epoch}/{config.epochs}  train_loss {metrics['train_loss']:.4f}  "
+                     f"valid nll_image {metrics['nll_image']:.2f} nats  ({metrics['seconds']:.1f}s)")
+        yield metrics
+
+
+def _train_epoch(model: FarmMADE, optimizer: torch.optim.Optimizer, weights: torch.Tensor, images: torch.Tensor,
+                 config: TrainConfig, epoch: int, step: int, device: torch.device) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    permutation = torch.randperm(len(images), generator=generator)
+    totals: dict[str, torch.Tensor] = {}
+    batches = 0
+    for start in range(0, len(images), config.batch_size):
+        x = images[permutation[start:start + config.batch_size]]
+        if config.binarize == "dynamic":
+            x = torch.bernoulli(x, generator=generator)
+        loss, parts = _step_loss(model, weights, x.to(device), config, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, value in {"train_loss": loss.detach(), **parts}.items():
+            totals[name] = totals.get(name, 0) + value
+        batches += 1
+        step += 1
+    means = {name: float(total) / batches for name, total in totals.items()}
+    if not math.isfinite(means["train_loss"]):
+        raise NonFiniteLossError(f"epoch {epoch}: train_loss is {means['train_loss']} (lr={config.lr}); "
+                                 f"lower lr or divergence_weight")
+    return means
+
+
+def _step_loss(model: FarmMADE, weights: torch.Tensor, x: torch.Tensor, config: TrainConfig,
+               step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.set_mask(step % config.num_masks)
+    if config.loss == "mc":
+        ordering = (step // config.resample_every) % model.k
+        if config.divergence == "none":
+            logits = model(x, orderings=torch.tensor([ordering]))
+            return farm_loss(logits, x, weights, "mc")
+        return farm_loss(model(x), x, weights, "mc", config.divergence, config.divergence_weight, ordering)
+    return farm_loss(model(x), x, weights, config.loss, config.divergence, config.divergence_weight)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train one FARM+MADE configuration without Ray.")
+    parser.add_argument("--config", type=json.loads, default={}, help='JSON, e.g. \'{"num_orderings": 8}\'')
+    parser.add_argument("--checkpoint-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig.from_dict(args.config)
+    except ConfigError as error:
+        print(f"error: --config: {error}", file=sys.stderr)
+        return 2
+    for metrics in train(config, args.checkpoint_dir):
+        pass
+    print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("nll_image_ordering")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
