@@ -4,8 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-export FARM_DATA_DIR ?= $(abspath ../shared/data)
-
 .PHONY: install quickstart test lint
 
 $(STAMP): pyproject.toml
@@ -19,6 +17,8 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) -m farm_sweep.run studies/quickstart.yaml
 
+# Tests use the real datasets beside the checkout unless FARM_DATA_DIR points elsewhere.
+test: export FARM_DATA_DIR ?= $(abspath ../shared/data)
 test: $(STAMP)
 	$(PY) -m ruff check farm_sweep tests bench
 	$(PY) -m pytest -q

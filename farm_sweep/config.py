@@ -65,6 +65,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+        if self.binarize != "static" and self.dataset != "mnist":
+            raise ConfigError(f"binarize: {self.binarize!r} applies to dataset mnist only ({self.dataset!r} "
+                              f"is already binary or colour); leave binarize at 'static'")
         limit = max_orderings(self.ordering_family)
         if limit is not None and self.num_orderings > limit:
             raise ConfigError(f"num_orderings: {self.num_orderings} is more than ordering_family "

@@ -176,9 +176,12 @@ class _Source:
             f"{dataset}: cannot find {what}.\n"
             f"Data folder searched: {self.root} ({self.origin}).\n"
             f"Expected there: {_EXPECTED[dataset]}.\n"
-            f"To get them: {_HOW_TO_GET[dataset]}; or set {DATA_DIR_ENV}=/path/to/data "
+            f"To get them: {self.how_to_get(dataset)}; or set {DATA_DIR_ENV}=/path/to/data "
             "(or pass data_dir=...) to point at a folder that already holds them."
         )
+
+    def how_to_get(self, dataset: str) -> str:
+        return _HOW_TO_GET[dataset].replace("<data folder>", str(self.root))
 
     def check_sha256(self, dataset: str, path: Path, key: str) -> None:
         expected = KNOWN_SHA256.get(key)
@@ -188,10 +191,10 @@ class _Source:
         if actual != expected:
             raise DataError(
                 f"checksum mismatch for {path}:\n  expected sha256 {expected}\n  actual   sha256 {actual}\n"
-                "The file is corrupt, truncated or a different version. "
-                f"Re-download it ({_HOW_TO_GET[dataset]}) or re-copy it from a good copy "
-                "(`sha256sum -c SHA256SUMS` in the shared data folder checks one). If it is deliberately "
-                f"another copy of the same data, set {SKIP_CHECKSUMS_ENV}=1 to check its format only."
+                "The file is corrupt, truncated or a different version. To fix: re-copy it from a good "
+                "copy (`sha256sum -c SHA256SUMS` in the shared data folder checks one) or re-download it: "
+                f"{self.how_to_get(dataset)}. If it is deliberately another copy of the same data, "
+                f"set {SKIP_CHECKSUMS_ENV}=1 to check its format only."
             )
 
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the run cannot continue meaningfully."""
 
 
+def print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' requested but no CUDA GPU is visible; use device: auto or cpu")
@@ -47,6 +52,15 @@ def build_model(config: TrainConfig, height: int, width: int) -> FarmMADE:
     return FarmMADE(orders, config.hidden_sizes, config.weight_sharing, config.num_masks, seed=config.seed)
 
 
+def load_model(checkpoint_folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfig]:
+    """The trained model and its config from a checkpoint folder (epoch_NNNN), verified, in eval mode."""
+    config = TrainConfig.from_dict(checkpoint.read_state(checkpoint_folder)["config"])
+    shape = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize, seed=config.seed)
+    model = build_model(config, shape.height, shape.width)
+    checkpoint.load(checkpoint_folder, model)
+    return model.to(device).eval(), config
+
+
 def load_splits(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
     train_set = load_dataset(config.dataset, "train", config.data_dir, binarize=config.binarize, seed=config.seed)
     valid_set = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize, seed=config.seed)
@@ -57,7 +71,7 @@ def load_splits(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
 
 
 def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
-          progress: Callable[[str], None] | None = print) -> Iterator[dict[str, Any]]:
+          progress: Callable[[str], None] | None = print_progress) -> Iterator[dict[str, Any]]:
     """Yield one metrics dict per epoch (epoch, train_loss, main_loss, divergence, nll_image, ...).
 
     Checkpoints go to `checkpoint_dir` after every epoch (the dict's "checkpoint" names the folder).
@@ -130,15 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one FARM+MADE configuration without Ray.")
     parser.add_argument("--config", type=json.loads, default={}, help='JSON, e.g. \'{"num_orderings": 8}\'')
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
+    parser.add_argument("--test", action="store_true", help="also report nll_image on the test split at the end")
     args = parser.parse_args(argv)
     try:
         config = TrainConfig.from_dict(args.config)
     except ConfigError as error:
         print(f"error: --config: {error}", file=sys.stderr)
         return 2
-    for metrics in train(config, args.checkpoint_dir):
-        pass
-    print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("nll_image_ordering")}, indent=2))
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.checkpoint_dir or Path(scratch)
+        *_, metrics = train(config, folder)
+        metrics["wall_seconds"] = time.perf_counter() - began
+        if args.test:
+            model, _ = load_model(Path(metrics["checkpoint"]), str(resolve_device(config.device)))
+            test = load_dataset(config.dataset, "test", config.data_dir, binarize=config.binarize, seed=config.seed)
+            metrics.update({f"test_{k}": v for k, v in nll_image(model, test.images).items()})
+    print(json.dumps({k: v for k, v in metrics.items() if "nll_image_ordering" not in k}, indent=2))
     return 0
 
 

@@ -74,13 +74,13 @@ class FarmMADE(nn.Module):
         """Bernoulli logits for every pixel under each ordering: (k', B, D) for x of shape (B, D).
 
         `orderings` (indices) restricts the forward to a subset of the k orderings (default: all)."""
+        masks = self.masks(orderings)
         index = torch.arange(self.k, device=x.device) if orderings is None else orderings.to(x.device)
-        masks = self.masks(index)
         h = x.unsqueeze(0)  # (1, B, D): the input is the same for every ordering
         for layer, (weight, bias, mask) in enumerate(zip(self.weights, self.biases, masks)):
-            if self.weight_sharing == "separate":
+            if self.weight_sharing == "separate" and orderings is not None:
                 weight, bias = weight[index], bias[index]
-            h = _masked_linear(h, weight * mask, bias)
+            h = _masked_linear(h, torch.where(mask, weight, 0.0), bias)
             if layer < len(masks) - 1:
                 h = torch.relu(h)
         return h
