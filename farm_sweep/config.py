@@ -8,12 +8,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from farm_sweep.data import DATASETS
 from farm_sweep.losses import DIVERGENCES, LOSSES
 from farm_sweep.models.made import WEIGHT_SHARING
 from farm_sweep.orderings import FAMILIES, max_orderings
 
 MODELS = ("made", "pixelcnn")
-DATASETS = ("digits", "binarized_mnist", "mnist", "cifar10")
 
 
 class ConfigError(ValueError):

@@ -22,10 +22,7 @@ import torch
 from farm_sweep import checkpoint
 from farm_sweep.config import ConfigError, TrainConfig
 from farm_sweep.data import ImageDataset, load_dataset
-from farm_sweep.likelihood import nll_image
-from farm_sweep.losses import farm_loss
-from farm_sweep.models.made import FarmMADE
-from farm_sweep.orderings import evidence_weights, make_orderings
+from farm_sweep.made_task import MadeTask
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -44,30 +41,31 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def build_model(config: TrainConfig, height: int, width: int) -> FarmMADE:
-    if config.model != "made":
-        raise ConfigError(f"model: {config.model!r} is not trained by this function; use model: made")
+TASKS = {"made": MadeTask}
+
+
+def task_for(config: TrainConfig) -> MadeTask:
+    if config.model not in TASKS:
+        raise ConfigError(f"model: {config.model!r} cannot be trained yet; choose one of {', '.join(TASKS)}")
+    return TASKS[config.model](config)
+
+
+def build_model(config: TrainConfig, height: int, width: int, channels: int = 1) -> torch.nn.Module:
     torch.manual_seed(config.seed)
-    orders = make_orderings(config.ordering_family, config.num_orderings, height, width, seed=config.seed)
-    return FarmMADE(orders, config.hidden_sizes, config.weight_sharing, config.num_masks, seed=config.seed)
+    return task_for(config).build(height, width, channels)
 
 
-def load_model(checkpoint_folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfig]:
+def load_model(checkpoint_folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The trained model and its config from a checkpoint folder (epoch_NNNN), verified, in eval mode."""
     config = TrainConfig.from_dict(checkpoint.read_state(checkpoint_folder)["config"])
-    shape = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize, seed=config.seed)
-    model = build_model(config, shape.height, shape.width)
+    shape = load_split(config, "valid")
+    model = build_model(config, shape.height, shape.width, shape.channels)
     checkpoint.load(checkpoint_folder, model)
     return model.to(device).eval(), config
 
 
-def load_splits(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
-    train_set = load_dataset(config.dataset, "train", config.data_dir, binarize=config.binarize, seed=config.seed)
-    valid_set = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize, seed=config.seed)
-    if train_set.channels != 1:
-        raise ConfigError(f"dataset: {config.dataset!r} has {train_set.channels} channels; MADE models "
-                          f"binary single-channel images (digits, binarized_mnist, mnist)")
-    return train_set, valid_set
+def load_split(config: TrainConfig, split: str) -> ImageDataset:
+    return load_dataset(config.dataset, split, config.data_dir, binarize=config.binarize, seed=config.seed)
 
 
 def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
@@ -77,11 +75,11 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: 
     Checkpoints go to `checkpoint_dir` after every epoch (the dict's "checkpoint" names the folder).
     Training resumes from `resume_from`, or else from the newest valid checkpoint in `checkpoint_dir`."""
     device = resolve_device(config.device)
-    train_set, valid_set = load_splits(config)
+    task = task_for(config)
+    train_set, valid_set = load_split(config, "train"), load_split(config, "valid")
     images = train_set.images[:config.max_train_examples]
-    model = build_model(config, train_set.height, train_set.width).to(device)
+    model = build_model(config, train_set.height, train_set.width, train_set.channels).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    weights = evidence_weights(model.ranks).to(device)
 
     start = resume_from or (checkpoint.latest_valid(checkpoint_dir) if checkpoint_dir else None)
     history = checkpoint.load(start, model, optimizer)["history"] if start else []
@@ -89,9 +87,9 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: 
     for epoch in range(len(history) + 1, config.epochs + 1):
         began = time.perf_counter()
         model.train()
-        sums = _train_epoch(model, optimizer, weights, images, config, epoch, (epoch - 1) * steps_per_epoch, device)
+        sums = _train_epoch(task, model, optimizer, images, epoch, (epoch - 1) * steps_per_epoch, device)
         model.eval()
-        metrics = {"epoch": epoch, **sums, **nll_image(model, valid_set.images),
+        metrics = {"epoch": epoch, **sums, **task.evaluate(model, valid_set.images),
                    "seconds": time.perf_counter() - began}
         history.append(metrics)
         if checkpoint_dir is not None:
@@ -103,17 +101,16 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: 
         yield metrics
 
 
-def _train_epoch(model: FarmMADE, optimizer: torch.optim.Optimizer, weights: torch.Tensor, images: torch.Tensor,
-                 config: TrainConfig, epoch: int, step: int, device: torch.device) -> dict[str, float]:
+def _train_epoch(task: MadeTask, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                 epoch: int, step: int, device: torch.device) -> dict[str, float]:
+    config = task.config
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     permutation = torch.randperm(len(images), generator=generator)
     totals: dict[str, torch.Tensor] = {}
     batches = 0
     for start in range(0, len(images), config.batch_size):
-        x = images[permutation[start:start + config.batch_size]]
-        if config.binarize == "dynamic":
-            x = torch.bernoulli(x, generator=generator)
-        loss, parts = _step_loss(model, weights, x.to(device), config, step)
+        x = task.batch(images[permutation[start:start + config.batch_size]], generator)
+        loss, parts = task.loss(model, x.to(device), step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -128,20 +125,8 @@ def _train_epoch(model: FarmMADE, optimizer: torch.optim.Optimizer, weights: tor
     return means
 
 
-def _step_loss(model: FarmMADE, weights: torch.Tensor, x: torch.Tensor, config: TrainConfig,
-               step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    model.set_mask(step % config.num_masks)
-    if config.loss == "mc":
-        ordering = (step // config.resample_every) % model.k
-        if config.divergence == "none":
-            logits = model(x, orderings=torch.tensor([ordering]))
-            return farm_loss(logits, x, weights, "mc")
-        return farm_loss(model(x), x, weights, "mc", config.divergence, config.divergence_weight, ordering)
-    return farm_loss(model(x), x, weights, config.loss, config.divergence, config.divergence_weight)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train one FARM+MADE configuration without Ray.")
+    parser = argparse.ArgumentParser(description="Train one FARM configuration without Ray.")
     parser.add_argument("--config", type=json.loads, default={}, help='JSON, e.g. \'{"num_orderings": 8}\'')
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--test", action="store_true", help="also report nll_image on the test split at the end")
@@ -158,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics["wall_seconds"] = time.perf_counter() - began
         if args.test:
             model, _ = load_model(Path(metrics["checkpoint"]), str(resolve_device(config.device)))
-            test = load_dataset(config.dataset, "test", config.data_dir, binarize=config.binarize, seed=config.seed)
-            metrics.update({f"test_{k}": v for k, v in nll_image(model, test.images).items()})
+            test = load_split(config, "test")
+            metrics.update({f"test_{k}": v for k, v in task_for(config).evaluate(model, test.images).items()})
     print(json.dumps({k: v for k, v in metrics.items() if "nll_image_ordering" not in k}, indent=2))
     return 0
 
