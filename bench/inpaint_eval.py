@@ -1,0 +1,119 @@
+"""Benchmark: batched teacher-forced nll_exact vs a per-pixel loop like the paper's code, one model.
+
+The paper's code scored an occlusion with one forward per occluded pixel; `nll_exact` needs one forward
+per batch (all k orderings at once). Both are timed in this run on the same images and occlusions, and
+their numbers must agree.
+
+    FARM_DATA_DIR=../shared/data python bench/inpaint_eval.py                     # a quickly trained model
+    python bench/inpaint_eval.py --checkpoint runs/trial/checkpoints --num-occlusions 100 --images-per-occlusion 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from farm_sweep import checkpoint
+from farm_sweep.config import TrainConfig
+from farm_sweep.data import ImageDataset, load_dataset
+from farm_sweep.inpaint import CASES, FILLS, fill_plan, make_occlusions, nll_exact
+from farm_sweep.losses import ensemble_log_probs
+from farm_sweep.models.made import FarmMADE
+from farm_sweep.train import build_model, resolve_device, train
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint folder (epoch_NNNN or the folder holding them)")
+    parser.add_argument("--dataset", default="binarized_mnist", help="for the quickly trained model")
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--loss", default="mc", help="mc keeps every ordering a model of its own")
+    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[500])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-train-examples", type=int, default=10_000)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def trained_model(args: argparse.Namespace) -> tuple[FarmMADE, ImageDataset]:
+    """The checkpoint's model, or one trained quickly (raster family); and its test split."""
+    if args.checkpoint:
+        path = checkpoint.latest_valid(args.checkpoint) or args.checkpoint
+        config = TrainConfig.from_dict(checkpoint.read_state(path)["config"])
+    else:
+        config = TrainConfig(dataset=args.dataset, num_orderings=args.k, loss=args.loss,
+                             hidden_sizes=tuple(args.hidden_sizes),
+                             epochs=args.epochs, max_train_examples=args.max_train_examples, device=args.device)
+        folder = Path(tempfile.mkdtemp(prefix="farm_bench_"))
+        for _ in train(config, folder):
+            pass
+        path = checkpoint.latest_valid(folder)
+    test = load_dataset(config.dataset, "test", config.data_dir)
+    model = build_model(config, test.height, test.width)
+    checkpoint.load(path, model)
+    return model.to(resolve_device(args.device)).eval(), test
+
+
+@torch.no_grad()
+def per_pixel_nll(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str) -> torch.Tensor:
+    """The paper-code way: for each occluded pixel in fill order, one forward (of the orderings usable
+    there) of the images with the not-yet-known pixels zeroed; total -log p over the hole per image."""
+    plan = fill_plan(model.ranks, occlusion, fill)
+    known = ~occlusion.to(images.device)
+    total = torch.zeros(len(images), dtype=torch.float64, device=images.device)
+    for t, pixel in enumerate(plan.pixels.tolist()):
+        used = plan.weights[:, t].nonzero().squeeze(1)
+        log_one, log_zero = ensemble_log_probs(model(images * known, used)[:, :, pixel:pixel + 1],
+                                               plan.weights[used, t:t + 1].float())
+        truth = images[:, pixel]
+        total -= (truth * log_one[:, 0] + (1 - truth) * log_zero[:, 0]).double()
+        known[pixel] = True
+    return total
+
+
+def timed(function, *args) -> tuple[torch.Tensor, float]:
+    began = time.perf_counter()
+    result = function(*args)
+    if result.is_cuda:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--case", default="average", choices=CASES)
+    parser.add_argument("--fill", default="evidence_weighted", choices=FILLS)
+    parser.add_argument("--num-occlusions", type=int, default=100)
+    parser.add_argument("--images-per-occlusion", type=int, default=100)
+    args = parser.parse_args()
+    model, test = trained_model(args)
+    if model.num_masks > 1:
+        raise SystemExit("the per-pixel reference covers models with one hidden-mask set (num_masks = 1)")
+    device = next(model.parameters()).device
+    images = test.images[torch.randperm(len(test.images), generator=torch.Generator().manual_seed(0))]
+    images = images[:args.num_occlusions * args.images_per_occlusion].to(device)
+    occlusions = make_occlusions(args.case, args.num_occlusions, test.height, test.width, seed=0)
+    batched_seconds = loop_seconds = 0.0
+    worst = 0.0
+    for occlusion, batch in zip(occlusions, images.split(args.images_per_occlusion)):
+        ours, seconds = timed(nll_exact, model, batch, occlusion, args.fill)
+        batched_seconds += seconds
+        reference, seconds = timed(per_pixel_nll, model, batch, occlusion, args.fill)
+        loop_seconds += seconds
+        ours = ours.double().sum(1)
+        worst = max(worst, ((ours - reference).abs() / reference.abs().clamp_min(1)).max().item())
+    pixels = int(occlusions.sum()) * args.images_per_occlusion
+    print(f"{test.name}, k={model.k}, hidden {model.hidden_sizes}, {device}; {args.case} case, fill {args.fill}, "
+          f"{args.num_occlusions} occlusions x {args.images_per_occlusion} images ({pixels} occluded pixels)")
+    print(f"per-pixel loop (paper code): {loop_seconds:8.3f} s  ({int(occlusions.sum())} forwards)")
+    print(f"batched nll_exact:           {batched_seconds:8.3f} s  ({args.num_occlusions} forwards)")
+    print(f"speed-up: {loop_seconds / batched_seconds:.1f}x; largest relative difference per image {worst:.2e}")
+    if worst > 1e-4:
+        raise SystemExit("the two computations disagree")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Sample quality: the MNIST classifier scores real digits near 10, and its cache is checked and reused."""
+
+import json
+
+import pytest
+import torch
+
+from farm_sweep import quality
+from farm_sweep.data import DataError, load_dataset
+from farm_sweep.quality import QualityScorer
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    try:
+        return load_dataset("binarized_mnist", "test").images
+    except DataError as error:
+        pytest.skip(f"binarized MNIST is not available: {error}")
+
+
+@pytest.fixture(scope="session")
+def scorer(mnist_test, tmp_path_factory):
+    """The MNIST scorer, its classifier trained once per test session in a temporary cache."""
+    return QualityScorer.for_dataset("binarized_mnist", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_real_digits_score_near_ten_and_far_above_noise_and_blanks(scorer, mnist_test):
+    noise = (torch.rand(mnist_test.shape, generator=torch.Generator().manual_seed(0)) < 0.15).float()
+    real = scorer.classifier_score(mnist_test)
+    assert 8 < real <= 10
+    assert scorer.classifier_score(noise) < real / 2
+    assert scorer.classifier_score(torch.zeros_like(mnist_test)) == pytest.approx(1)
+
+
+def test_frechet_distance_of_real_digits_is_far_below_noise(scorer, mnist_test):
+    noise = (torch.rand(mnist_test.shape, generator=torch.Generator().manual_seed(0)) < 0.15).float()
+    half = scorer.frechet_distance(mnist_test[1::2])
+    assert 0 <= half < 0.01 * scorer.frechet_distance(noise)
+    assert scorer.frechet_distance(mnist_test) == pytest.approx(0, abs=1e-6)
+
+
+@pytest.fixture
+def quick_digits(monkeypatch):
+    """Train the digits classifier for 3 epochs (the cache tests test the cache, not the classifier)."""
+    monkeypatch.setitem(quality.TRAINING, "digits", {**quality.TRAINING["digits"], "epochs": 3})
+    calls = []
+    train = quality._train
+    monkeypatch.setattr(quality, "_train", lambda *args: calls.append(1) or train(*args))
+    return calls
+
+
+def test_the_cache_is_reused_and_a_corrupted_cache_is_retrained(tmp_path, quick_digits):
+    first = QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    weights = tmp_path / "classifier_digits.safetensors"
+    summary = json.loads((tmp_path / "classifier_digits.json").read_text())
+    assert summary["settings"] == quality.TRAINING["digits"] and summary["test_accuracy"] > 0.5
+    second = QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    assert len(quick_digits) == 1
+    images = load_dataset("digits", "test").images
+    assert second.classifier_score(images) == first.classifier_score(images)
+
+    data = bytearray(weights.read_bytes())
+    data[-10:] = bytes(10)  # corrupt some weights; the file still parses
+    weights.write_bytes(bytes(data))
+    QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    assert len(quick_digits) == 2
+    assert quality._cache_problem(weights, tmp_path / "classifier_digits.json", quality.TRAINING["digits"]) is None
+
+
+def test_changed_training_settings_retrain(tmp_path, quick_digits, monkeypatch):
+    QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    monkeypatch.setitem(quality.TRAINING, "digits", {**quality.TRAINING["digits"], "epochs": 2})
+    QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    assert len(quick_digits) == 2
+
+
+def test_the_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(quality.CACHE_DIR_ENV, str(tmp_path))
+    assert quality.resolve_cache_dir() == tmp_path
+    assert quality.resolve_cache_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_datasets_without_a_classifier_are_refused():
+    with pytest.raises(ValueError, match="cifar10"):
+        QualityScorer.for_dataset("cifar10")
