@@ -1,0 +1,204 @@
+"""Export a study's best trials: `python -m farm_sweep.export (--study NAME | --output DIR) --top K --out DIR
+[--register]`.
+
+Each exported model is a folder (docs/export_format.md is the reference):
+  model.safetensors   orderings, ranks, and per layer its weight, bias and 0/1 mask as tensors
+  architecture.json   how the tensors make the model's outputs (enough to recompute them without this package)
+  config.yaml         the trial's full TrainConfig
+  metrics.json        the trial's validation metrics, ids and parameters
+  README.md           a short model card
+Nothing is pickled; `load_export` rebuilds the model with build_model and checks every mask and ordering.
+`--register` logs each folder to its trial's MLflow run and registers it in the MLflow model registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from farm_sweep import tracking
+from farm_sweep.config import TrainConfig
+from farm_sweep.data import load_dataset
+from farm_sweep.models.made import FarmMADE
+from farm_sweep.run import METRIC, TABLE_FILE, read_table
+from farm_sweep.train import build_model, load_model
+
+FORMAT = "farm-made/1"
+TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD = ("model.safetensors", "architecture.json", "config.yaml",
+                                                "metrics.json", "README.md")
+
+
+TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint")
+
+
+class ExportError(ValueError):
+    """Nothing to export, or an export folder that does not match its description."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    output = args.output or Path("results") / args.study
+    try:
+        folders = export_study(output, args.top, args.out)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for folder in folders:
+        print(f"exported {folder}")
+    if args.register:
+        for model_name, version in register(output, folders):
+            print(f"registered {model_name} version {version}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m farm_sweep.export", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--study", help="the study's name (its results are in results/<name>)")
+    source.add_argument("--output", type=Path, help="the study's output folder")
+    parser.add_argument("--top", type=int, default=1, help="how many of the best completed trials (default 1)")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the exports into")
+    parser.add_argument("--register", action="store_true", help="also register them in the MLflow model registry")
+    return parser
+
+
+def best_rows(output: Path, top: int) -> list[dict[str, str]]:
+    """The `top` completed trials with the lowest validation metric, from <output>/trials.csv."""
+    table = output / TABLE_FILE
+    if not table.is_file():
+        raise ExportError(f"{table}: no trials table; is {output} the output folder of a finished study?")
+    completed = [row for row in read_table(table) if row["status"] == "completed" and row["checkpoint"]]
+    if not completed:
+        raise ExportError(f"{table}: no completed trial to export")
+    return sorted(completed, key=lambda row: float(row[METRIC]))[:top]
+
+
+def export_study(output: Path, top: int, out: Path) -> list[Path]:
+    study = output.resolve().name
+    folders = []
+    for rank, row in enumerate(best_rows(output, top), start=1):
+        checkpoint = output / row["checkpoint"]
+        model, config = load_model(checkpoint)
+        metrics = {"study": study, "rank": rank,
+                   **{k: v if k in TEXT_COLUMNS else _number(v) for k, v in row.items() if v != ""}}
+        folders.append(export_model(model, config, metrics, out / f"{rank:02d}_{row['trial_id']}"))
+    return folders
+
+
+def export_model(model: torch.nn.Module, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
+    """Write one model in the export format."""
+    if not isinstance(model, FarmMADE):
+        raise ExportError(f"model {config.model!r}: the export format covers FARM+MADE models only")
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, architecture = describe(model, *_image_shape(config))
+    save_file(tensors, folder / TENSORS)
+    (folder / ARCHITECTURE).write_text(json.dumps(architecture, indent=2))
+    (folder / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (folder / METRICS).write_text(json.dumps(dict(metrics), indent=2))
+    (folder / CARD).write_text(model_card(config, metrics, architecture))
+    return folder
+
+
+def describe(model: FarmMADE, height: int, width: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model's tensors under documented names, and the JSON that says how to use them."""
+    masks_by_set = [_masks(model, m) for m in range(model.num_masks)]
+    tensors = {"orderings": model.orders, "ranks": model.ranks}
+    layers = []
+    for index, (weight, bias) in enumerate(zip(model.weights, model.biases)):
+        last = index == len(model.weights) - 1
+        tensors[f"layer{index}.weight"] = weight.detach()
+        tensors[f"layer{index}.bias"] = bias.detach()[:, 0, :]
+        tensors[f"layer{index}.mask"] = torch.stack([masks[index] for masks in masks_by_set]).to(torch.uint8)
+        layers.append({"weight": f"layer{index}.weight", "bias": f"layer{index}.bias", "mask": f"layer{index}.mask",
+                       "mask_per_ordering": index in (0, len(model.weights) - 1),
+                       "activation": "none" if last else "relu"})
+    architecture = {
+        "format": FORMAT, "model": "made", "height": height, "width": width, "dim": model.dim,
+        "num_orderings": model.k, "weight_sharing": model.weight_sharing, "num_masks": model.num_masks,
+        "hidden_sizes": model.hidden_sizes, "layers": layers, "output": "bernoulli_logits",
+        "likelihood": "log p_i(x) = sum_d log Bernoulli(x_d; sigmoid(logit_i,d)); p_i averages its mask sets; "
+                      "the model is the mixture (1/k) sum_i p_i(x)"}
+    return {name: t.contiguous().cpu() for name, t in tensors.items()}, architecture
+
+
+def _masks(model: FarmMADE, mask_set: int) -> list[torch.Tensor]:
+    active = model.mask_index
+    model.set_mask(mask_set)
+    masks = model.masks()
+    model.set_mask(active)
+    return masks
+
+
+def load_export(folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfig, dict[str, Any]]:
+    """Rebuild an exported model (build_model + its tensors) and check masks and orderings match."""
+    architecture = json.loads((folder / ARCHITECTURE).read_text())
+    if architecture.get("format") != FORMAT:
+        raise ExportError(f"{folder / ARCHITECTURE}: format {architecture.get('format')!r}, expected {FORMAT!r}")
+    config = TrainConfig.from_dict(yaml.safe_load((folder / CONFIG).read_text()))
+    model = build_model(config, architecture["height"], architecture["width"])
+    tensors = load_file(folder / TENSORS)
+    expected, _ = describe(model, architecture["height"], architecture["width"])
+    for name in ("orderings", "ranks", *(layer["mask"] for layer in architecture["layers"])):
+        if not torch.equal(tensors[name], expected[name]):
+            raise ExportError(f"{folder / TENSORS}: {name} differs from the model its config builds")
+    state = {}
+    for index, layer in enumerate(architecture["layers"]):
+        state[f"weights.{index}"] = tensors[layer["weight"]]
+        state[f"biases.{index}"] = tensors[layer["bias"]][:, None, :]
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval(), config, json.loads((folder / METRICS).read_text())
+
+
+def model_card(config: TrainConfig, metrics: Mapping[str, Any], architecture: Mapping[str, Any]) -> str:
+    params = {k.removeprefix("param."): v for k, v in metrics.items() if k.startswith("param.")}
+    return f"""# FARM+MADE, study {metrics['study']}, trial {metrics['trial_id']} (rank {metrics['rank']})
+
+- **Model**: MADE over k={architecture['num_orderings']} pixel orderings ({config.ordering_family}), hidden sizes
+  {list(config.hidden_sizes)}, {config.weight_sharing} weights, {config.num_masks} mask set(s).
+- **Data**: {config.dataset} ({architecture['height']}x{architecture['width']} binary images).
+- **Training**: loss {config.loss}, divergence {config.divergence} (weight {config.divergence_weight}),
+  lr {config.lr}, batch {config.batch_size}, {metrics.get('epochs')} epochs, seed {config.seed}.
+- **Sampled parameters**: {json.dumps(params)}
+- **Validation {METRIC}**: {metrics.get(METRIC)} nats per image (the metric the study minimized; test metrics:
+  `python -m farm_sweep.evaluate <this folder>`).
+- **Files**: `model.safetensors` + `architecture.json` describe the network completely (docs/export_format.md has
+  a NumPy reference); `config.yaml` is the training configuration; `metrics.json` the trial's metrics.
+- **Limitations**: a research model of binary images; likelihoods are in nats per image; not for any decision
+  about people.
+"""
+
+
+def register(output: Path, folders: Sequence[Path]) -> list[tuple[str, str]]:
+    """Log each export to its trial's MLflow run and register it as a version of model farm-<study>."""
+    tracker = tracking.load(output)
+    name = f"farm-{output.resolve().name}"
+    return [(name, tracker.register_model(json.loads((folder / METRICS).read_text())["mlflow_run_id"], folder, name))
+            for folder in folders]
+
+
+def _image_shape(config: TrainConfig) -> tuple[int, int]:
+    data = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize, seed=config.seed,
+                        verify=False)
+    return data.height, data.width
+
+
+def _number(text: str) -> Any:
+    """CSV cells back to numbers where they are numbers."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""MLflow tracking: one parent run per study, one nested child run per trial.
+
+The parent run holds the study's settings, its files, and at the end the best trial, the trials table,
+the speed-quality Pareto front and the parameter importances. A child run (tag `mlflow.parentRunId`)
+holds one trial's parameters, its per-epoch metrics (step = epoch), its evaluation metrics and
+artifacts, its checkpoint, and a `farm.status` tag: running, completed, pruned or failed.
+
+Every call goes through MlflowClient with an explicit run id (no fluent "active run" state), so the
+same code runs in the driver and inside Ray trial processes. A child run is found again by its
+`farm.trial_id` tag: a retried or resumed trial keeps logging into its own run, never a duplicate.
+The default store is embedded: `sqlite:///<output>/mlflow.db` with artifacts in `<output>/mlartifacts`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray.tune.callback import Callback
+from ray.tune.experiment import Trial
+
+from farm_sweep.pruning import PRUNED_KEY
+
+TRIAL_TAG = "farm.trial_id"
+STATUS_TAG = "farm.status"
+STUDY_TAG = "farm.study"
+STATE_FILE = "tracking.json"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+
+
+def default_uri(output: Path) -> str:
+    return f"sqlite:///{(output / 'mlflow.db').resolve()}"
+
+
+@lru_cache(maxsize=4)
+def client(uri: str) -> MlflowClient:
+    """One client per tracking URI and process (an SQLite store opens its engine once)."""
+    return MlflowClient(uri)
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Where a study's runs live; small and picklable, so it travels into Ray trials."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return client(self.uri)
+
+    # ---------------------------------------------------------- child runs (one per trial)
+
+    def find_child(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = "
+                          f"'{self.parent_run_id}'")
+        return runs[0].info.run_id if runs else None
+
+    def child_run(self, trial_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
+        """The trial's child run: the existing one (retry, resume) or a new one with its params."""
+        existing = self.find_child(trial_id)
+        if existing is not None:
+            self.client.update_run(existing, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.client.set_tag(existing, STATUS_TAG, "running")
+            return existing
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial_id, STATUS_TAG: "running",
+            **{key: str(value) for key, value in tags.items()}})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def end_trial(self, run_id: str, status: str) -> None:
+        """status: completed, pruned or failed (the MLflow run itself ends FINISHED or FAILED)."""
+        self.client.set_tag(run_id, STATUS_TAG, status)
+        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+    # ---------------------------------------------------------- logging
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(key, _param_text(value)) for key, value in params.items()]
+        self.client.log_batch(run_id, params=items)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step) for key, value in metrics.items() if _is_number(value)]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def last_step(self, run_id: str, key: str) -> int:
+        """The last step logged for `key` (0 if none): what a resumed trial must not log again."""
+        return max((m.step for m in self.client.get_metric_history(run_id, key)), default=0)
+
+    def log_files(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            if Path(path).is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def register_model(self, run_id: str, folder: Path, name: str) -> str:
+        """Log an export folder to a trial's run and register it as a new version of model `name`."""
+        self.client.log_artifacts(run_id, str(folder), f"export/{folder.name}")
+        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+            self.client.create_registered_model(name, description="FARM models exported from farm_sweep studies")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/export/{folder.name}"
+        return str(self.client.create_model_version(name, source, run_id=run_id).version)
+
+    # ---------------------------------------------------------- the study's parent run
+
+    def finish_study(self, best: Mapping[str, Any] | None, files: Iterable[Path], counts: Mapping[str, int]) -> None:
+        """Log the end-of-study summary on the parent run and end it."""
+        run = self.parent_run_id
+        self.log_metrics(run, {f"trials_{status}": n for status, n in counts.items()}, step=0)
+        if best is not None:
+            self.client.set_tag(run, "farm.best_trial_id", best["trial_id"])
+            self.client.set_tag(run, "farm.best_run_id", best["mlflow_run_id"])
+            self.log_metrics(run, {"best_nll_image": best["nll_image"]}, step=0)
+            self.client.log_dict(run, best, "best_trial.json")
+        self.log_files(run, files, "study")
+        self.client.set_terminated(run, "FINISHED")
+
+
+def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], files: Iterable[Path]) -> Tracker:
+    """Create the study's experiment (if new) and parent run; remember them in <output>/tracking.json."""
+    mlflow = client(uri)
+    experiment = mlflow.get_experiment_by_name(study_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        location = None if uri.startswith(("http://", "https://")) else (output / "mlartifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(study_name, artifact_location=location)
+    parent = mlflow.create_run(experiment_id, run_name=study_name,
+                               tags={STUDY_TAG: study_name, "farm.output": str(output.resolve())})
+    tracker = Tracker(uri, experiment_id, parent.info.run_id)
+    tracker.log_params(tracker.parent_run_id, settings)
+    tracker.log_files(tracker.parent_run_id, files, "study_files")
+    (output / STATE_FILE).write_text(json.dumps(asdict(tracker), indent=2))
+    return tracker
+
+
+def load(output: Path) -> Tracker:
+    """The tracker a study's output folder remembers."""
+    return Tracker(**json.loads((output / STATE_FILE).read_text()))
+
+
+def reopen(output: Path) -> Tracker:
+    """The tracker of an interrupted study (for --resume): same experiment, same parent run."""
+    tracker = load(output)
+    tracker.client.update_run(tracker.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    return tracker
+
+
+class TrackingCallback(Callback):
+    """Driver side: the final status tag of each child run, and its last checkpoint as an artifact."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end(trial, "pruned" if trial.last_result.get(PRUNED_KEY) else "completed")
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end(trial, "failed")
+
+    def _end(self, trial: Trial, status: str) -> None:
+        run_id = self.tracker.find_child(trial.trial_id)
+        if run_id is None:
+            return  # the trial never started
+        if trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as folder:
+                self.tracker.log_files(run_id, [Path(folder)], "checkpoint")
+        self.tracker.end_trial(run_id, status)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:MAX_PARAM_LENGTH]

@@ -1,0 +1,83 @@
+"""One trial of a study, as a Ray Tune function trainable.
+
+`run_trial(config, context)`: config holds the parameters Optuna sampled (plus the Optuna trial number),
+context the study's fixed parameters, evaluation settings and MLflow tracker. The trial builds its
+TrainConfig, resumes from Tune's checkpoint when Tune restarts it (retry after a failure, or --resume),
+trains one epoch at a time, logs each epoch to its MLflow child run (step = epoch) and reports the
+epoch's metrics with the epoch's checkpoint to Tune. After the last epoch a study with an `evaluation`
+section runs the end-of-trial evaluation and logs its metrics and artifacts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from farm_sweep.config import TrainConfig
+from farm_sweep.pruning import FINAL_STEP_KEY
+from farm_sweep.search_space import OPTUNA_TRIAL_KEY
+from farm_sweep.tracking import Tracker
+from farm_sweep.train import load_model, resolve_device, train
+
+CHECKPOINTS = "checkpoints"
+RESTORED = "restored"
+EVALUATION = "evaluation"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study shares (passed with tune.with_parameters)."""
+
+    fixed: dict[str, Any]
+    tracker: Tracker
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """The Tune trainable: train, log and report every epoch; evaluate after the last one."""
+    params = {name: value for name, value in config.items() if name != OPTUNA_TRIAL_KEY}
+    train_config = TrainConfig.from_dict({**context.fixed, **params})
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    run_id = context.tracker.child_run(
+        tune.get_context().get_trial_id(), tune.get_context().get_trial_name(), train_config.to_dict(),
+        tags={"farm.optuna_trial": config[OPTUNA_TRIAL_KEY], "farm.sampled": ",".join(sorted(params))})
+    logged = context.tracker.last_step(run_id, "nll_image")
+    for metrics in train(train_config, trial_dir / CHECKPOINTS, _restored_checkpoint(trial_dir), progress=None):
+        epoch = metrics["epoch"]
+        if epoch == train_config.epochs and context.evaluation:
+            metrics |= _evaluate(Path(metrics["checkpoint"]), train_config, trial_dir / EVALUATION, context, run_id)
+        numbers = {key: value for key, value in metrics.items() if key != "checkpoint"}
+        if epoch > logged:
+            context.tracker.log_metrics(run_id, numbers, step=epoch)
+        tune.report({**numbers, FINAL_STEP_KEY: train_config.epochs},
+                    checkpoint=tune.Checkpoint.from_directory(metrics["checkpoint"]))
+
+
+def _restored_checkpoint(trial_dir: Path) -> Path | None:
+    """Tune's latest checkpoint for this trial, copied into the trial folder; None for a fresh start.
+
+    Tune's checkpoint is the authority: local checkpoints it never received are discarded."""
+    shutil.rmtree(trial_dir / CHECKPOINTS, ignore_errors=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    target = trial_dir / RESTORED
+    shutil.rmtree(target, ignore_errors=True)
+    with checkpoint.as_directory() as folder:
+        shutil.copytree(folder, target)
+    return target
+
+
+def _evaluate(checkpoint: Path, train_config: TrainConfig, out_dir: Path, context: TrialContext,
+              run_id: str) -> dict[str, float]:
+    """The end-of-trial evaluation (inpainting, speed-quality curve); artifacts go to the child run."""
+    from farm_sweep.trial_evaluation import evaluate_trained_model  # heavy: only when a study asks for it
+
+    model, config = load_model(checkpoint, str(resolve_device(train_config.device)))
+    metrics, files = evaluate_trained_model(model, config, out_dir, context.evaluation)
+    context.tracker.log_files(run_id, files, EVALUATION)
+    return metrics

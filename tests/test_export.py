@@ -1,0 +1,123 @@
+"""Export the best trials of a real (tiny) study, recompute them with NumPy alone, evaluate, register."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+import yaml
+from mlflow import MlflowClient
+from safetensors.torch import load_file, save_file
+
+from farm_sweep import evaluate, export, tracking
+from farm_sweep.data import load_dataset
+from farm_sweep.likelihood import nll_image
+from farm_sweep.run import run_study
+from farm_sweep.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A finished 2-trial study: shared and separate weights, 2 orderings, 2 mask sets, 2 epochs."""
+    folder = tmp_path_factory.mktemp("study")
+    document = {
+        "name": "export", "trials": 2, "pruner": "none", "max_concurrent_trials": 2, "resources": {"cpus": 1},
+        "fixed": {"dataset": "digits", "hidden_sizes": [32, 32], "epochs": 2, "num_orderings": 2,
+                  "num_masks": 2, "lr": 0.01},
+        "search_space": {"parameters": {"weight_sharing": {"distribution": "categorical",
+                                                           "choices": ["shared", "separate"]}}},
+        "enqueue": [{"weight_sharing": "shared"}, {"weight_sharing": "separate"}]}
+    (folder / "export.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        run_study(load_study(folder / "export.yaml"), folder / "out")
+    finally:
+        ray.shutdown()
+    yield folder / "out"
+
+
+@pytest.fixture(scope="module")
+def exported(study_output: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("exports")
+    assert export.main(["--output", str(study_output), "--top", "2", "--out", str(out)]) == 0
+    return sorted(out.iterdir())
+
+
+def numpy_reference() -> dict:
+    """The NumPy reference exactly as docs/export_format.md prints it."""
+    text = (ROOT / "docs" / "export_format.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    namespace: dict = {}
+    exec(compile(code, "docs/export_format.md", "exec"), namespace)  # noqa: S102 (our own documentation)
+    return namespace
+
+
+def test_export_writes_the_best_trials_self_described(exported: list[Path], study_output: Path) -> None:
+    assert [p.name[:3] for p in exported] == ["01_", "02_"]
+    values = [json.loads((p / "metrics.json").read_text())["nll_image"] for p in exported]
+    assert values == sorted(values)
+    for folder in exported:
+        assert {f.name for f in folder.iterdir()} == {"model.safetensors", "architecture.json", "config.yaml",
+                                                       "metrics.json", "README.md"}
+        architecture = json.loads((folder / "architecture.json").read_text())
+        assert architecture["format"] == export.FORMAT and architecture["num_masks"] == 2
+        assert "Validation nll_image" in (folder / "README.md").read_text()
+
+
+def test_numpy_reference_recomputes_the_model(exported: list[Path]) -> None:
+    reference = numpy_reference()
+    images = load_dataset("digits", "test").images[:50]
+    for folder in exported:
+        model, _, metrics = export.load_export(folder)
+        for mask_set in range(2):
+            model.set_mask(mask_set)
+            with torch.no_grad():
+                expected = model(images).double().numpy()
+            actual = reference["farm_made_logits"](folder, images.numpy(), mask_set)
+            np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=1e-5)
+        model.set_mask(0)
+        nll = reference["farm_made_nll"](folder, images.numpy()).mean()
+        assert nll == pytest.approx(nll_image(model, images)["nll_image"], abs=1e-4)
+        assert metrics["param.weight_sharing"] in ("shared", "separate")
+
+
+def test_load_export_rejects_a_tampered_mask(exported: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "tampered"
+    folder.mkdir()
+    for file in exported[0].iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    tensors = load_file(folder / "model.safetensors")
+    tensors["layer0.mask"] = 1 - tensors["layer0.mask"]
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(export.ExportError, match="layer0.mask differs"):
+        export.load_export(folder)
+
+
+def test_evaluate_prints_test_metrics(exported: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main([str(exported[0]), "--task", "nll", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["nll_image"] > 0 and set(metrics) >= {"nll_image_ordering_0", "nll_image_ordering_1", "bpd"}
+    assert evaluate.main([str(exported[0].parent), "--json"]) == 2
+
+
+def test_register_creates_model_versions(exported: list[Path], study_output: Path) -> None:
+    versions = export.register(study_output, exported)
+    assert [version for _, version in versions] == ["1", "2"]
+    client = MlflowClient(tracking.default_uri(study_output))
+    (model,) = client.search_registered_models()
+    assert model.name == "farm-out"
+    run_id = json.loads((exported[0] / "metrics.json").read_text())["mlflow_run_id"]
+    assert [a.path for a in client.list_artifacts(run_id, "export")] == [f"export/{exported[0].name}"]
+
+
+def test_export_without_a_finished_study_exits_2(tmp_path: Path) -> None:
+    assert export.main(["--output", str(tmp_path), "--top", "1", "--out", str(tmp_path / "x")]) == 2

@@ -1,0 +1,177 @@
+"""Whole studies on a real local Ray (2 CPUs), real Optuna and real MLflow (embedded SQLite store).
+
+Tiny on purpose: digits, one hidden layer of 32, 4 epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import optuna
+import pytest
+import ray
+import yaml
+from mlflow import MlflowClient
+from ray import cloudpickle, tune
+
+import farm_sweep.trial as trial_module
+from farm_sweep import tracking
+from farm_sweep.run import read_table, run_study
+from farm_sweep.study import load_study
+from farm_sweep.trial import TrialContext, run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXED = {"dataset": "digits", "hidden_sizes": [32], "epochs": 4, "batch_size": 50}
+GOOD, BAD = (2e-2, 1e-2), (1e-6, 1e-7)
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def write_study(folder: Path, name: str, **settings: Any) -> Path:
+    document = {"name": name, "fixed": FIXED, "max_concurrent_trials": 2, "resources": {"cpus": 1},
+                "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": [*GOOD, *BAD]}}},
+                **settings}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def child_runs(output: Path, name: str) -> list[Any]:
+    client = MlflowClient(tracking.default_uri(output))
+    experiment = client.get_experiment_by_name(name)
+    return [run for run in client.search_runs([experiment.experiment_id])
+            if tracking.TRIAL_TAG in run.data.tags]
+
+
+def metric_steps(output: Path, run_id: str) -> list[int]:
+    return [m.step for m in MlflowClient(tracking.default_uri(output)).get_metric_history(run_id, "nll_image")]
+
+
+def test_pruner_stops_bad_trials_and_every_system_records_it(ray_address: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # One at a time: a good learning rate first, then the two hopeless ones (lr 1e-6, 1e-7), which the
+    # median pruner stops at epoch 1 against the completed good trial; one more is sampled by TPE.
+    study = load_study(write_study(tmp_path, "pruning", trials=4, max_failures=0, max_concurrent_trials=1,
+                                   pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1},
+                                   enqueue=[{"lr": lr} for lr in (GOOD[0], *BAD)]))
+    output = tmp_path / "out"
+    rows = run_study(study, output)
+
+    assert [row["optuna_trial"] for row in rows] == [0, 1, 2, 3]
+    assert [(row["status"], row["epochs"]) for row in rows[:3]] == [("completed", 4), ("pruned", 1), ("pruned", 1)]
+    for row in rows[3:]:  # sampled by TPE
+        assert row["param.lr"] in (*GOOD, *BAD) and (row["epochs"] == 4) == (row["status"] == "completed")
+
+    ray_trials = tune.ExperimentAnalysis(str(output / "ray" / "pruning")).trials
+    assert sorted(t.last_result["pruned"] for t in ray_trials) == sorted(r["status"] == "pruned" for r in rows)
+
+    optuna_trials = optuna.load_study(study_name="pruning", storage=f"sqlite:///{output / 'optuna.db'}").trials
+    for row in rows:
+        frozen = optuna_trials[row["optuna_trial"]]
+        assert frozen.state.name == {"completed": "COMPLETE", "pruned": "PRUNED"}[row["status"]]
+        assert sorted(frozen.intermediate_values) == list(range(1, row["epochs"] + 1))
+
+    runs = {run.data.tags[tracking.TRIAL_TAG]: run for run in child_runs(output, "pruning")}
+    assert len(runs) == 4
+    for row in rows:
+        run = runs[row["trial_id"]]
+        assert run.data.tags[tracking.STATUS_TAG] == row["status"] and run.info.status == "FINISHED"
+        assert metric_steps(output, run.info.run_id) == list(range(1, row["epochs"] + 1))
+        assert run.data.params["lr"] == str(row["param.lr"])
+    parent = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
+    assert len(parent) == 1
+    client = MlflowClient(tracking.default_uri(output))
+    assert {a.path for a in client.list_artifacts(parent.pop(), "study")} >= {"study/trials.csv"}
+    assert [a.path for a in client.list_artifacts(runs[rows[0]["trial_id"]].info.run_id)] == ["checkpoint"]
+
+    assert [row["status"] for row in read_table(output / "trials.csv")] == [row["status"] for row in rows]
+    printed = capsys.readouterr().out
+    assert printed.count("completed after epoch 4") == sum(r["status"] == "completed" for r in rows)
+    assert "epoch 1/4 nll_image" in printed and "pruned after epoch 1" in printed
+
+
+def fail_once_after_epoch_2(config: dict[str, Any], context: TrialContext) -> None:
+    """run_trial, except that the first attempt crashes right after reporting epoch 2."""
+    marker = Path(tune.get_context().get_trial_dir()) / "failed_once"
+    real_train = trial_module.train
+
+    def train(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for metrics in real_train(*args, **kwargs):
+            yield metrics
+            if metrics["epoch"] == 2 and not marker.exists():
+                marker.touch()
+                raise RuntimeError("injected failure after epoch 2")
+
+    with mock.patch.object(trial_module, "train", train):
+        run_trial(config, context)
+
+
+def test_failed_trial_is_retried_from_its_latest_checkpoint(ray_address: str, tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path, "retry", trials=1, max_failures=1, enqueue=[{"lr": GOOD[0]}]))
+    output = tmp_path / "out"
+    (row,) = run_study(study, output, trainable=fail_once_after_epoch_2)
+    assert (row["status"], row["epochs"]) == ("completed", 4)
+    (result,) = tune.ExperimentAnalysis(str(output / "ray" / "retry")).trial_dataframes.values()
+    assert list(result["epoch"]) == [1, 2, 3, 4]  # resumed at epoch 3, not restarted at 1
+    (run,) = child_runs(output, "retry")
+    assert metric_steps(output, run.info.run_id) == [1, 2, 3, 4]
+    assert run.data.tags[tracking.STATUS_TAG] == "completed"
+
+
+def test_resume_after_the_driver_is_killed(ray_address: str, tmp_path: Path) -> None:
+    path = write_study(tmp_path, "resume", trials=3, max_concurrent_trials=1, pruner="none",
+                       enqueue=[{"lr": lr} for lr in GOOD])
+    output = tmp_path / "out"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), "--address", ray_address],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    try:
+        seen = _read_until(driver, "epoch 2/4", after="completed after epoch 4", timeout=180)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finished = [line.split()[0] for line in seen if "completed after epoch 4" in line]
+
+    rows = run_study(load_study(path), output, resume=True)
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"completed"}
+    analysis = tune.ExperimentAnalysis(str(output / "ray" / "resume"))
+    for trial_id in finished:
+        epochs = list(analysis.trial_dataframes[trial_id]["epoch"])
+        assert epochs == [1, 2, 3, 4], f"finished trial {trial_id} ran again: {epochs}"
+    runs = child_runs(output, "resume")
+    assert sorted(run.data.tags[tracking.TRIAL_TAG] for run in runs) == sorted(row["trial_id"] for row in rows)
+    for run in runs:
+        assert metric_steps(output, run.info.run_id) == [1, 2, 3, 4]
+    client = MlflowClient(tracking.default_uri(output))
+    parents = [r for r in client.search_runs([runs[0].info.experiment_id]) if tracking.TRIAL_TAG not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def _read_until(process: subprocess.Popen, marker: str, after: str, timeout: float) -> list[str]:
+    """Driver output lines up to the first `marker` that follows a line containing `after`."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if any(after in seen for seen in lines[:-1]) and marker in line:
+            return lines
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError("driver output ended early:\n" + "".join(lines[-40:]))
+
