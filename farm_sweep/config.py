@@ -10,10 +10,13 @@ from typing import Any
 
 from farm_sweep.data import DATASETS
 from farm_sweep.losses import DIVERGENCES, LOSSES
+from farm_sweep.models.farm_pixelcnn import TRANSFORM_FAMILIES
 from farm_sweep.models.made import WEIGHT_SHARING
-from farm_sweep.orderings import FAMILIES, max_orderings
+from farm_sweep.models.pixelcnn import CAUSAL
+from farm_sweep.orderings import FAMILIES, SYMMETRIES, max_orderings
 
 MODELS = ("made", "pixelcnn")
+COLOUR_DATASETS = ("cifar10",)  # the 3-channel datasets PixelCNN++ models
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,13 @@ class TrainConfig:
     resample_every: int = 20
     divergence: str = "none"
     divergence_weight: float = 0.0
+    filters: int = 160
+    resnets_per_stage: int = 5
+    stages: int = 3
+    mixtures: int = 10
+    dropout: float = 0.5
+    causal: str = "raster"
+    ema_decay: float = 0.0
     lr: float = 1e-3
     batch_size: int = 100
     epochs: int = 10
@@ -47,6 +57,8 @@ class TrainConfig:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         object.__setattr__(self, "lr", float(self.lr))
         object.__setattr__(self, "divergence_weight", float(self.divergence_weight))
+        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "ema_decay", float(self.ema_decay))
         self._check_choices()
         self._check_ranges()
 
@@ -58,24 +70,33 @@ class TrainConfig:
                 raise ConfigError(f"{name}: {value!r} has type {type(value).__name__}, expected {hint}")
 
     def _check_choices(self) -> None:
-        for name, allowed in (("dataset", DATASETS), ("model", MODELS), ("ordering_family", FAMILIES),
-                              ("weight_sharing", WEIGHT_SHARING), ("loss", LOSSES),
+        families = TRANSFORM_FAMILIES if self.model == "pixelcnn" else FAMILIES
+        for name, allowed in (("dataset", DATASETS), ("model", MODELS), ("ordering_family", families),
+                              ("weight_sharing", WEIGHT_SHARING), ("loss", LOSSES), ("causal", CAUSAL),
                               ("divergence", DIVERGENCES), ("binarize", ("static", "dynamic", "threshold")),
                               ("device", ("auto", "cpu", "cuda"))):
             value = getattr(self, name)
             if value not in allowed:
-                raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+                scope = f" for model {self.model}" if name == "ordering_family" else ""
+                raise ConfigError(f"{name}: {value!r} is not allowed{scope}; choose one of {', '.join(allowed)}")
         if self.binarize != "static" and self.dataset != "mnist":
             raise ConfigError(f"binarize: {self.binarize!r} applies to dataset mnist only ({self.dataset!r} "
                               f"is already binary or colour); leave binarize at 'static'")
-        limit = max_orderings(self.ordering_family)
+        if self.model == "pixelcnn" and self.dataset not in COLOUR_DATASETS:
+            raise ConfigError(f"dataset: {self.dataset!r} is not a colour dataset; model pixelcnn models 8-bit "
+                              f"RGB images: choose {', '.join(COLOUR_DATASETS)} (or model made)")
+        if self.model == "pixelcnn" and self.num_orderings > len(SYMMETRIES):
+            raise ConfigError(f"num_orderings: {self.num_orderings} is more than the {len(SYMMETRIES)} symmetry "
+                              f"transforms model pixelcnn orders by; use at most 8")
+        limit = None if self.model == "pixelcnn" else max_orderings(self.ordering_family)
         if limit is not None and self.num_orderings > limit:
             raise ConfigError(f"num_orderings: {self.num_orderings} is more than ordering_family "
                               f"{self.ordering_family!r} offers ({limit}); use at most {limit} or the "
                               f"'random' family")
 
     def _check_ranges(self) -> None:
-        positive = ("num_orderings", "num_masks", "resample_every", "batch_size", "epochs", "lr")
+        positive = ("num_orderings", "num_masks", "resample_every", "batch_size", "epochs", "lr", "filters",
+                    "resnets_per_stage", "stages", "mixtures")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be positive")
@@ -84,6 +105,9 @@ class TrainConfig:
         if self.divergence_weight < 0:
             raise ConfigError(f"divergence_weight: {self.divergence_weight} must be >= 0 (it weighs a "
                               f"divergence added to the loss)")
+        for name in ("dropout", "ema_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be in [0, 1)")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ConfigError(f"max_train_examples: {self.max_train_examples} must be positive or null")
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -23,6 +23,7 @@ from farm_sweep import checkpoint
 from farm_sweep.config import ConfigError, TrainConfig
 from farm_sweep.data import ImageDataset, load_dataset
 from farm_sweep.made_task import MadeTask
+from farm_sweep.pixelcnn_task import PixelCNNTask
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,10 +42,24 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-TASKS = {"made": MadeTask}
+class Task(Protocol):
+    """What training needs to know about one kind of model (farm_sweep/made_task.py is the template)."""
+
+    config: TrainConfig
+
+    def build(self, height: int, width: int, channels: int) -> torch.nn.Module: ...
+
+    def batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+    def loss(self, model: Any, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def evaluate(self, model: Any, images: torch.Tensor) -> dict[str, float]: ...
 
 
-def task_for(config: TrainConfig) -> MadeTask:
+TASKS: dict[str, type[Task]] = {"made": MadeTask, "pixelcnn": PixelCNNTask}
+
+
+def task_for(config: TrainConfig) -> Task:
     if config.model not in TASKS:
         raise ConfigError(f"model: {config.model!r} cannot be trained yet; choose one of {', '.join(TASKS)}")
     return TASKS[config.model](config)
@@ -101,7 +116,7 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: 
         yield metrics
 
 
-def _train_epoch(task: MadeTask, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                  epoch: int, step: int, device: torch.device) -> dict[str, float]:
     config = task.config
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)

@@ -1,0 +1,205 @@
+"""FARM+PixelCNN++ samplers (exactness, evaluation counts), hole likelihoods and occlusions."""
+
+import math
+
+import pytest
+import torch
+
+from farm_sweep.inpaint import side_range
+from farm_sweep.models.farm_pixelcnn import FarmPixelCNN
+from farm_sweep.models.logistic_mixture import log_prob, quantize
+from farm_sweep.models.pixelcnn import PixelCNNConfig
+from farm_sweep.pixelcnn_inpaint import (
+    CASES,
+    evaluate_inpainting,
+    hole_nll_exact,
+    inpaint,
+    inpainting_figure,
+    make_occlusions,
+    plan_for,
+)
+from farm_sweep.pixelcnn_sampling import curve_settings, sample, speed_quality_curve
+from farm_sweep.sampling import CURVE_FIELDS, write_speed_quality
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(causal="raster", channels=3, stages=2, transforms=(0, 7), seed=0, filters=8):
+    torch.manual_seed(seed)
+    config = PixelCNNConfig(channels=channels, filters=filters, resnets_per_stage=1, stages=stages, mixtures=2,
+                            causal=causal)
+    return FarmPixelCNN(config, transforms).double().eval()
+
+
+def grid_values(shape, generator):
+    return torch.randint(0, 256, shape, generator=generator).double() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------- samplers
+
+
+@pytest.mark.parametrize("ordering", [0, 1])
+def test_wavefront_equals_sequential_for_the_antidiagonal_model(ordering):
+    model = tiny_model("antidiagonal")
+    noise = torch.rand(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    reference, evaluations = sample(model, "sequential", 4, 8, 8, noise=noise, ordering=ordering)
+    assert evaluations == 64
+    assert torch.equal(reference, quantize(reference))
+    for knob, steps in ((None, 15), (8, 15), (3, 27), (1, 64)):
+        wave, count = sample(model, "wavefront", 4, 8, 8, knob, noise=noise, ordering=ordering)
+        assert count == steps
+        assert torch.equal(wave, reference), knob
+
+
+@pytest.mark.parametrize("causal", ["raster", "antidiagonal"])
+def test_fixed_point_equals_sequential_bit_for_bit(causal):
+    model = tiny_model(causal)
+    noise = torch.rand(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    reference, _ = sample(model, "sequential", 3, 8, 8, noise=noise, ordering=1)
+    fixed, evaluations = sample(model, "fixed_point", 3, 8, 8, noise=noise, ordering=1)
+    assert torch.equal(fixed, reference)
+    assert evaluations <= (64 if causal == "raster" else 16)
+    _, capped = sample(model, "fixed_point", 3, 8, 8, 2, noise=noise, ordering=1)
+    assert capped == 2
+
+
+def test_wavefront_on_the_raster_model_is_an_approximation():
+    model = tiny_model("raster")
+    noise = torch.rand(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    reference, _ = sample(model, "sequential", 3, 8, 8, noise=noise)
+    wave, evaluations = sample(model, "wavefront", 3, 8, 8, noise=noise)
+    assert evaluations == 15 and not torch.equal(wave, reference)
+
+
+def test_speed_quality_curve_rows_are_written(tmp_path):
+    class Stub:
+        def classifier_score(self, images):
+            return float(images.mean())
+
+        def frechet_distance(self, images):
+            return float(images.std())
+
+    model = tiny_model("antidiagonal").float()
+    settings = [("sequential", 1), ("wavefront", 4), ("fixed_point", 16)]
+    rows = speed_quality_curve(model, 8, 8, Stub(), 2, seed=0, settings=settings)
+    assert [tuple(r[f] for f in ("sampler", "knob", "network_evaluations")) for r in rows][:2] == [
+        ("sequential", 1, 64), ("wavefront", 4, 22)]  # anti-diagonals of 1..8..1 pixels in chunks of 4
+    assert rows[0]["speedup"] == 1.0 and rows[1]["evaluation_speedup"] == 64 / rows[1]["network_evaluations"]
+    assert list(rows[0]) == list(CURVE_FIELDS)
+    assert all(p.is_file() for p in write_speed_quality(rows, tmp_path))
+    assert curve_settings(32, 32)[:6] == [("sequential", 1)] + [("wavefront", w) for w in (2, 4, 8, 16, 32)]
+
+
+# ---------------------------------------------------------------- hole likelihoods
+
+
+def chain_nll(model, x, occlusion, fill, generator):
+    """The definition, one pass per hole pixel: pixel t's mixture conditional read off a pass on an image
+    whose unknown pixels (hole pixels t, t+1, ... of the fill order) hold random values."""
+    plan = plan_for(model, occlusion, fill)
+    pixels = plan.pixels.tolist()
+    nll = torch.empty(len(x), len(pixels), dtype=x.dtype)
+    for t, pixel in enumerate(pixels):
+        unknown = torch.zeros(occlusion.numel(), dtype=torch.bool)
+        unknown[pixels[t:]] = True
+        scrambled = torch.where(unknown.view(occlusion.shape), grid_values(x.shape, generator), x)
+        mixture = []
+        for i in range(model.k):
+            params = model.params(scrambled, [i])[0]
+            log_p = log_prob(x, params).flatten(1)[:, pixel]
+            mixture.append(log_p + plan.weights[i, t].log())
+        nll[:, t] = -torch.logsumexp(torch.stack(mixture), 0)
+    return nll
+
+
+@pytest.mark.parametrize("fill", ["single", "best_evidence", "evidence_weighted"])
+def test_teacher_forced_hole_nll_equals_the_chain_definition(fill):
+    model = tiny_model(channels=1, stages=1, transforms=(0, 7, 1))
+    g = torch.Generator().manual_seed(4)
+    x = grid_values((3, 1, 4, 4), g)
+    occlusion = torch.zeros(4, 4, dtype=torch.bool)
+    occlusion[0:3, 2:4] = True
+    with torch.no_grad():
+        assert torch.allclose(hole_nll_exact(model, x, occlusion, fill), chain_nll(model, x, occlusion, fill, g),
+                              atol=1e-10)
+
+
+def test_hole_likelihood_is_a_distribution_over_the_hole_by_brute_force():
+    """Over all 256^2 values of the two-pixel hole of a 1x3 grayscale image: with the canonical ordering
+    alone (`best_evidence`: it leads) the hole's probability is p(hole | x_0) = p(x) / sum_hole p(x); the
+    `evidence_weighted` mixture (the reversed raster joins at the last pixel, whose context it knows) is
+    a distribution over the hole too."""
+    model = tiny_model(channels=1, stages=1, transforms=(0, 1), filters=4)
+    levels = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0
+    first, second = torch.meshgrid(levels, levels, indexing="ij")
+    hole = torch.stack([first.flatten(), second.flatten()], -1).view(-1, 1, 1, 2)
+    x = torch.cat([torch.full((len(hole), 1, 1, 1), 0.3), hole], dim=3)
+    occlusion = torch.tensor([[False, True, True]])
+    assert plan_for(model, occlusion, "evidence_weighted").weights[1].tolist() == [0, 0.25]
+    with torch.no_grad():
+        log_best = -hole_nll_exact(model, x, occlusion, "best_evidence").sum(1)
+        log_mixed = -hole_nll_exact(model, x, occlusion, "evidence_weighted").sum(1)
+        log_joint = model(x)[0].sum((-2, -1))
+    assert torch.allclose(log_best, log_joint - torch.logsumexp(log_joint, 0), atol=1e-9)
+    assert abs(torch.logsumexp(log_mixed, 0).item()) < 1e-9
+    assert not torch.allclose(log_mixed, log_best)
+
+
+def test_inpaint_keeps_the_evidence_and_matches_teacher_forcing_on_a_one_pixel_hole():
+    model = tiny_model().float()
+    g = torch.Generator().manual_seed(6)
+    x = grid_values((5, 3, 8, 8), g).float()
+    occlusion = make_occlusions("best", 1, 8, 8, seed=0)[0]
+    filled, nll = inpaint(model, x, occlusion, "evidence_weighted", g)
+    assert torch.equal(filled[:, :, ~occlusion], x[:, :, ~occlusion])
+    hole = filled[:, :, occlusion]
+    assert torch.equal(hole, quantize(hole)) and torch.isfinite(nll).all()
+    one = torch.zeros(8, 8, dtype=torch.bool)
+    one[0, 7] = True
+    _, nll_one = inpaint(model, x, one, "evidence_weighted", g)
+    assert torch.allclose(nll_one, hole_nll_exact(model, x, one, "evidence_weighted"), atol=1e-4)
+
+
+def test_evaluate_inpainting_and_figure(tmp_path):
+    model = tiny_model().float()
+    images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    metrics = evaluate_inpainting(model, images, "average", num_occlusions=2, images_per_occlusion=4)
+    assert set(metrics) == {"single/bpd_exact", "best_evidence/bpd_exact", "evidence_weighted/bpd_exact",
+                            "occluded_fraction"}
+    assert all(math.isfinite(v) and v > 0 for v in metrics.values())
+    assert inpainting_figure(model, images[:3], tmp_path / "table4.png", case="top_half").is_file()
+
+
+# ---------------------------------------------------------------- occlusions
+
+
+def test_occlusions_are_anchored_as_specified_and_seeded():
+    best, average, half = (make_occlusions(case, 50, 32, 32, seed=3) for case in CASES)
+    assert torch.equal(best, make_occlusions("best", 50, 32, 32, seed=3))
+    low, high = side_range(32)
+    for b, a in zip(best, average):
+        rows, cols = b.any(1).nonzero().squeeze(1), b.any(0).nonzero().squeeze(1)
+        assert rows[0] == 0 and cols[-1] == 31  # touches the top and the right border
+        assert low <= len(rows) <= high and low <= len(cols) <= high
+        assert b.sum() == len(rows) * len(cols)  # one rectangle
+        a_rows, a_cols = a.any(1).nonzero().squeeze(1), a.any(0).nonzero().squeeze(1)
+        assert a_rows[0] >= 4 and a_rows[-1] <= 27 and a_cols[0] >= 4 and a_cols[-1] <= 27  # in the middle
+        assert (len(a_rows), len(a_cols)) == (len(rows), len(cols))  # the same sizes
+    assert half.all(0)[:16].all() and not half.any(0)[16:].any()
+    assert len({tuple(m.nonzero()[0].tolist()) for m in average}) > 10  # positions vary
+
+
+def test_best_case_prefers_the_rotated_ordering():
+    """The paper's k=2 pair: a hole in the top right has more evidence in rot90_cw (columns to its left)."""
+    model = tiny_model()
+    occlusion = make_occlusions("best", 1, 8, 8, seed=0)[0]
+    plan = plan_for(model, occlusion, "best_evidence")
+    assert plan.weights[1].eq(1).all() and plan.weights[0].eq(0).all()
+    plan = plan_for(model, make_occlusions("top_half", 1, 8, 8, seed=0)[0], "best_evidence")
+    assert plan.weights[1].eq(1).all()
