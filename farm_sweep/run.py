@@ -52,7 +52,7 @@ Trainable = Callable[[dict[str, Any], TrialContext], None]
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        study = load_study(args.study)
+        study = load_study(args.study, runs_here=args.address is None)
         output = check_output(study, args.output or Path("results") / study.name, args.resume)
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -61,9 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(plan(study, output, uri, args.address)))
     if args.dry_run:
         return 0
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingUnavailable as error:
+        print(f"error: --tracking-uri: {error}", file=sys.stderr)
+        return 2
     began = time.perf_counter()
     rows = run_study(study, output, tracking_uri=uri, address=args.address, resume=args.resume)
-    print("\n".join(summary(rows, time.perf_counter() - began, output, uri)))
+    unlogged = tracking.load(output).unlogged()
+    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, len(unlogged))))
     return 0
 
 
@@ -103,13 +109,18 @@ def plan(study: Study, output: Path, uri: str, address: str | None) -> list[str]
              f"  sampler: {sampler}",
              f"  pruner: {pruner} (step = epoch)",
              f"  resources per trial: {study.resources.cpus} CPU, {study.resources.gpus} GPU (GPU only when the "
-             f"cluster has one); max concurrent: {study.max_concurrent_trials or 'as resources allow'}; "
+             f"cluster has one){_custom_text(study.resources.custom)}; "
+             f"max concurrent: {study.max_concurrent_trials or 'as resources allow'}; "
              f"max_failures: {study.max_failures}",
              f"  evaluation: {json.dumps(study.evaluation) if study.evaluation else 'none'}",
              f"  ray: {address or 'embedded local Ray'}; storage {output / RAY_FOLDER}",
              f"  optuna: sqlite:///{output / OPTUNA_FILE} (study {study.name!r})",
              f"  mlflow: {uri}",
              f"  output: {output}"]
+
+
+def _custom_text(custom: Mapping[str, float]) -> str:
+    return "".join(f", {amount} {name}" for name, amount in custom.items())
 
 
 def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, address: str | None = None,
@@ -146,7 +157,8 @@ def _connect(address: str | None) -> None:
 def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) -> Any:
     context = TrialContext(dict(study.space.fixed), tracker, dict(study.evaluation))
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus if has_gpu else 0}
+    resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus if has_gpu else 0,
+                 **study.resources.custom}
     return tune.with_resources(tune.with_parameters(trainable, context=context), resources)
 
 
@@ -218,11 +230,19 @@ def trial_rows(grid: tune.ResultGrid, tracker: tracking.Tracker, output: Path) -
         rows.append({
             "trial_id": trial_id, "optuna_trial": result.config.get(OPTUNA_TRIAL_KEY),
             "status": _status(result.error, metrics), "epochs": metrics.get("epoch", 0),
+            "failure_reason": _reason(result.error),
             METRIC: metrics.get(METRIC), "train_loss": metrics.get("train_loss"),
-            "mlflow_run_id": tracker.find_child(trial_id) or "", "checkpoint": _relative(checkpoint, output),
+            "mlflow_run_id": tracker.run_of(trial_id), "checkpoint": _relative(checkpoint, output),
             **{f"param.{k}": v for k, v in result.config.items() if k != OPTUNA_TRIAL_KEY},
             **{k: v for k, v in metrics.items() if k.startswith(("inpaint/", "sampling/"))}})
     return sorted(rows, key=lambda row: (row["optuna_trial"] is None, row["optuna_trial"] or 0))
+
+
+def _reason(error: Exception | None) -> str:
+    """The root cause of a failed trial, in one line (Ray wraps it in its own error types)."""
+    while error is not None and error.__cause__ is not None:
+        error = error.__cause__
+    return "" if error is None else f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
 
 
 def _status(error: Exception | None, metrics: Mapping[str, Any]) -> str:
@@ -271,6 +291,7 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     best = best_row(rows)
     tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
                          files, {s: counts.get(s, 0) for s in STATUSES})
+    tracker.replay()
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
@@ -281,7 +302,8 @@ def _importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str) -> list[str]:
+def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str,
+            unlogged: int = 0) -> list[str]:
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
@@ -294,6 +316,8 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
               f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed",
               f"results: {output}",
+              *([f"tracking: {unlogged} calls could not be logged to {uri}; they are kept in "
+                 f"{output / tracking.JOURNAL_FILE}"] if unlogged else []),
               f"MLflow UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow: {uri}"]
     return lines
 

@@ -9,18 +9,28 @@ Every call goes through MlflowClient with an explicit run id (no fluent "active 
 same code runs in the driver and inside Ray trial processes. A child run is found again by its
 `farm.trial_id` tag: a retried or resumed trial keeps logging into its own run, never a duplicate.
 The default store is embedded: `sqlite:///<output>/mlflow.db` with artifacts in `<output>/mlartifacts`.
+
+A tracking server that goes away must not kill trials: every write is retried a few times, then written
+to a journal (`<output>/tracking_unlogged.jsonl`, one JSON call a line) and training goes on. At the end of
+the study the journal is replayed; what still cannot be logged stays there and the summary says so.
+A child run that could not even be created gets a pending id (`pending:<trial id>`) that replay resolves.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
+import os
 import time
-from collections.abc import Iterable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
@@ -34,16 +44,64 @@ TRIAL_TAG = "farm.trial_id"
 STATUS_TAG = "farm.status"
 STUDY_TAG = "farm.study"
 STATE_FILE = "tracking.json"
+JOURNAL_FILE = "tracking_unlogged.jsonl"
+PENDING = "pending:"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+ATTEMPTS, BACKOFF_S = 3, 1.0
+# MLflow's own HTTP retries back off for minutes per call; ours are short and end in the journal instead.
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer."""
 
 
 def default_uri(output: Path) -> str:
     return f"sqlite:///{(output / 'mlflow.db').resolve()}"
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise TrackingUnavailable at once when an http(s) tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise TrackingUnavailable(f"no MLflow tracking server answers at {uri} ({reason}); start it (for example "
+                              f"`mlflow server --host 127.0.0.1 --port PORT`) or leave out --tracking-uri to "
+                              f"use the embedded store")
+
+
+def _journaled(method: Callable[..., Result]) -> Callable[..., Result | None]:
+    """Retry a write a few times; if the store still fails, journal the call and return None."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Result | None:
+        for attempt in range(ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as error:  # MLflow raises many types (HTTP, SQL, its own) for one cause
+                if attempt == ATTEMPTS - 1:
+                    self.journal_call(method.__name__, args, kwargs, error)
+                    return None
+                time.sleep(BACKOFF_S * 2 ** attempt)
+        return None
+
+    return wrapper
+
+
 @lru_cache(maxsize=4)
 def client(uri: str) -> MlflowClient:
     """One client per tracking URI and process (an SQLite store opens its engine once)."""
+    for name, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(name, value)
     return MlflowClient(uri)
 
 
@@ -54,10 +112,44 @@ class Tracker:
     uri: str
     experiment_id: str
     parent_run_id: str
+    journal: str | None = None
 
     @property
     def client(self) -> MlflowClient:
         return client(self.uri)
+
+    def journal_call(self, name: str, args: tuple, kwargs: dict, error: Exception) -> None:
+        log.warning("tracking: %s could not be logged (%s); kept in %s", name, error, self.journal)
+        if self.journal is not None:
+            line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": str(error)[:500]},
+                              default=str)
+            with open(self.journal, "a") as handle:
+                handle.write(line + "\n")
+
+    def unlogged(self) -> list[dict[str, Any]]:
+        """The journaled calls that have not reached the store."""
+        if self.journal is None or not Path(self.journal).is_file():
+            return []
+        return [json.loads(line) for line in Path(self.journal).read_text().splitlines() if line.strip()]
+
+    def replay(self) -> int:
+        """Retry every journaled call once, in order; keep the ones that fail again. Returns how many remain."""
+        entries = self.unlogged()
+        if not entries:
+            return 0
+        Path(self.journal).unlink()
+        for entry in entries:
+            getattr(self, entry["call"])(*entry["args"], **entry["kwargs"])
+        return len(self.unlogged())
+
+    def _resolve(self, run_id: str) -> str:
+        """A real run id for a pending one (its child run was created by a later replay)."""
+        if not run_id.startswith(PENDING):
+            return run_id
+        found = self.find_child(run_id.removeprefix(PENDING))
+        if found is None:
+            raise TrackingUnavailable(f"child run of trial {run_id.removeprefix(PENDING)} does not exist yet")
+        return found
 
     # ---------------------------------------------------------- child runs (one per trial)
 
@@ -68,8 +160,20 @@ class Tracker:
                           f"'{self.parent_run_id}'")
         return runs[0].info.run_id if runs else None
 
+    def run_of(self, trial_id: str) -> str:
+        """The trial's child run id; a pending id when the store does not answer; "" when there is none."""
+        try:
+            return self.find_child(trial_id) or ""
+        except Exception:  # unreachable store: let journaled calls resolve it later
+            return PENDING + trial_id
+
     def child_run(self, trial_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
-        """The trial's child run: the existing one (retry, resume) or a new one with its params."""
+        """The trial's child run: the existing one (retry, resume) or a new one with its params; a pending
+        id when the store cannot be reached (the creation is journaled and replayed later)."""
+        return self._child_run(trial_id, name, params, tags) or PENDING + trial_id
+
+    @_journaled
+    def _child_run(self, trial_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
         existing = self.find_child(trial_id)
         if existing is not None:
             self.client.update_run(existing, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -78,31 +182,42 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
             MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial_id, STATUS_TAG: "running",
             **{key: str(value) for key, value in tags.items()}})
-        self.log_params(run.info.run_id, params)
+        self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id
 
-    def end_trial(self, run_id: str, status: str) -> None:
+    @_journaled
+    def end_trial(self, run_id: str, status: str, reason: str | None = None) -> None:
         """status: completed, pruned or failed (the MLflow run itself ends FINISHED or FAILED)."""
+        run_id = self._resolve(run_id)
         self.client.set_tag(run_id, STATUS_TAG, status)
+        if reason:
+            self.client.set_tag(run_id, "farm.failure_reason", reason[:5000])
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
     # ---------------------------------------------------------- logging
 
+    @_journaled
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        items = [Param(key, _param_text(value)) for key, value in params.items()]
-        self.client.log_batch(run_id, params=items)
+        self.client.log_batch(self._resolve(run_id), params=_params(params))
 
+    @_journaled
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items() if _is_number(value)]
         if items:
-            self.client.log_batch(run_id, metrics=items)
+            self.client.log_batch(self._resolve(run_id), metrics=items)
 
     def last_step(self, run_id: str, key: str) -> int:
-        """The last step logged for `key` (0 if none): what a resumed trial must not log again."""
-        return max((m.step for m in self.client.get_metric_history(run_id, key)), default=0)
+        """The last step logged for `key` (0 if none or unknown): what a resumed trial must not log again."""
+        try:
+            history = self.client.get_metric_history(self._resolve(run_id), key)
+        except Exception:  # an unreachable store: log everything again rather than lose it
+            return 0
+        return max((m.step for m in history), default=0)
 
+    @_journaled
     def log_files(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        run_id = self._resolve(run_id)
         for path in paths:
             if Path(path).is_dir():
                 self.client.log_artifacts(run_id, str(path), artifact_path)
@@ -119,6 +234,7 @@ class Tracker:
 
     # ---------------------------------------------------------- the study's parent run
 
+    @_journaled
     def finish_study(self, best: Mapping[str, Any] | None, files: Iterable[Path], counts: Mapping[str, int]) -> None:
         """Log the end-of-study summary on the parent run and end it."""
         run = self.parent_run_id
@@ -143,7 +259,7 @@ def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], 
         experiment_id = mlflow.create_experiment(study_name, artifact_location=location)
     parent = mlflow.create_run(experiment_id, run_name=study_name,
                                tags={STUDY_TAG: study_name, "farm.output": str(output.resolve())})
-    tracker = Tracker(uri, experiment_id, parent.info.run_id)
+    tracker = Tracker(uri, experiment_id, parent.info.run_id, str((output / JOURNAL_FILE).resolve()))
     tracker.log_params(tracker.parent_run_id, settings)
     tracker.log_files(tracker.parent_run_id, files, "study_files")
     (output / STATE_FILE).write_text(json.dumps(asdict(tracker), indent=2))
@@ -175,8 +291,8 @@ class TrackingCallback(Callback):
         self._end(trial, "failed")
 
     def _end(self, trial: Trial, status: str) -> None:
-        run_id = self.tracker.find_child(trial.trial_id)
-        if run_id is None:
+        run_id = self.tracker.run_of(trial.trial_id)
+        if run_id == "":
             return  # the trial never started
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as folder:
@@ -186,6 +302,10 @@ class TrackingCallback(Callback):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _params(params: Mapping[str, Any]) -> list[Param]:
+    return [Param(key, _param_text(value)) for key, value in params.items()]
 
 
 def _param_text(value: Any) -> str:

@@ -10,22 +10,27 @@ section runs the end-of-trial evaluation and logs its metrics and artifacts.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 from ray import tune
 
+from farm_sweep import checkpoint
 from farm_sweep.config import TrainConfig
 from farm_sweep.pruning import FINAL_STEP_KEY
 from farm_sweep.search_space import OPTUNA_TRIAL_KEY
 from farm_sweep.tracking import Tracker
-from farm_sweep.train import load_model, resolve_device, train
+from farm_sweep.train import NonFiniteLossError, load_model, resolve_device, train
 
 CHECKPOINTS = "checkpoints"
 RESTORED = "restored"
 EVALUATION = "evaluation"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,14 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     run_id = context.tracker.child_run(
         tune.get_context().get_trial_id(), tune.get_context().get_trial_name(), train_config.to_dict(),
         tags={"farm.optuna_trial": config[OPTUNA_TRIAL_KEY], "farm.sampled": ",".join(sorted(params))})
+    try:
+        _train_and_report(train_config, trial_dir, context, run_id)
+    except NonFiniteLossError as error:  # a retry resumes before the divergence and diverges again: one epoch
+        context.tracker.end_trial(run_id, "failed", reason=f"NonFiniteLossError: {error}")
+        raise
+
+
+def _train_and_report(train_config: TrainConfig, trial_dir: Path, context: TrialContext, run_id: str) -> None:
     logged = context.tracker.last_step(run_id, "nll_image")
     for metrics in train(train_config, trial_dir / CHECKPOINTS, _restored_checkpoint(trial_dir), progress=None):
         epoch = metrics["epoch"]
@@ -60,16 +73,32 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 def _restored_checkpoint(trial_dir: Path) -> Path | None:
     """Tune's latest checkpoint for this trial, copied into the trial folder; None for a fresh start.
 
-    Tune's checkpoint is the authority: local checkpoints it never received are discarded."""
+    Tune's checkpoint is the authority: local checkpoints it never received are discarded. A latest
+    checkpoint that fails its checksums falls back, with a warning, to the newest older one Tune kept
+    (on storage that is a shared file system: NFS, or one machine)."""
     shutil.rmtree(trial_dir / CHECKPOINTS, ignore_errors=True)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+    latest = tune.get_checkpoint()
+    if latest is None:
         return None
     target = trial_dir / RESTORED
-    shutil.rmtree(target, ignore_errors=True)
-    with checkpoint.as_directory() as folder:
-        shutil.copytree(folder, target)
-    return target
+    with latest.as_directory() as folder:
+        for candidate in (Path(folder), *_older_checkpoints(latest)):
+            try:
+                checkpoint.verify(candidate)
+            except checkpoint.CheckpointError as error:
+                log.warning("trial checkpoint rejected, trying an older one: %s", error)
+                continue
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(candidate, target)
+            return target
+    raise checkpoint.CheckpointError(f"{trial_dir}: no checkpoint of this trial passes its checksums")
+
+
+def _older_checkpoints(latest: tune.Checkpoint) -> list[Path]:
+    if not isinstance(latest.filesystem, pyarrow.fs.LocalFileSystem):
+        return []
+    newest = Path(latest.path)
+    return sorted((p for p in newest.parent.glob("checkpoint_*") if p.name < newest.name), reverse=True)
 
 
 def _evaluate(checkpoint: Path, train_config: TrainConfig, out_dir: Path, context: TrialContext,

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,48 +14,17 @@ from mlflow import MlflowClient
 from farm_sweep import tracking
 from farm_sweep.run import run_study
 from farm_sweep.study import load_study
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.processes import free_port, start_mlflow_server, stop
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
-         str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))  # noqa: SIM115 (closed with the process)
-    uri = f"http://127.0.0.1:{port}"
+    process = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"), port)
     try:
-        _wait_healthy(uri, process, folder / "server.log")
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_healthy(uri: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mlflow server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow server did not become healthy in {timeout}s:\n{log.read_text()[-3000:]}")
+        stop(process)
 
 
 def test_study_runs_metrics_and_artifacts_reach_the_server(server: str, tmp_path: Path) -> None:
