@@ -79,6 +79,11 @@ class DataError(Exception):
     """A dataset is missing, corrupt or requested wrongly; the message says what and how to fix it."""
 
 
+def _not_standard(path: str | Path, problem: str, dataset: str) -> DataError:
+    """A file that is present but holds the wrong thing: what is wrong, and where to get the right one."""
+    return DataError(f"{path}: {problem}; it is not the standard file. Replace it: {_HOW_TO_GET[dataset]}.")
+
+
 @dataclass(frozen=True, eq=False)
 class ImageDataset:
     """One split of one dataset. Images are flattened row-major (N, H*W) except cifar10 (N, 3, 32, 32)."""
@@ -255,13 +260,13 @@ def _npz_bits(path: str, mtime_ns: int, size: int, key: str) -> np.ndarray:
     """One validated (N, 784) {0,1} array of the npz, stored compactly as read-only uint8."""
     array = _read_npz_key(path, key)
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != 784:
-        raise DataError(f"{path}: {key} has shape {array.shape}, expected (N, 784) with N > 0")
+        raise _not_standard(path, f"{key} has shape {array.shape}, expected (N, 784) with N > 0 (28x28 images)",
+                            "binarized_mnist")
     bad = ~((array == 0) | (array == 1))
     if bad.any():
         examples = ", ".join(str(v) for v in np.unique(array[bad])[:5])
-        raise DataError(
-            f"{path}: {key} must hold only 0 and 1, found {int(bad.sum())} other values (e.g. {examples})"
-        )
+        raise _not_standard(path, f"{key} must hold only 0 and 1 (MADE models binary pixels), found "
+                            f"{int(bad.sum())} other values (e.g. {examples})", "binarized_mnist")
     bits = array.astype(np.uint8)
     bits.flags.writeable = False
     return bits
@@ -274,10 +279,8 @@ def _read_npz_key(path: str, key: str) -> np.ndarray:
             raise ValueError("a single .npy array, not an .npz archive")
         with npz:
             if key not in npz.files:
-                raise DataError(
-                    f"{path}: key {key!r} is missing (found: {', '.join(npz.files) or 'none'}); "
-                    f"expected {', '.join(_NPZ_KEYS.values())}"
-                )
+                raise _not_standard(path, f"key {key!r} is missing (found: {', '.join(npz.files) or 'none'}; "
+                                    f"expected {', '.join(_NPZ_KEYS.values())})", "binarized_mnist")
             return npz[key]
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, zlib.error) as error:
         raise DataError(
@@ -318,9 +321,10 @@ def _mnist_pair(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndar
     images = _idx_array(*_stamp(image_path))
     labels = _idx_array(*_stamp(label_path))
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataError(f"{image_path}: IDX dims {images.shape}, expected (N, 28, 28) images (magic 0x803)")
+        raise _not_standard(image_path, f"IDX dims {images.shape}, expected (N, 28, 28) images (magic 0x803)",
+                            "mnist")
     if labels.ndim != 1:
-        raise DataError(f"{label_path}: IDX dims {labels.shape}, expected (N,) labels (magic 0x801)")
+        raise _not_standard(label_path, f"IDX dims {labels.shape}, expected (N,) labels (magic 0x801)", "mnist")
     if len(labels) != len(images):
         raise DataError(f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels")
     if labels.size and labels.max() > 9:
@@ -340,7 +344,7 @@ def _idx_array(path: str, mtime_ns: int, size: int) -> np.ndarray:
             f"truncated or corrupt. Replace it: {_HOW_TO_GET['mnist']}."
         ) from error
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise DataError(f"{path}: bad IDX magic number {raw[:4].hex()}; expected 00000801 or 00000803")
+        raise _not_standard(path, f"bad IDX magic number {raw[:4].hex()}; expected 00000801 or 00000803", "mnist")
     header = 4 + 4 * raw[3]
     if len(raw) < header:
         raise DataError(f"{path}: IDX header is truncated")
@@ -411,7 +415,8 @@ def _cifar_file(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.nda
     records.flags.writeable = False
     labels = records[:, 0]
     if labels.max() > 9:
-        raise DataError(f"{path}: label byte {int(labels.max())} is out of 0..9; not a CIFAR-10 binary batch")
+        raise _not_standard(path, f"label byte {int(labels.max())} is out of 0..9; not a CIFAR-10 binary batch",
+                            "cifar10")
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
 
 

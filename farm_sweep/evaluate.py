@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from farm_sweep.config import TrainConfig
-from farm_sweep.data import load_dataset
-from farm_sweep.export import ExportError, load_export
+from farm_sweep.data import DataError, load_dataset
+from farm_sweep.export import CONFIG, ExportError, load_export
 from farm_sweep.likelihood import nll_image
 from farm_sweep.models.made import FarmMADE
 
@@ -31,16 +31,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         model, config, _ = load_export(args.export_dir)
-    except (ExportError, OSError, KeyError) as error:
-        print(f"error: {args.export_dir}: not a readable export ({error})", file=sys.stderr)
-        return 2
-    metrics = evaluate(model, config, args.task)
+        metrics = evaluate(model, config, args.task)
+    except ExportError as error:
+        return _fail(str(error))
+    except DataError as error:
+        return _fail(f"{args.export_dir / CONFIG}: dataset {config.dataset!r}: {error}")
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         width = max(map(len, metrics))
         print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()))
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +61,9 @@ def evaluate(model: FarmMADE, config: TrainConfig, task: str) -> dict[str, float
     """Test-split metrics for one task."""
     if task == "nll":
         test = load_dataset(config.dataset, "test", config.data_dir, binarize=config.binarize, seed=config.seed)
+        if test.images[0].numel() != model.dim:
+            raise DataError(f"its test images have {test.images[0].numel()} pixels, the model {model.dim}; the "
+                            "export's config.yaml names another dataset than the model's: restore it, or re-export")
         metrics = nll_image(model, test.images)
         return {**metrics, "bpd": metrics["nll_image"] / (model.dim * math.log(2))}
     from farm_sweep.trial_evaluation import evaluate_trained_model  # heavy: inpainting and sampling

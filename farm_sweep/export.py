@@ -16,17 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from farm_sweep import tracking
 from farm_sweep.config import TrainConfig
-from farm_sweep.data import load_dataset
+from farm_sweep.data import DataError, load_dataset
 from farm_sweep.models.made import FarmMADE
 from farm_sweep.run import METRIC, TABLE_FILE, read_table
 from farm_sweep.train import build_model, load_model
@@ -37,6 +38,8 @@ TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD = ("model.safetensors", "architectu
 
 
 TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint")
+REQUIRED_COLUMNS = ("trial_id", "status", METRIC, "checkpoint")
+REEXPORT = "re-export the model (python -m farm_sweep.export)"
 
 
 class ExportError(ValueError):
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     output = args.output or Path("results") / args.study
     try:
+        if args.register:
+            _check_registry(output)
         folders = export_study(output, args.top, args.out)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -64,39 +69,87 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--study", help="the study's name (its results are in results/<name>)")
     source.add_argument("--output", type=Path, help="the study's output folder")
-    parser.add_argument("--top", type=int, default=1, help="how many of the best completed trials (default 1)")
+    parser.add_argument("--top", type=_positive, default=1, help="how many of the best completed trials (default 1)")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the exports into")
     parser.add_argument("--register", action="store_true", help="also register them in the MLflow model registry")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1 (how many trials to export)")
+    return int(text)
+
+
+def _check_registry(output: Path) -> None:
+    state = output / tracking.STATE_FILE
+    if not state.is_file():
+        raise ExportError(f"{state}: missing, so --register cannot find the study's MLflow runs; pass the output "
+                          "folder of a study run by python -m farm_sweep.run, or export without --register")
 
 
 def best_rows(output: Path, top: int) -> list[dict[str, str]]:
     """The `top` completed trials with the lowest validation metric, from <output>/trials.csv."""
     table = output / TABLE_FILE
     if not table.is_file():
-        raise ExportError(f"{table}: no trials table; is {output} the output folder of a finished study?")
-    completed = [row for row in read_table(table) if row["status"] == "completed" and row["checkpoint"]]
+        raise ExportError(f"{table}: no trials table; pass the --output folder of a finished study "
+                          "(python -m farm_sweep.run writes trials.csv when the study ends)")
+    rows = read_table(table)
+    missing = [column for column in REQUIRED_COLUMNS if rows and column not in rows[0]]
+    if missing:
+        raise ExportError(f"{table}: column(s) {', '.join(missing)} missing; restore the table from the study's "
+                          "MLflow parent run (artifact study/trials.csv)")
+    completed = [row for row in rows if row["status"] == "completed" and row["checkpoint"]]
     if not completed:
-        raise ExportError(f"{table}: no completed trial to export")
-    return sorted(completed, key=lambda row: float(row[METRIC]))[:top]
+        raise ExportError(f"{table}: no completed trial to export; run the study (or --resume it) until one "
+                          "completes")
+    try:
+        return sorted(completed, key=lambda row: float(row[METRIC]))[:top]
+    except (TypeError, ValueError) as error:
+        raise ExportError(f"{table}: a {METRIC} value is not a number ({error}); restore the table from the "
+                          "study's MLflow parent run (artifact study/trials.csv)") from None
 
 
 def export_study(output: Path, top: int, out: Path) -> list[Path]:
+    """Export the `top` best trials to out/NN_<trial id>/. Every checkpoint is loaded and every target folder
+    checked before anything is written, and an existing export is never overwritten."""
     study = output.resolve().name
-    folders = []
+    planned = []
     for rank, row in enumerate(best_rows(output, top), start=1):
-        checkpoint = output / row["checkpoint"]
-        model, config = load_model(checkpoint)
+        model, config = _load_trial(output, row)
         metrics = {"study": study, "rank": rank,
                    **{k: v if k in TEXT_COLUMNS else _number(v) for k, v in row.items() if v != ""}}
-        folders.append(export_model(model, config, metrics, out / f"{rank:02d}_{row['trial_id']}"))
-    return folders
+        folder = out / f"{rank:02d}_{row['trial_id']}"
+        if folder.exists():
+            raise ExportError(f"{folder}: already exists (an earlier export?); choose another --out, or move it "
+                              "away first")
+        planned.append((model, config, metrics, folder))
+    return [export_model(*export) for export in planned]
+
+
+def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[FarmMADE, TrainConfig]:
+    checkpoint = output / row["checkpoint"]
+    try:
+        model, config = load_model(checkpoint)
+    except DataError as error:
+        raise ExportError(f"{checkpoint}: trial {row['trial_id']}'s data cannot be loaded: {error}") from None
+    except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as error:
+        raise ExportError(f"{checkpoint}: trial {row['trial_id']}'s checkpoint cannot be loaded ({error}); "
+                          "restore it from the trial's MLflow run (artifacts checkpoint/), or export other "
+                          "trials") from None
+    _require_made(model, config)
+    return model, config
+
+
+def _require_made(model: torch.nn.Module, config: TrainConfig) -> None:
+    if not isinstance(model, FarmMADE):
+        raise ExportError(f"model {config.model!r}: the export format covers FARM+MADE models only; export "
+                          "studies of model made")
 
 
 def export_model(model: torch.nn.Module, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
     """Write one model in the export format."""
-    if not isinstance(model, FarmMADE):
-        raise ExportError(f"model {config.model!r}: the export format covers FARM+MADE models only")
+    _require_made(model, config)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, architecture = describe(model, *_image_shape(config))
     save_file(tensors, folder / TENSORS)
@@ -138,23 +191,69 @@ def _masks(model: FarmMADE, mask_set: int) -> list[torch.Tensor]:
 
 
 def load_export(folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfig, dict[str, Any]]:
-    """Rebuild an exported model (build_model + its tensors) and check masks and orderings match."""
-    architecture = json.loads((folder / ARCHITECTURE).read_text())
-    if architecture.get("format") != FORMAT:
-        raise ExportError(f"{folder / ARCHITECTURE}: format {architecture.get('format')!r}, expected {FORMAT!r}")
-    config = TrainConfig.from_dict(yaml.safe_load((folder / CONFIG).read_text()))
-    model = build_model(config, architecture["height"], architecture["width"])
-    tensors = load_file(folder / TENSORS)
-    expected, _ = describe(model, architecture["height"], architecture["width"])
-    for name in ("orderings", "ranks", *(layer["mask"] for layer in architecture["layers"])):
-        if not torch.equal(tensors[name], expected[name]):
-            raise ExportError(f"{folder / TENSORS}: {name} differs from the model its config builds")
+    """Rebuild an exported model (build_model + its tensors). Every file must be present and readable,
+    architecture.json and every tensor's name, shape and dtype must be what config.yaml builds, masks and
+    orderings equal, weights finite; otherwise ExportError names the file and the problem."""
+    missing = [name for name in (TENSORS, ARCHITECTURE, CONFIG, METRICS) if not (folder / name).is_file()]
+    if missing:
+        raise ExportError(f"{folder}: {', '.join(missing)} missing; not a complete export: {REEXPORT}")
+    architecture = _read(folder / ARCHITECTURE, _json)
+    if not isinstance(architecture, dict) or architecture.get("format") != FORMAT:
+        found = architecture.get("format") if isinstance(architecture, dict) else architecture
+        raise ExportError(f"{folder / ARCHITECTURE}: format {found!r}, expected {FORMAT!r}; {REEXPORT}")
+    config = _read(folder / CONFIG, lambda path: TrainConfig.from_dict(yaml.safe_load(path.read_text())))
+    model, expected = _rebuild(folder / ARCHITECTURE, architecture, config)
+    tensors = _read(folder / TENSORS, load_file)
+    _check_tensors(folder / TENSORS, tensors, expected)
     state = {}
-    for index, layer in enumerate(architecture["layers"]):
-        state[f"weights.{index}"] = tensors[layer["weight"]]
-        state[f"biases.{index}"] = tensors[layer["bias"]][:, None, :]
+    for index in range(len(model.weights)):
+        state[f"weights.{index}"] = tensors[f"layer{index}.weight"]
+        state[f"biases.{index}"] = tensors[f"layer{index}.bias"][:, None, :]
     model.load_state_dict(state, strict=False)
-    return model.to(device).eval(), config, json.loads((folder / METRICS).read_text())
+    return model.to(device).eval(), config, _read(folder / METRICS, _json)
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _read(path: Path, parse: Callable[[Path], Any]) -> Any:
+    """`parse(path)`; any failure to read or parse it is an ExportError naming the file."""
+    try:
+        return parse(path)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, yaml.YAMLError, SafetensorError) as error:
+        raise ExportError(f"{path}: unreadable or invalid ({type(error).__name__}: {error}); {REEXPORT}") from None
+
+
+def _rebuild(path: Path, architecture: dict[str, Any], config: TrainConfig) -> tuple[FarmMADE, dict[str, Any]]:
+    """The model config.yaml builds and its tensors; architecture.json must describe exactly that model."""
+    try:
+        model = build_model(config, architecture["height"], architecture["width"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ExportError(f"{path}: does not fit the model config.yaml builds ({type(error).__name__}: {error}); "
+                          f"{REEXPORT}") from None
+    _require_made(model, config)
+    expected, described = describe(model, architecture["height"], architecture["width"])
+    differing = [key for key, value in json.loads(json.dumps(described)).items() if architecture.get(key) != value]
+    if differing:
+        raise ExportError(f"{path}: {', '.join(differing)} differ(s) from the model config.yaml builds; {REEXPORT}")
+    return model, expected
+
+
+def _check_tensors(path: Path, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """Names, shapes and dtypes as expected; orderings, ranks and masks equal; weights and biases finite."""
+    names = sorted(set(tensors) ^ set(expected))
+    if names:
+        raise ExportError(f"{path}: tensor(s) {', '.join(names)} missing or unexpected; {REEXPORT}")
+    for name, want in expected.items():
+        have = tensors[name]
+        if have.shape != want.shape or have.dtype != want.dtype:
+            raise ExportError(f"{path}: {name} is {have.dtype} {list(have.shape)}, the model its config builds "
+                              f"needs {want.dtype} {list(want.shape)}; {REEXPORT}")
+        if have.is_floating_point() and name.startswith("layer") and not torch.isfinite(have).all():
+            raise ExportError(f"{path}: {name} holds NaN or infinite values; {REEXPORT}")
+        if not have.is_floating_point() and not torch.equal(have, want):
+            raise ExportError(f"{path}: {name} differs from the model its config builds; {REEXPORT}")
 
 
 def model_card(config: TrainConfig, metrics: Mapping[str, Any], architecture: Mapping[str, Any]) -> str:

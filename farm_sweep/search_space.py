@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,12 +63,12 @@ class Parameter:
         conditions = ", ".join(f"{name} in {list(values)}" for name, values in self.when.items())
         return f"{text} when {conditions}" if conditions else text
 
-    def grid_values(self) -> list[Any] | None:
-        """Every value, for the grid sampler; None for continuous distributions."""
+    def grid_values(self) -> Sequence[Any] | None:
+        """Every value, for the grid sampler (a lazy range for ints); None for continuous distributions."""
         if self.distribution == "categorical":
             return [_label(choice) for choice in self.choices]
         if self.distribution == "int":
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+            return range(int(self.low), int(self.high) + 1, int(self.step or 1))
         return None
 
 
@@ -104,10 +104,11 @@ class SearchSpace:
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's search space (every parameter must be discrete and unconditional)."""
-        return {p.name: p.grid_values() for p in self.parameters}
+        return {p.name: list(p.grid_values()) for p in self.parameters}
 
     def grid_size(self) -> int:
-        return math.prod(len(values) for values in self.grid().values())
+        """How many configurations the grid has (without listing them)."""
+        return math.prod(len(p.grid_values()) for p in self.parameters)
 
     def describe(self) -> list[str]:
         return [p.describe() for p in self.parameters]

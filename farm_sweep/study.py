@@ -1,14 +1,17 @@
 """Study files and search-space files: schema, loading and validation (docs/studies.md is the reference).
 
-`load_study(path)` reads a study YAML (yaml.safe_load only), the search-space YAML it names, checks every
-key and value, checks that every configuration the space can produce is a valid TrainConfig whose data
-is present and whose orderings exist, and returns a `Study`. Any problem raises `StudyError` naming the
-file, the field and the reason; nothing is written.
+`load_study(path)` reads a study YAML (yaml's SafeLoader, refusing duplicate keys), the search-space YAML it
+names, checks every key and value, checks that every configuration the space can produce is a valid
+TrainConfig whose data is present (checksums, format, shape) and whose orderings exist, and returns a
+`Study`. Any problem raises `StudyError` naming the file, the field, the reason and the fix; nothing is
+written.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
+import math
 import re
 import typing
 from collections.abc import Callable, Iterator
@@ -16,14 +19,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from farm_sweep.config import ConfigError, TrainConfig
 from farm_sweep.data import DataError, load_dataset
-from farm_sweep.orderings import make_orderings
+from farm_sweep.orderings import make_orderings, max_orderings
 from farm_sweep.search_space import DISTRIBUTIONS, Parameter, SearchSpace
 
 MAX_CHECKED_COMBINATIONS = 2000  # corner configurations checked against TrainConfig before a study starts
+MAX_GRID_SIZE = 100_000  # the grid sampler lists every configuration up front
+MAX_SEED = 2**32 - 1  # NumPy's (and so Optuna's) seed range
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -51,6 +57,7 @@ class Component:
 class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. a node label
 
 
 @dataclass(frozen=True)
@@ -104,17 +111,18 @@ def _number(minimum: float, maximum: float | None = None, exclusive: bool = Fals
 
 
 def _as_float(value: Any) -> float:
-    """A YAML number; numeric strings are accepted because YAML 1.1 reads `1e-3` (no dot) as a string."""
-    if isinstance(value, bool):
+    """A finite YAML number; numeric strings are accepted because YAML 1.1 reads `1e-3` (no dot) as a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _Invalid(f"{value!r} must be a number")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise _Invalid(f"{value!r} must be a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    except ValueError:
+        raise _Invalid(f"{value!r} must be a number") from None
+    if not math.isfinite(number):
+        raise _Invalid(f"{value!r} must be a finite number, not infinity or NaN")
+    return number
 
 
 def _either(check: Check, literal: str) -> Check:
@@ -137,7 +145,7 @@ def _text(value: Any) -> str:
 
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _Invalid(f"expected a mapping, got {type(value).__name__} {value!r}")
+        raise _Invalid(f"expected a mapping (key: value entries), got {type(value).__name__} {value!r}")
     return value
 
 
@@ -158,9 +166,31 @@ SAMPLER_OPTIONS: dict[str, dict[str, Check]] = {
     "grid": {},
 }
 REQUIRED_OPTIONS = {"percentile": ("percentile",)}
+_FIELD_CHECKS: dict[str, Check] = {"seed": _integer(0, MAX_SEED)}  # TrainConfig ranges it leaves to the data loader
 
 
 # ------------------------------------------------------------------ reading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (safe_load keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: list[Any] = []
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key_node.tag != "tag:yaml.org,2002:merge" and key in keys:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}",
+                                                        key_node.start_mark)
+            keys.append(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what, without yaml's multi-line context (`line L, column C: problem`)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark and problem else str(error)
 
 
 class _Reader:
@@ -171,13 +201,20 @@ class _Reader:
 
     def load(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(encoding="utf-8")
         except OSError as error:
-            raise StudyError(self.path, "(file)", f"cannot read the file ({error.strerror or error})") from error
+            raise StudyError(self.path, "(file)", f"cannot read the file ({error.strerror or error}); "
+                             "check the path") from error
+        except UnicodeDecodeError as error:
+            raise StudyError(self.path, "(file)", f"not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                             f"offset {error.start}); save it as a UTF-8 YAML file") from None
         try:
-            document = yaml.safe_load(text)
+            document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
         except yaml.YAMLError as error:
-            raise StudyError(self.path, "(file)", f"not valid YAML: {error}") from error
+            raise StudyError(self.path, "(file)", f"not valid YAML ({_yaml_problem(error)}); correct the file "
+                             "there") from None
+        if document is None:
+            raise StudyError(self.path, "(file)", "the file is empty; write the keys docs/studies.md describes")
         return self.check("(top level)", document, _mapping)
 
     def check(self, where: str, value: Any, check: Check) -> Any:
@@ -191,11 +228,13 @@ class _Reader:
         allowed = list(allowed)
         for key in mapping:
             if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                guess = f"did you mean {close[0]!r}? " if close else ""
                 raise StudyError(self.path, _join(where, str(key)),
-                                 f"unknown key; allowed here: {', '.join(allowed) or 'none'}")
+                                 f"unknown key; {guess}allowed here: {', '.join(allowed) or 'none'}")
         for key in required:
             if key not in mapping:
-                raise StudyError(self.path, _join(where, key), "required key is missing")
+                raise StudyError(self.path, _join(where, key), "required key is missing; add it")
 
     def component(self, where: str, value: Any, options: dict[str, dict[str, Check]], default: str) -> Component:
         """`{type: NAME, option: value, ...}` (or just `NAME`) for a sampler or pruner."""
@@ -203,7 +242,7 @@ class _Reader:
             value = {"type": value}
         value = self.check(where, value, _mapping)
         kind = value.get("type", default)
-        if kind not in options:
+        if not isinstance(kind, str) or kind not in options:
             raise StudyError(self.path, f"{where}.type", f"{kind!r} is not known; choose one of {', '.join(options)}")
         self.keys(where, value, ["type", *options[kind]], REQUIRED_OPTIONS.get(kind, ()))
         checked = {key: self.check(f"{where}.{key}", v, options[kind][key]) for key, v in value.items()
@@ -223,14 +262,17 @@ PARAMETER_KEYS = ("distribution", "choices", "low", "high", "step", "when")
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study file and its search space; raises StudyError, writes nothing."""
+def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
+    """Read and validate a study file and its search space; raises StudyError, writes nothing.
+
+    runs_here: the trials will run on this machine (an embedded Ray), so `device: cuda` needs a CUDA GPU here.
+    """
     path = Path(path)
     reader = _Reader(path)
     document = reader.load()
     reader.keys("(top level)", document, STUDY_KEYS, ("name", "search_space"))
     name = reader.check("name", document["name"], _text)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise StudyError(path, "name", f"{name!r} must be letters, digits, '_', '-', '.' (it names folders)")
     space_path, space = _load_space(reader, document["search_space"])
     study_fixed = _fixed(reader, document.get("fixed", {}), space)
@@ -243,7 +285,7 @@ def load_study(path: str | Path) -> Study:
     study = Study(
         name=name, path=path, search_space_path=space_path, space=space,
         trials=_trials(reader, document.get("trials"), sampler, space),
-        seed=reader.check("seed", document.get("seed", 0), _integer(0)),
+        seed=reader.check("seed", document.get("seed", 0), _integer(0, MAX_SEED)),
         description=reader.check("description", document.get("description", ""), _text),
         max_concurrent_trials=_optional(reader, "max_concurrent_trials", document, _integer(1)),
         sampler=sampler,
@@ -253,7 +295,7 @@ def load_study(path: str | Path) -> Study:
         enqueue=_enqueue(reader, document.get("enqueue", []), space),
         evaluation=_evaluation(reader, document.get("evaluation")),
     )
-    _check_configurations(study, lambda name: origins.get(name, (path, f"fixed.{name}")))
+    _check_configurations(study, lambda name: origins.get(name, (path, f"fixed.{name}")), runs_here)
     return study
 
 
@@ -265,13 +307,22 @@ def _optional(reader: _Reader, key: str, document: dict[str, Any], check: Check)
 def _load_space(study_reader: _Reader, value: Any) -> tuple[Path | None, SearchSpace]:
     """`search_space:` is a path (relative to the study file) or an inline mapping."""
     if isinstance(value, str):
-        space_path = (study_reader.path.parent / value).resolve()
-        if not space_path.is_file():
-            raise StudyError(study_reader.path, "search_space", f"file {space_path} does not exist")
+        space_path = study_reader.path.parent / value
+        if not _is_file(space_path):
+            raise StudyError(study_reader.path, "search_space", f"file {space_path} does not exist; give a "
+                             "search-space file's path relative to the study file, or the space inline")
+        space_path = space_path.resolve()
         reader = _Reader(space_path)
         return space_path, _space(reader, reader.load(), "")
     document = study_reader.check("search_space", value, _mapping)
     return None, _space(study_reader, document, "search_space")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        return False
 
 
 def _space(reader: _Reader, document: dict[str, Any], where: str) -> SearchSpace:
@@ -308,7 +359,7 @@ def _parameter(reader: _Reader, at: str, name: str, entry: dict[str, Any], earli
             raise StudyError(reader.path, f"{at}.choices", "lists a value twice")
         return Parameter(name, kind, choices=values, when=when)
     reader.keys(at, entry, ("distribution", "low", "high", "step", "when"), ("low", "high"))
-    check = _integer(-2**62) if kind == "int" else _number(float("-inf"))
+    check = _integer(-2**61, 2**61) if kind == "int" else _number(float("-inf"))
     low, high = (reader.check(f"{at}.{key}", entry[key], check) for key in ("low", "high"))
     step = entry.get("step")
     if step is not None:
@@ -344,6 +395,8 @@ def _condition(reader: _Reader, at: str, value: Any, earlier: list[Parameter],
 
 def _config_value(reader: _Reader, at: str, name: str, value: Any) -> Any:
     """A value for TrainConfig field `name`: floats may be YAML numeric strings; lists stay lists."""
+    if name in _FIELD_CHECKS:
+        return reader.check(at, value, _FIELD_CHECKS[name])
     hint = typing.get_type_hints(TrainConfig)[name]
     if hint is float:
         return reader.check(at, value, _number(float("-inf")))
@@ -372,17 +425,23 @@ def _trials(reader: _Reader, value: Any, sampler: Component, space: SearchSpace)
         if parameter.grid_values() is None or parameter.when:
             raise StudyError(reader.path, "sampler.type", f"grid needs discrete, unconditional parameters; "
                              f"{parameter.name} is {parameter.distribution}"
-                             + (" with a condition" if parameter.when else ""))
+                             + (" with a condition" if parameter.when else "") + "; use sampler tpe or random")
     size = space.grid_size()
+    if size > MAX_GRID_SIZE:
+        raise StudyError(reader.path, "sampler.type", f"the grid has {size} configurations, more than "
+                         f"{MAX_GRID_SIZE}; narrow the int ranges (or give them a step), or use sampler tpe")
     trials = size if value is None else reader.check("trials", value, _integer(1, size))
     return trials
 
 
 def _resources(reader: _Reader, value: Any) -> Resources:
     value = reader.check("resources", value, _mapping)
-    reader.keys("resources", value, ("cpus", "gpus"))
+    reader.keys("resources", value, ("cpus", "gpus", "custom"))
+    custom = reader.check("resources.custom", value.get("custom", {}), _mapping)
     return Resources(cpus=reader.check("resources.cpus", value.get("cpus", 1), _number(0.0, exclusive=True)),
-                     gpus=reader.check("resources.gpus", value.get("gpus", 0), _number(0.0)))
+                     gpus=reader.check("resources.gpus", value.get("gpus", 0), _number(0.0)),
+                     custom={str(name): reader.check(f"resources.custom.{name}", amount, _number(0.0, exclusive=True))
+                             for name, amount in custom.items()})
 
 
 def _enqueue(reader: _Reader, value: Any, space: SearchSpace) -> tuple[dict[str, Any], ...]:
@@ -435,20 +494,31 @@ def _evaluation(reader: _Reader, value: Any) -> dict[str, Any]:
 Locate = Callable[[str], tuple[Path, str]]
 
 
-def _check_configurations(study: Study, locate: Locate) -> None:
+def _check_configurations(study: Study, locate: Locate, runs_here: bool) -> None:
     """Every corner configuration (and every enqueued point) builds a TrainConfig, its data is present and
-    (for MADE) its orderings exist on the dataset's image size."""
+    intact, (for MADE) its orderings exist on the dataset's image size, and (runs_here) its device exists."""
     shapes: dict[tuple[Any, ...], tuple[int, int]] = {}
     for values in _configurations(study):
         config = _train_config(values, locate)
-        key = (config.dataset, config.data_dir, config.binarize)
+        key = (config.dataset, config.data_dir, config.binarize, config.model)
         if key not in shapes:
             shapes[key] = _data_shape(config, locate)
-        try:
-            if config.model == "made":
-                make_orderings(config.ordering_family, config.num_orderings, *shapes[key], seed=config.seed)
-        except ValueError as error:
-            raise StudyError(*locate("num_orderings"), str(error)) from error
+        if config.model == "made":
+            _check_orderings(config, shapes[key], locate)
+        if runs_here and config.device == "cuda" and not torch.cuda.is_available():
+            raise StudyError(*locate("device"), "'cuda' requested but this machine has no CUDA GPU; use device: "
+                             "auto (the GPU when there is one, else the CPU) or cpu, or run on a GPU cluster "
+                             "(--address)")
+
+
+def _check_orderings(config: TrainConfig, shape: tuple[int, int], locate: Locate) -> None:
+    """k distinct orderings of a deterministic family exist on the images (random families always have k)."""
+    if max_orderings(config.ordering_family) is None:
+        return
+    try:
+        make_orderings(config.ordering_family, config.num_orderings, *shape, seed=config.seed)
+    except ValueError as error:
+        raise StudyError(*locate("num_orderings"), str(error)) from error
 
 
 def _configurations(study: Study) -> Iterator[dict[str, Any]]:
@@ -465,12 +535,14 @@ def _train_config(values: dict[str, Any], locate: Locate) -> TrainConfig:
 
 
 def _data_shape(config: TrainConfig, locate: Locate) -> tuple[int, int]:
+    """The image size, once the splits a trial reads (train, valid) pass their checksum, format and shape
+    checks (each file is read once per process: farm_sweep.data caches it)."""
     try:
-        data = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize,
-                            seed=config.seed, verify=False)
+        data = [load_dataset(config.dataset, split, config.data_dir, binarize=config.binarize, seed=config.seed)
+                for split in ("train", "valid")][-1]
     except DataError as error:
         raise StudyError(*locate("dataset"), str(error)) from error
     if config.model == "made" and data.channels != 1:
-        raise StudyError(*locate("dataset"), f"{config.dataset!r} has {data.channels} channels; "
-                         "MADE models single-channel binary images (digits, binarized_mnist, mnist)")
+        raise StudyError(*locate("dataset"), f"{config.dataset!r} has {data.channels} channels; MADE models "
+                         "single-channel binary images: choose digits, binarized_mnist or mnist, or model pixelcnn")
     return data.height, data.width

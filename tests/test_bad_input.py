@@ -1,0 +1,382 @@
+"""Bad input (issue 6): each kind exits with status 2 and a message naming the file, the field or value and
+the fix, with no traceback, and writes nothing: no output folder, no MLflow store, earlier results left
+byte-identical. Data problems use a folder of links to the shared data with one file broken (a copy).
+docs/reliability.md (## Bad input) lists the table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from farm_sweep import checkpoint, evaluate, export, run
+from farm_sweep.config import TrainConfig
+from farm_sweep.train import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FARM_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
+SPACE = {"parameters": {"lr": {"distribution": "log_float", "low": 1.0e-3, "high": 1.0e-2},
+                        "divergence": {"distribution": "categorical", "choices": ["none", "jsd"]}}}
+FIXED = {"dataset": "digits", "hidden_sizes": [16], "epochs": 1}
+STUDY = {"name": "bad", "search_space": "space.yaml", "fixed": FIXED, "trials": 2}
+MAINS = {"run": run.main, "export": export.main, "evaluate": evaluate.main}
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Good inputs to break: a finished study's output folder (trials.csv, one checkpoint) and its export."""
+
+    study: Path
+    export: Path
+
+
+Build = Callable[[Sources, Path], list[str]]  # makes the bad input in a folder; returns the command's arguments
+Change = Callable[[Path], None]  # alters a copied folder in place
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    command: str  # run, export or evaluate
+    build: Build
+    expect: tuple[str, ...]  # in stderr: the file, the field or value, the fix ("{tmp}": the case's folder)
+    env: dict[str, str] = field(default_factory=dict)
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+# ------------------------------------------------------------------ study files (python -m farm_sweep.run)
+
+
+def study_text(text: str | bytes, space: dict | None = None) -> Build:
+    """The study file as given ("{tmp}" becomes the case's folder), beside space.yaml."""
+    def build(sources: Sources, folder: Path) -> list[str]:
+        (folder / "space.yaml").write_text(yaml.safe_dump(space or SPACE, sort_keys=False))
+        raw = text if isinstance(text, bytes) else text.replace("{tmp}", str(folder)).encode()
+        (folder / "study.yaml").write_bytes(raw)
+        return [str(folder / "study.yaml"), "--output", str(folder / "out")]
+    return build
+
+
+def study(space: dict | None = None, **changes: object) -> Build:
+    return study_text(yaml.safe_dump({**STUDY, **changes}, sort_keys=False), space)
+
+
+def fixed(**changes: object) -> Build:
+    return study(fixed={**FIXED, **changes})
+
+
+def parameter(name: str, entry: object) -> Build:
+    return study(space={"parameters": {**SPACE["parameters"], name: entry}})
+
+
+def with_earlier_results(sources: Sources, folder: Path) -> list[str]:
+    out = folder / "out"
+    out.mkdir()
+    (out / "trials.csv").write_text("trial_id,status,nll_image\ntrial_1,completed,40.1\n")
+    (out / "mlflow.db").write_bytes(b"an earlier study's MLflow store")
+    return study()(sources, folder)
+
+
+# ------------------------------------------------------------------ data files
+
+
+Writer = Callable[[Path, Path], None]  # (broken copy to write, the good file)
+
+
+def data_study(dataset: str, broken: str, write: Writer) -> Build:
+    """A study on `dataset` whose data folder links every shared file except `broken`, which `write` makes."""
+    def build(sources: Sources, folder: Path) -> list[str]:
+        root = folder / "data"
+        for source in sorted(p for p in SHARED_DATA.rglob("*") if p.is_file()):
+            target = root / source.relative_to(SHARED_DATA)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.relative_to(root).as_posix() == broken:
+                write(target, source)
+            else:
+                target.symlink_to(source)
+        return fixed(dataset=dataset, data_dir=str(root))(sources, folder)
+    return build
+
+
+def flipped_byte(target: Path, source: Path) -> None:
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
+def truncated(target: Path, source: Path) -> None:
+    target.write_bytes(source.read_bytes()[:-100])
+
+
+def npz_of(array: np.ndarray) -> Writer:
+    def write(target: Path, source: Path) -> None:
+        np.savez(target, train_data=array, valid_data=array, test_data=array)
+    return write
+
+
+NPZ = "binarized_mnist/binarized_mnist.npz"
+SKIP_CHECKSUMS = {"FARM_SKIP_CHECKSUMS": "1"}  # so the format checks behind the checksum are reached
+
+
+# ------------------------------------------------------------------ a finished study (python -m farm_sweep.export)
+
+
+def finished_study(change: Change = lambda study: None, *options: str) -> Build:
+    def build(sources: Sources, folder: Path) -> list[str]:
+        shutil.copytree(sources.study, folder / "study")
+        change(folder / "study")
+        return ["--output", str(folder / "study"), "--out", str(folder / "out"), *options]
+    return build
+
+
+def with_earlier_export(sources: Sources, folder: Path) -> list[str]:
+    arguments = finished_study()(sources, folder)
+    export.export_study(folder / "study", 1, folder / "out")
+    return arguments
+
+
+def table(text: str) -> Change:
+    return lambda study: (study / "trials.csv").write_text(text)
+
+
+def remove(name: str) -> Change:
+    def change(folder: Path) -> None:
+        target = folder / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return change
+
+
+def damaged(name: str, write: Writer = flipped_byte) -> Change:
+    def change(folder: Path) -> None:
+        good = folder / name
+        copy = good.with_suffix(".good")
+        good.rename(copy)
+        write(good, copy)
+        copy.unlink()
+    return change
+
+
+# ------------------------------------------------------------------ an export folder (python -m farm_sweep.evaluate)
+
+
+def altered_export(change: Change) -> Build:
+    def build(sources: Sources, folder: Path) -> list[str]:
+        shutil.copytree(sources.export, folder / "model")
+        change(folder / "model")
+        return [str(folder / "model")]
+    return build
+
+
+def edited(name: str, **changes: object) -> Change:
+    """Values of a JSON or YAML file replaced ("{tmp}" becomes the case's folder)."""
+    def change(folder: Path) -> None:
+        path = folder / name
+        values = {**yaml.safe_load(path.read_text()), **changes}  # JSON is YAML
+        text = json.dumps(values) if path.suffix == ".json" else yaml.safe_dump(values, sort_keys=False)
+        path.write_text(text.replace("{tmp}", str(folder.parent)))
+    return change
+
+
+def retensor(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Change:
+    def change(folder: Path) -> None:
+        tensors = load_file(folder / export.TENSORS)
+        tensors[name] = make(tensors[name])
+        save_file(tensors, folder / export.TENSORS)
+    return change
+
+
+CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+STUDY_FILE, SPACE_FILE = "{tmp}/study.yaml", "{tmp}/space.yaml"
+CASES = [
+    # study and search-space files
+    Case("malformed YAML", "run", study_text("name: bad\nfixed: {dataset: digits\ntrials: 2\n"),
+         (STUDY_FILE, "not valid YAML (line", "correct the file there")),
+    Case("not UTF-8 text", "run", study_text(b"name: caf\xe9\n"), (STUDY_FILE, "not UTF-8", "save it as")),
+    Case("empty file", "run", study_text(""), (STUDY_FILE, "the file is empty", "docs/studies.md")),
+    Case("top level is a list", "run", study_text("- name: bad\n"), (STUDY_FILE, "expected a mapping", "got list")),
+    Case("duplicate key", "run", study_text("name: bad\nsearch_space: space.yaml\ntrials: 2\ntrials: 5\n"),
+         (STUDY_FILE, "line 4, column 1: found duplicate key 'trials'", "correct the file there")),
+    Case("unknown key", "run", study(trails=3), (STUDY_FILE, "trails: unknown key", "did you mean 'trials'?")),
+    Case("required key missing", "run", study_text("name: bad\ntrials: 2\n"),
+         (STUDY_FILE, "search_space: required key is missing", "add it")),
+    Case("wrong type", "run", study(seed=1.5), (STUDY_FILE, "seed: 1.5", "must be an integer")),
+    Case("wrong type of a training field", "run", fixed(hidden_sizes=64),
+         (STUDY_FILE, "fixed.hidden_sizes", "64 has type int, expected tuple")),
+    Case("k larger than the ordering family allows", "run", fixed(ordering_family="snake", num_orderings=9),
+         (STUDY_FILE, "fixed.num_orderings", "use at most 8 or the 'random' family")),
+    Case("negative λ", "run", fixed(divergence_weight=-1.0),
+         (STUDY_FILE, "fixed.divergence_weight", "must be >= 0")),
+    Case("NaN λ", "run", study_text("name: bad\nsearch_space: space.yaml\ntrials: 2\n"
+                                    "fixed: {dataset: digits, divergence_weight: .nan}\n"),
+         (STUDY_FILE, "fixed.divergence_weight", "must be a finite number")),
+    Case("infinite bound", "run", parameter("lr", {"distribution": "log_float", "low": 1.0e-3, "high": "inf"}),
+         (SPACE_FILE, "parameters.lr.high", "must be a finite number")),
+    Case("unknown pruner", "run", study(pruner="patience"), (STUDY_FILE, "pruner.type", "choose one of median")),
+    Case("pruner type not a name", "run", study(pruner={"type": ["median"]}),
+         (STUDY_FILE, "pruner.type", "choose one of median")),
+    Case("unknown sampler", "run", study(sampler="bayes"), (STUDY_FILE, "sampler.type", "choose one of tpe")),
+    Case("seed beyond the sampler's range", "run", study(seed=2**40),
+         (STUDY_FILE, f"seed: {2**40} must be in 0..4294967295",)),
+    Case("unknown dataset", "run", fixed(dataset="imagenet"),
+         (STUDY_FILE, "fixed.dataset", "'imagenet'", "choose one of digits")),
+    Case("search-space file missing", "run", study(search_space="nowhere.yaml"),
+         (STUDY_FILE, "search_space", "{tmp}/nowhere.yaml does not exist", "relative to the study file")),
+    Case("grid too large", "run", study(sampler="grid", space={"parameters": {
+        "num_masks": {"distribution": "int", "low": 1, "high": 10**9}}}),
+         (STUDY_FILE, "sampler.type", "1000000000 configurations", "narrow the int ranges")),
+    Case("enqueued value not a choice", "run", study(enqueue=[{"divergence": "kl"}]),
+         (STUDY_FILE, "enqueue[0].divergence", "'kl' is outside its distribution", "categorical ['none', 'jsd']")),
+    Case("name that is not a folder name", "run", study(name="../elsewhere"),
+         (STUDY_FILE, "name", "'../elsewhere'", "must be letters, digits")),
+    Case("negative GPUs", "run", study(resources={"gpus": -1}), (STUDY_FILE, "resources.gpus", "must be >= 0.0")),
+    Case("cuda requested, no GPU", "run", fixed(device="cuda"),
+         (STUDY_FILE, "fixed.device", "no CUDA GPU", "use device: auto"), marks=(CUDA,)),
+    Case("output folder holds an earlier study", "run", with_earlier_results,
+         ("{tmp}/out", "--output", "already holds a study", "choose another --output")),
+    # data
+    Case("data folder missing", "run", fixed(dataset="binarized_mnist", data_dir="{tmp}/nowhere"),
+         (STUDY_FILE, "fixed.dataset", "{tmp}/nowhere", "To get them")),
+    Case("data file with a wrong checksum", "run", data_study("binarized_mnist", NPZ, flipped_byte),
+         (STUDY_FILE, "checksum mismatch for {tmp}/data/" + NPZ, "re-download")),
+    Case("truncated npz", "run", data_study("binarized_mnist", NPZ, truncated),
+         ("{tmp}/data/" + NPZ, "not a readable .npz", "Replace it"), SKIP_CHECKSUMS),
+    Case("images of the wrong shape", "run", data_study("binarized_mnist", NPZ, npz_of(np.zeros((5, 100)))),
+         ("{tmp}/data/" + NPZ, "shape (5, 100), expected (N, 784)", "Replace it"), SKIP_CHECKSUMS),
+    Case("non-binary values given to MADE", "run", data_study("binarized_mnist", NPZ, npz_of(np.full((5, 784), .5))),
+         ("{tmp}/data/" + NPZ, "must hold only 0 and 1", "Replace it"), SKIP_CHECKSUMS),
+    Case("truncated CIFAR-10 batch", "run", data_study("cifar10", "cifar10/data_batch_1.bin", truncated),
+         ("{tmp}/data/cifar10/data_batch_1.bin", "not a positive multiple", "Replace it"), SKIP_CHECKSUMS),
+    Case("colour images given to MADE", "run", fixed(dataset="cifar10"),
+         (STUDY_FILE, "fixed.dataset", "3 channels", "choose digits, binarized_mnist or mnist")),
+    # a finished study's output folder
+    Case("no trials table", "export", finished_study(remove("trials.csv")),
+         ("{tmp}/study/trials.csv", "no trials table", "pass the --output folder of a finished study")),
+    Case("trials table lacks a column", "export", finished_study(table("trial_id,status,nll_image\nt,completed,1\n")),
+         ("{tmp}/study/trials.csv", "checkpoint missing", "restore the table")),
+    Case("checkpoint missing", "export", finished_study(remove("trial_a")),
+         ("{tmp}/study/trial_a/epoch_0001", "trial trial_a's checkpoint", "restore it from the trial's MLflow run")),
+    Case("checkpoint altered", "export", finished_study(damaged("trial_a/epoch_0001/model.safetensors")),
+         ("{tmp}/study/trial_a/epoch_0001", "sha256 does not match", "restore it from the trial's MLflow run")),
+    Case("--top 0", "export", finished_study(lambda study: None, "--top", "0"),
+         ("--top", "'0' must be a whole number >= 1")),
+    Case("export folder holds an earlier export", "export", with_earlier_export,
+         ("{tmp}/out/01_trial_a", "already exists", "choose another --out")),
+    Case("--register without tracking state", "export", finished_study(lambda study: None, "--register"),
+         ("{tmp}/study/tracking.json", "--register", "export without --register")),
+    # an export folder
+    Case("export without weights", "evaluate", altered_export(remove(export.TENSORS)),
+         ("{tmp}/model", "model.safetensors missing", "re-export")),
+    Case("export with truncated weights", "evaluate", altered_export(damaged(export.TENSORS, truncated)),
+         ("{tmp}/model/model.safetensors", "SafetensorError", "re-export")),
+    Case("export with a weight of the wrong shape", "evaluate",
+         altered_export(retensor("layer0.weight", lambda t: torch.zeros(3, 3))),
+         ("{tmp}/model/model.safetensors", "layer0.weight is torch.float32 [3, 3]", "re-export")),
+    Case("export with NaN weights", "evaluate", altered_export(retensor("layer1.bias", lambda t: t * math.nan)),
+         ("{tmp}/model/model.safetensors", "layer1.bias holds NaN", "re-export")),
+    Case("export with an altered mask", "evaluate", altered_export(retensor("layer0.mask", lambda t: 1 - t)),
+         ("{tmp}/model/model.safetensors", "layer0.mask differs", "re-export")),
+    Case("export with altered architecture", "evaluate", altered_export(edited(export.ARCHITECTURE, dim=32)),
+         ("{tmp}/model/architecture.json", "dim differ", "re-export")),
+    Case("export architecture not JSON", "evaluate",
+         altered_export(lambda model: (model / export.ARCHITECTURE).write_text("{not json")),
+         ("{tmp}/model/architecture.json", "JSONDecodeError", "re-export")),
+    Case("export of another format", "evaluate", altered_export(edited(export.ARCHITECTURE, format="farm-made/0")),
+         ("{tmp}/model/architecture.json", "'farm-made/0', expected 'farm-made/1'", "re-export")),
+    Case("export config with a bad value", "evaluate", altered_export(edited(export.CONFIG, num_orderings=0)),
+         ("{tmp}/model/config.yaml", "num_orderings: 0 must be positive", "re-export")),
+    Case("export's test data missing", "evaluate",
+         altered_export(edited(export.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
+         ("{tmp}/model/config.yaml", "'binarized_mnist'", "{tmp}/nowhere", "To get them")),
+    Case("export's dataset does not match the model", "evaluate",
+         altered_export(edited(export.CONFIG, dataset="mnist")),
+         ("{tmp}/model/config.yaml", "784 pixels, the model 64", "restore it, or re-export")),
+]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
+    folder = tmp_path_factory.mktemp("sources")
+    config = TrainConfig(dataset="digits", hidden_sizes=(16,), epochs=1)
+    model = build_model(config, 8, 8)
+    study = folder / "study"
+    checkpoint.save(study / "trial_a", model, torch.optim.Adam(model.parameters()),
+                    {"epoch": 1, "config": config.to_dict()})
+    (study / "trials.csv").write_text("trial_id,optuna_trial,status,epochs,nll_image,mlflow_run_id,checkpoint\n"
+                                      "trial_a,0,completed,1,40.5,,trial_a/epoch_0001\n")
+    (exported,) = export.export_study(study, 1, folder / "exports")
+    return Sources(study, exported)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every path under `folder`: its content's sha256, a link's target, or "folder" (links are not followed)."""
+    def state(path: Path) -> str:
+        if path.is_symlink():
+            return f"-> {os.readlink(path)}"
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+    return {str(path.relative_to(folder)): state(path) for path in sorted(folder.rglob("*"))}
+
+
+def exit_status(command: str, arguments: list[str]) -> int:
+    try:
+        return MAINS[command](arguments)
+    except SystemExit as exit:  # argparse rejects a bad option value this way
+        return exit.code
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=case.marks, id=case.name) for case in CASES])
+def test_bad_input_exits_2_names_file_field_fix_and_writes_nothing(
+        case: Case, sources: Sources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # a default results/ folder or MLflow store would appear here
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
+    arguments = case.build(sources, tmp_path)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert exit_status(case.command, arguments) == 2
+    message = capsys.readouterr().err
+    for expected in case.expect:
+        assert expected.replace("{tmp}", str(tmp_path)) in message, message
+    assert snapshot(tmp_path) == before
+
+
+def test_the_table_covers_the_issue() -> None:
+    assert len(CASES) >= 25 and len({case.name for case in CASES}) == len(CASES)
+
+
+def test_commands_exit_2_without_a_traceback(sources: Sources, tmp_path: Path) -> None:
+    """The real entry points, one bad input per command, run side by side."""
+    chosen = [case for case in CASES if case.name in ("malformed YAML", "checkpoint altered",
+                                                      "export with truncated weights")]
+    processes = []
+    for index, case in enumerate(chosen):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        command = [sys.executable, "-m", f"farm_sweep.{case.command}", *case.build(sources, folder)]
+        processes.append((case, folder, subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE,
+                                                         stderr=subprocess.PIPE, text=True)))
+    for case, folder, process in processes:
+        _, message = process.communicate(timeout=300)
+        assert process.returncode == 2 and "Traceback" not in message, message
+        assert case.expect[0].replace("{tmp}", str(folder)) in message
+        assert not (folder / "out").exists() and not (folder / "mlruns").exists()
+
+
+def test_fractional_gpus_fall_back_to_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The quickstart asks 0.25 GPU per trial and still runs on a machine without one (docs/studies.md)."""
+    output = tmp_path / "out"
+    assert run.main([str(ROOT / "studies" / "quickstart.yaml"), "--output", str(output), "--dry-run"]) == 0
+    assert "0.25 GPU (GPU only when the cluster has one)" in capsys.readouterr().out and not output.exists()
