@@ -60,6 +60,45 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
     process.wait()
 
 
+def stop_tree(process: subprocess.Popen) -> None:
+    """stop(), then SIGKILL every descendant still alive (Ray's workers start sessions of their own)."""
+    family = descendants(process.pid)
+    stop(process)
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parent = _parent(int(entry.name))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the process group at once: a crash, with no chance to clean up."""
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+
+
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
