@@ -7,13 +7,16 @@ Each exported model is a folder (docs/export_format.md is the reference):
   config.yaml         the trial's full TrainConfig
   metrics.json        the trial's validation metrics, ids and parameters
   README.md           a short model card
-Nothing is pickled; `load_export` rebuilds the model with build_model and checks every mask and ordering.
+  manifest.json       the sha256 of each file above, written last
+Nothing is pickled; `load_export` verifies every file against the manifest, then rebuilds the model with
+build_model and checks every mask and ordering.
 `--register` logs each folder to its trial's MLflow run and registers it in the MLflow model registry.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +38,8 @@ from farm_sweep.train import build_model, load_model
 FORMAT = "farm-made/1"
 TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD = ("model.safetensors", "architecture.json", "config.yaml",
                                                 "metrics.json", "README.md")
+FILES = (TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD)  # every file manifest.json lists
+MANIFEST = "manifest.json"
 
 
 TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint")
@@ -157,7 +162,36 @@ def export_model(model: torch.nn.Module, config: TrainConfig, metrics: Mapping[s
     (folder / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     (folder / METRICS).write_text(json.dumps(dict(metrics), indent=2))
     (folder / CARD).write_text(model_card(config, metrics, architecture))
+    write_manifest(folder)
     return folder
+
+
+def write_manifest(folder: Path) -> Path:
+    """manifest.json: file name -> sha256 of every file of the export; written last, so an export that
+    stopped halfway has none."""
+    path = folder / MANIFEST
+    path.write_text(json.dumps({name: _sha256(folder / name) for name in FILES}, indent=2) + "\n")
+    return path
+
+
+def verify_manifest(folder: Path) -> None:
+    """Every file of the export and manifest.json are present, and each file has the sha256 the manifest
+    records; otherwise ExportError names the file."""
+    missing = [name for name in (*FILES, MANIFEST) if not (folder / name).is_file()]
+    if missing:
+        raise ExportError(f"{folder}: {', '.join(missing)} missing; not a complete export: {REEXPORT}")
+    manifest = _read(folder / MANIFEST, _json)
+    if not isinstance(manifest, dict) or sorted(manifest) != sorted(FILES):
+        raise ExportError(f"{folder / MANIFEST}: must map exactly {', '.join(FILES)} to their sha256; {REEXPORT}")
+    for name, digest in manifest.items():
+        if _read(folder / name, _sha256) != digest:
+            raise ExportError(f"{folder / name}: sha256 does not match {MANIFEST}: the file was altered or "
+                              f"corrupted after export; {REEXPORT}")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def describe(model: FarmMADE, height: int, width: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -191,12 +225,11 @@ def _masks(model: FarmMADE, mask_set: int) -> list[torch.Tensor]:
 
 
 def load_export(folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfig, dict[str, Any]]:
-    """Rebuild an exported model (build_model + its tensors). Every file must be present and readable,
-    architecture.json and every tensor's name, shape and dtype must be what config.yaml builds, masks and
-    orderings equal, weights finite; otherwise ExportError names the file and the problem."""
-    missing = [name for name in (TENSORS, ARCHITECTURE, CONFIG, METRICS) if not (folder / name).is_file()]
-    if missing:
-        raise ExportError(f"{folder}: {', '.join(missing)} missing; not a complete export: {REEXPORT}")
+    """Rebuild an exported model (build_model + its tensors). Every file must be present, match
+    manifest.json's sha256 and be readable, architecture.json and every tensor's name, shape and dtype must
+    be what config.yaml builds, masks and orderings equal, weights finite; otherwise ExportError names the
+    file and the problem."""
+    verify_manifest(folder)
     architecture = _read(folder / ARCHITECTURE, _json)
     if not isinstance(architecture, dict) or architecture.get("format") != FORMAT:
         found = architecture.get("format") if isinstance(architecture, dict) else architecture
@@ -269,7 +302,8 @@ def model_card(config: TrainConfig, metrics: Mapping[str, Any], architecture: Ma
 - **Validation {METRIC}**: {metrics.get(METRIC)} nats per image (the metric the study minimized; test metrics:
   `python -m farm_sweep.evaluate <this folder>`).
 - **Files**: `model.safetensors` + `architecture.json` describe the network completely (docs/export_format.md has
-  a NumPy reference); `config.yaml` is the training configuration; `metrics.json` the trial's metrics.
+  a NumPy reference); `config.yaml` is the training configuration; `metrics.json` the trial's metrics;
+  `manifest.json` the sha256 of every file.
 - **Limitations**: a research model of binary images; likelihoods are in nats per image; not for any decision
   about people.
 """

@@ -6,7 +6,9 @@ features (the penultimate layer) feed the Frechet distance: on MNIST binarized l
 (load_dataset("mnist", "train", binarize="static")) for the 28x28 datasets, on digits' train split
 for the 8x8 digits. It is cached in FARM_CACHE_DIR (default ~/.cache/farm_sweep) as
 classifier_<data>.safetensors plus a JSON holding its training settings, test accuracy and the
-weights' sha256; a cache whose checksum or settings do not match is retrained.
+weights' sha256; a cache whose checksum or settings do not match is retrained. CIFAR-10 samples are
+scored by farm_sweep.cifar_classifier's CNN through the same cache (`cached_classifier`), training loop
+(`train_classifier`) and scorer (`QualityScorer.over`).
 
 classifier_score = exp(E_x KL(p(y|x) || p(y))), p(y) = E_x p(y|x): 1 for blank or meaningless
 images, 10 for confident and class-balanced ones. frechet_distance = |mu - mu_ref|^2 +
@@ -21,8 +23,11 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,7 +40,8 @@ from farm_sweep.data import load_dataset
 log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "FARM_CACHE_DIR"
-CLASSIFIER_DATA = {"digits": "digits", "mnist": "mnist", "binarized_mnist": "mnist"}
+CLASSIFIER_DATA = {"digits": "digits", "mnist": "mnist", "binarized_mnist": "mnist"}  # dataset -> MLP's data
+CIFAR = "cifar10"  # scored by farm_sweep.cifar_classifier
 TRAINING = {  # per classifier dataset; stored beside the weights, a change retrains
     "mnist": {"dim": 784, "hidden": [256, 128], "epochs": 4, "batch_size": 128, "lr": 2e-3, "seed": 0,
               "binarize": "static"},
@@ -63,30 +69,60 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def load_classifier(data: str, data_dir: str | os.PathLike[str] | None = None,
                     cache_dir: str | os.PathLike[str] | None = None) -> DigitClassifier:
     """The cached classifier for `data` ("mnist" or "digits"), trained and cached when missing or bad."""
-    folder = resolve_cache_dir(cache_dir)
-    weights, record = folder / f"classifier_{data}.safetensors", folder / f"classifier_{data}.json"
     settings = TRAINING[data]
-    classifier = DigitClassifier(settings["dim"], settings["hidden"])
-    reason = _cache_problem(weights, record, settings)
+
+    def train(classifier: DigitClassifier) -> float:
+        train_set = load_dataset(data, "train", data_dir, binarize=settings["binarize"])
+        with _one_thread():
+            train_classifier(classifier, train_set.images, train_set.labels, settings)
+        test_set = load_dataset(data, "test", data_dir, binarize=settings["binarize"])
+        return accuracy(classifier, test_set.images, test_set.labels)
+
+    return cached_classifier(data, settings, lambda: DigitClassifier(settings["dim"], settings["hidden"]), train,
+                             cache_dir)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One torch thread inside the block: for a model as small as the MLP, more threads only add
+    synchronisation (10x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+Classifier = TypeVar("Classifier", bound=nn.Module)
+
+
+def cached_classifier(name: str, settings: dict[str, Any], build: Callable[[], Classifier],
+                      train: Callable[[Classifier], float],  # trains in place, returns the test accuracy
+                      cache_dir: str | os.PathLike[str] | None = None) -> Classifier:
+    """`build()` with the cached weights `name` if made with `settings`, else seeded, trained by `train`, cached."""
+    with torch.random.fork_rng(devices=[]):  # the initial weights, too, follow from the settings
+        torch.manual_seed(settings["seed"])
+        classifier = build()
+    folder = resolve_cache_dir(cache_dir)
+    weights, record = folder / f"classifier_{name}.safetensors", folder / f"classifier_{name}.json"
+    reason = cache_problem(weights, record, settings)
     if reason is None:
         classifier.load_state_dict(load_file(weights))
         return classifier.eval()
-    log.warning("training the %s digit classifier (%s)", data, reason)
+    log.warning("training the %s classifier (%s)", name, reason)
     began = time.perf_counter()
-    train_set = load_dataset(data, "train", data_dir, binarize=settings["binarize"])
-    _train(classifier, train_set.images, train_set.labels, settings)
-    test_set = load_dataset(data, "test", data_dir, binarize=settings["binarize"])
-    accuracy = (_logits(classifier, test_set.images).argmax(1) == test_set.labels).float().mean().item()
+    test_accuracy = train(classifier)
     folder.mkdir(parents=True, exist_ok=True)
     _replace(weights, lambda path: save_file(classifier.state_dict(), path))
-    summary = {"settings": settings, "sha256": _sha256(weights), "test_accuracy": accuracy,
+    summary = {"settings": settings, "sha256": _sha256(weights), "test_accuracy": test_accuracy,
                "train_seconds": time.perf_counter() - began}
     _replace(record, lambda path: path.write_text(json.dumps(summary, indent=2)))
     return classifier.eval()
 
 
-def _cache_problem(weights: Path, record: Path, settings: dict) -> str | None:
-    """Why the cached classifier cannot be used, or None when it can."""
+def cache_problem(weights: Path, record: Path, settings: dict[str, Any]) -> str | None:
+    """Why the cached classifier (`weights` and its JSON `record`) cannot be used for `settings`, or None."""
     if not weights.is_file() or not record.is_file():
         return f"no cached classifier at {weights}"
     try:
@@ -100,18 +136,9 @@ def _cache_problem(weights: Path, record: Path, settings: dict) -> str | None:
     return None
 
 
-def _train(classifier: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, settings: dict) -> None:
-    """Adam on cross-entropy, on one CPU thread: for a model this small, more threads only add
-    synchronisation (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _train_epochs(classifier, images, labels, settings)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_epochs(classifier: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, settings: dict) -> None:
+def train_classifier(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     settings: dict[str, Any]) -> None:
+    """Adam on cross-entropy with settings' seed, lr, batch_size and epochs, on torch's current threads."""
     generator = torch.Generator().manual_seed(settings["seed"])
     torch.manual_seed(settings["seed"])
     optimizer = torch.optim.Adam(classifier.parameters(), lr=settings["lr"])
@@ -125,12 +152,17 @@ def _train_epochs(classifier: DigitClassifier, images: torch.Tensor, labels: tor
     classifier.eval()
 
 
+def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of `images` whose most likely class under `classifier` is their label."""
+    return (_logits(classifier, images).argmax(1) == labels).float().mean().item()
+
+
 @torch.no_grad()
-def _logits(classifier: DigitClassifier, images: torch.Tensor) -> torch.Tensor:
+def _logits(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return classifier(images.detach().float().cpu())
 
 
-def _replace(path: Path, write) -> None:
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
     """Write via a temporary file renamed into place, so readers never see half a file."""
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(staging)
@@ -143,7 +175,9 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class QualityScorer:
-    classifier: DigitClassifier
+    """Scores images shaped and scaled like the classifier's input; `height` x `width` is their image size."""
+
+    classifier: nn.Module
     reference_mean: np.ndarray
     reference_cov: np.ndarray
     height: int
@@ -152,14 +186,24 @@ class QualityScorer:
     @classmethod
     def for_dataset(cls, name: str, data_dir: str | os.PathLike[str] | None = None,
                     cache_dir: str | os.PathLike[str] | None = None) -> QualityScorer:
-        """The scorer for samples of dataset `name`, its Frechet reference being that dataset's test split."""
+        """The scorer for samples of dataset `name`, its Frechet reference being that dataset's test split
+        (cifar10: farm_sweep.cifar_classifier's CNN, images in [-1, 1])."""
+        if name == CIFAR:
+            from farm_sweep.cifar_classifier import cifar_scorer  # imports this module: import it only now
+
+            return cifar_scorer(data_dir, cache_dir)
         if name not in CLASSIFIER_DATA:
-            raise ValueError(f"no digit classifier for dataset {name!r}; sample quality is defined for "
-                             f"{', '.join(CLASSIFIER_DATA)}")
+            raise ValueError(f"no classifier for dataset {name!r}; sample quality is defined for "
+                             f"{', '.join([*CLASSIFIER_DATA, CIFAR])}")
         classifier = load_classifier(CLASSIFIER_DATA[name], data_dir, cache_dir)
         test = load_dataset(name, "test", data_dir)
-        mean, cov = _gaussian(_features(classifier, test.images))
-        return cls(classifier, mean, cov, test.height, test.width)
+        return cls.over(classifier, test.images, test.height, test.width)
+
+    @classmethod
+    def over(cls, classifier: nn.Module, reference: torch.Tensor, height: int, width: int) -> QualityScorer:
+        """The scorer under `classifier` (which has a `features` module), its Frechet reference `reference`."""
+        mean, cov = _gaussian(_features(classifier, reference))
+        return cls(classifier, mean, cov, height, width)
 
     def classifier_score(self, images: torch.Tensor) -> float:
         log_p = F.log_softmax(_logits(self.classifier, images).double(), dim=1)
@@ -176,7 +220,7 @@ class QualityScorer:
 
 
 @torch.no_grad()
-def _features(classifier: DigitClassifier, images: torch.Tensor) -> np.ndarray:
+def _features(classifier: nn.Module, images: torch.Tensor) -> np.ndarray:
     return classifier.features(images.detach().float().cpu()).double().numpy()
 
 

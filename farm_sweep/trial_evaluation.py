@@ -1,10 +1,13 @@
-"""The end-of-trial evaluation: inpainting metrics (DESIGN 4) and the speed-quality curve (DESIGN 5).
+"""The end-of-trial evaluation: inpainting metrics (DESIGN 4) and the speed-quality curve (DESIGN 5), for
+FARM+MADE (farm_sweep.inpaint, farm_sweep.sampling) and FARM+PixelCNN++ (farm_sweep.pixelcnn_inpaint,
+farm_sweep.pixelcnn_sampling).
 
 A study file's `evaluation:` mapping selects what runs; every key is optional:
 
     evaluation:
       inpaint:                      # null skips inpainting
-        cases: [best, average, worst]
+        cases: [best, average]      # default: all of the model's cases (made: best, average, worst;
+                                    #   pixelcnn: best, average, top_half)
         fills: [single, evidence_weighted]
         num_occlusions: 10          # each applied to `images_per_occlusion` images of a seeded subset
         images_per_occlusion: 10
@@ -14,71 +17,93 @@ A study file's `evaluation:` mapping selects what runs; every key is optional:
         num_samples: 100
         seed: 0
 
-Metrics are named `inpaint/<case>/<fill>/<metric>` (metric: l2, nll_chain, nll_exact and their *_bits)
-and `sampling/<sampler>/<knob>/<field>` (network_evaluations, wall_seconds, speedup,
-classifier_score, frechet_distance). Artifacts: inpainting.png, speed_quality.csv, speed_quality.png.
+Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits;
+pixelcnn: bpd_exact, the teacher-forced bits/dim of the hole; both: occluded_fraction) and
+`sampling/<sampler>/<knob>/<field>` (network_evaluations, wall_seconds, speedup, evaluation_speedup,
+classifier_score, frechet_distance; pixelcnn samples are scored by the CIFAR-10 classifier).
+Artifacts: inpainting.png, speed_quality.csv, speed_quality.png. A PixelCNN++ with a weight average is
+evaluated with its averaged weights, as its validation is.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from farm_sweep import inpaint, pixelcnn_inpaint, pixelcnn_sampling, sampling
 from farm_sweep.config import TrainConfig
 from farm_sweep.data import SPLITS, ImageDataset, load_dataset
-from farm_sweep.inpaint import CASES, FILLS, evaluate_inpainting, inpainting_figure
 from farm_sweep.models.made import FarmMADE
+from farm_sweep.pixelcnn_task import FarmPixelCNNWithEma
 from farm_sweep.quality import QualityScorer
-from farm_sweep.sampling import speed_quality_curve, write_speed_quality
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "inpaint": {"cases": list(CASES), "fills": ["single", "evidence_weighted"], "num_occlusions": 10,
-                "images_per_occlusion": 10, "split": "valid", "seed": 0},
-    "sampling": {"num_samples": 100, "seed": 0},
-}
-_CHOICES = {"cases": CASES, "fills": FILLS}
+CASES = {"made": inpaint.CASES, "pixelcnn": pixelcnn_inpaint.CASES}  # the inpainting cases of each model
+CURVES = {"made": sampling.speed_quality_curve, "pixelcnn": pixelcnn_sampling.speed_quality_curve}
 
 
-def evaluate_trained_model(model: FarmMADE, config: TrainConfig, out_dir: Path,
+def _defaults(cases: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Every setting's default, inpainting all of `cases`."""
+    return {"inpaint": {"cases": list(cases), "fills": ["single", "evidence_weighted"], "num_occlusions": 10,
+                        "images_per_occlusion": 10, "split": "valid", "seed": 0},
+            "sampling": {"num_samples": 100, "seed": 0}}
+
+
+def evaluate_trained_model(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
                            settings: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
     """Evaluate a trained model as `settings` asks; returns (metrics, artifact paths written in out_dir)."""
-    sections = validate_settings(settings)
+    sections = validate_settings(settings, config.model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     metrics: dict[str, float] = {}
     artifacts: list[Path] = []
-    if sections["inpaint"] is not None:
-        found, figure = _inpaint(model, config, out_dir, sections["inpaint"])
-        metrics |= found
-        artifacts.append(figure)
-    if sections["sampling"] is not None:
-        found, written = _sampling(model, config, out_dir, sections["sampling"])
-        metrics |= found
-        artifacts += written
+    with model.averaged() if isinstance(model, FarmPixelCNNWithEma) else nullcontext():
+        if sections["inpaint"] is not None:
+            found, figure = _inpaint(model, config, out_dir, sections["inpaint"])
+            metrics |= found
+            artifacts.append(figure)
+        if sections["sampling"] is not None:
+            found, written = _sampling(model, config, out_dir, sections["sampling"])
+            metrics |= found
+            artifacts += written
     return metrics, artifacts
 
 
-def validate_settings(settings: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
-    """Fill in defaults and check every key and value; a section set to null is skipped (None)."""
-    settings = settings or {}
-    _check_keys("evaluation", settings, DEFAULTS)
+def validate_settings(settings: dict[str, Any] | None,
+                      model: str | None = None) -> dict[str, dict[str, Any] | None]:
+    """Fill in defaults and check every key and value for `model` (None: for any model, as a study file is
+    checked before its trials' models are known); a section set to null is skipped (None)."""
+    cases = _cases(model)
+    choices = {"cases": cases, "fills": inpaint.FILLS}
+    scope = f" (model {model})" if model else ""
+    settings, all_defaults = settings or {}, _defaults(cases)
+    _check_keys("evaluation", settings, all_defaults)
     sections: dict[str, dict[str, Any] | None] = {}
-    for name, defaults in DEFAULTS.items():
+    for name, section_defaults in all_defaults.items():
         given = settings.get(name, {})
         if given is None:
             sections[name] = None
             continue
         if not isinstance(given, dict):
             raise ValueError(f"evaluation.{name}: expected a mapping or null, got {given!r}")
-        _check_keys(f"evaluation.{name}", given, defaults)
-        section = defaults | given
+        _check_keys(f"evaluation.{name}", given, section_defaults)
+        section = section_defaults | given
         for key, value in section.items():
-            _check_value(f"evaluation.{name}.{key}", key, value)
+            _check_value(f"evaluation.{name}.{key}", key, value, choices, scope)
         sections[name] = section
     return sections
+
+
+def _cases(model: str | None) -> tuple[str, ...]:
+    """The inpainting cases of `model`; None: those of every model."""
+    if model is None:
+        return tuple(dict.fromkeys(case for cases in CASES.values() for case in cases))
+    if model not in CASES:
+        raise ValueError(f"evaluation: no evaluation for model {model!r}; it exists for {', '.join(CASES)}")
+    return CASES[model]
 
 
 def _check_keys(where: str, given: dict[str, Any], allowed: dict[str, Any]) -> None:
@@ -87,11 +112,11 @@ def _check_keys(where: str, given: dict[str, Any], allowed: dict[str, Any]) -> N
             raise ValueError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
 
 
-def _check_value(where: str, key: str, value: Any) -> None:
-    if key in _CHOICES:
-        allowed = _CHOICES[key]
+def _check_value(where: str, key: str, value: Any, choices: dict[str, tuple[str, ...]], scope: str) -> None:
+    if key in choices:
+        allowed = choices[key]
         if not isinstance(value, list | tuple) or not value or any(v not in allowed for v in value):
-            raise ValueError(f"{where}: {value!r} must be a non-empty list drawn from {', '.join(allowed)}")
+            raise ValueError(f"{where}: {value!r} must be a non-empty list drawn from {', '.join(allowed)}{scope}")
     elif key == "split":
         if value not in SPLITS:
             raise ValueError(f"{where}: {value!r} is not a split; choose one of {', '.join(SPLITS)}")
@@ -103,34 +128,57 @@ def _check_value(where: str, key: str, value: Any) -> None:
 
 
 def _eval_split(config: TrainConfig, split: str) -> ImageDataset:
-    """A binary split of the trial's dataset (dynamically binarized MNIST is evaluated on static bits)."""
+    """A split of the trial's dataset (dynamically binarized MNIST is evaluated on static bits)."""
     binarize = "static" if config.binarize == "dynamic" else config.binarize
     return load_dataset(config.dataset, split, config.data_dir, binarize=binarize, seed=config.seed)
 
 
-def _inpaint(model: FarmMADE, config: TrainConfig, out_dir: Path,
+def _seeded_order(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """The images in a seeded random order (a prefix of a split is not a fair sample, DESIGN 4)."""
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))]
+
+
+def _inpaint(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
              section: dict[str, Any]) -> tuple[dict[str, float], Path]:
     data = _eval_split(config, section["split"])
-    device = next(model.parameters()).device
-    images = data.images.to(device)
+    inpaint_model = _inpaint_made if config.model == "made" else _inpaint_pixelcnn
+    return inpaint_model(model, data, out_dir / "inpainting.png", section)
+
+
+def _inpaint_made(model: FarmMADE, data: ImageDataset, figure: Path,
+                  section: dict[str, Any]) -> tuple[dict[str, float], Path]:
+    images = data.images.to(next(model.parameters()).device)
     metrics = {}
     for case in section["cases"]:
         for fill in section["fills"]:
-            found = evaluate_inpainting(model, images, data.height, data.width, case, fill,
-                                        section["num_occlusions"], section["images_per_occlusion"],
-                                        section["seed"])
+            found = inpaint.evaluate_inpainting(model, images, data.height, data.width, case, fill,
+                                                section["num_occlusions"], section["images_per_occlusion"],
+                                                section["seed"])
             metrics |= {f"inpaint/{case}/{fill}/{name}": value for name, value in found.items()}
-    shown = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(section["seed"]))[:25]]
-    figure = inpainting_figure(model, shown, data.height, data.width, out_dir / "inpainting.png",
-                               seed=section["seed"])
-    return metrics, figure
+    shown = _seeded_order(images, section["seed"])
+    return metrics, inpaint.inpainting_figure(model, shown, data.height, data.width, figure, seed=section["seed"])
 
 
-def _sampling(model: FarmMADE, config: TrainConfig, out_dir: Path,
+def _inpaint_pixelcnn(model: FarmPixelCNNWithEma, data: ImageDataset, figure: Path,
+                      section: dict[str, Any]) -> tuple[dict[str, float], Path]:
+    """Metrics `<fill>/bpd_exact` and `occluded_fraction` per case, renamed to the MADE scheme."""
+    images = _seeded_order(data.images, section["seed"])
+    metrics = {}
+    for case in section["cases"]:
+        found = pixelcnn_inpaint.evaluate_inpainting(model, images, case, tuple(section["fills"]),
+                                                     section["num_occlusions"], section["images_per_occlusion"],
+                                                     section["seed"])
+        for fill in section["fills"]:
+            metrics |= {f"inpaint/{case}/{fill}/bpd_exact": found[f"{fill}/bpd_exact"],
+                        f"inpaint/{case}/{fill}/occluded_fraction": found["occluded_fraction"]}
+    return metrics, pixelcnn_inpaint.inpainting_figure(model, images, figure, seed=section["seed"])
+
+
+def _sampling(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
               section: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
     scorer = QualityScorer.for_dataset(config.dataset, config.data_dir)
-    rows = speed_quality_curve(model, scorer.height, scorer.width, scorer, section["num_samples"],
-                               section["seed"])
+    rows = CURVES[config.model](model, scorer.height, scorer.width, scorer, section["num_samples"],
+                                section["seed"])
     metrics = {f"sampling/{row['sampler']}/{row['knob']}/{field}": float(value)
                for row in rows for field, value in row.items() if field not in ("sampler", "knob")}
-    return metrics, write_speed_quality(rows, out_dir)
+    return metrics, sampling.write_speed_quality(rows, out_dir)

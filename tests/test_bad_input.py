@@ -173,11 +173,20 @@ def damaged(name: str, write: Writer = flipped_byte) -> Change:
 
 
 def altered_export(change: Change) -> Build:
+    """The export with `change` made after export: manifest.json no longer matches."""
     def build(sources: Sources, folder: Path) -> list[str]:
         shutil.copytree(sources.export, folder / "model")
         change(folder / "model")
         return [str(folder / "model")]
     return build
+
+
+def resealed_export(change: Change) -> Build:
+    """The export with `change` made and manifest.json rewritten to match, so the checks behind it are reached."""
+    def change_and_reseal(model: Path) -> None:
+        change(model)
+        export.write_manifest(model)
+    return altered_export(change_and_reseal)
 
 
 def edited(name: str, **changes: object) -> Change:
@@ -279,29 +288,35 @@ CASES = [
     # an export folder
     Case("export without weights", "evaluate", altered_export(remove(export.TENSORS)),
          ("{tmp}/model", "model.safetensors missing", "re-export")),
-    Case("export with truncated weights", "evaluate", altered_export(damaged(export.TENSORS, truncated)),
+    Case("export without a manifest", "evaluate", altered_export(remove(export.MANIFEST)),
+         ("{tmp}/model", "manifest.json missing", "re-export the model (python -m farm_sweep.export)")),
+    Case("export with weights altered to other finite values", "evaluate",
+         altered_export(retensor("layer0.weight", lambda t: t + 0.25)),
+         ("{tmp}/model/model.safetensors", "sha256 does not match manifest.json", "altered",
+          "re-export the model (python -m farm_sweep.export)")),
+    Case("export with truncated weights", "evaluate", resealed_export(damaged(export.TENSORS, truncated)),
          ("{tmp}/model/model.safetensors", "SafetensorError", "re-export")),
     Case("export with a weight of the wrong shape", "evaluate",
-         altered_export(retensor("layer0.weight", lambda t: torch.zeros(3, 3))),
+         resealed_export(retensor("layer0.weight", lambda t: torch.zeros(3, 3))),
          ("{tmp}/model/model.safetensors", "layer0.weight is torch.float32 [3, 3]", "re-export")),
-    Case("export with NaN weights", "evaluate", altered_export(retensor("layer1.bias", lambda t: t * math.nan)),
+    Case("export with NaN weights", "evaluate", resealed_export(retensor("layer1.bias", lambda t: t * math.nan)),
          ("{tmp}/model/model.safetensors", "layer1.bias holds NaN", "re-export")),
-    Case("export with an altered mask", "evaluate", altered_export(retensor("layer0.mask", lambda t: 1 - t)),
+    Case("export with an altered mask", "evaluate", resealed_export(retensor("layer0.mask", lambda t: 1 - t)),
          ("{tmp}/model/model.safetensors", "layer0.mask differs", "re-export")),
-    Case("export with altered architecture", "evaluate", altered_export(edited(export.ARCHITECTURE, dim=32)),
+    Case("export with altered architecture", "evaluate", resealed_export(edited(export.ARCHITECTURE, dim=32)),
          ("{tmp}/model/architecture.json", "dim differ", "re-export")),
     Case("export architecture not JSON", "evaluate",
-         altered_export(lambda model: (model / export.ARCHITECTURE).write_text("{not json")),
+         resealed_export(lambda model: (model / export.ARCHITECTURE).write_text("{not json")),
          ("{tmp}/model/architecture.json", "JSONDecodeError", "re-export")),
-    Case("export of another format", "evaluate", altered_export(edited(export.ARCHITECTURE, format="farm-made/0")),
+    Case("export of another format", "evaluate", resealed_export(edited(export.ARCHITECTURE, format="farm-made/0")),
          ("{tmp}/model/architecture.json", "'farm-made/0', expected 'farm-made/1'", "re-export")),
-    Case("export config with a bad value", "evaluate", altered_export(edited(export.CONFIG, num_orderings=0)),
+    Case("export config with a bad value", "evaluate", resealed_export(edited(export.CONFIG, num_orderings=0)),
          ("{tmp}/model/config.yaml", "num_orderings: 0 must be positive", "re-export")),
     Case("export's test data missing", "evaluate",
-         altered_export(edited(export.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
+         resealed_export(edited(export.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
          ("{tmp}/model/config.yaml", "'binarized_mnist'", "{tmp}/nowhere", "To get them")),
     Case("export's dataset does not match the model", "evaluate",
-         altered_export(edited(export.CONFIG, dataset="mnist")),
+         resealed_export(edited(export.CONFIG, dataset="mnist")),
          ("{tmp}/model/config.yaml", "784 pixels, the model 64", "restore it, or re-export")),
 ]
 

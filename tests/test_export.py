@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +69,7 @@ def test_export_writes_the_best_trials_self_described(exported: list[Path], stud
     assert values == sorted(values)
     for folder in exported:
         assert {f.name for f in folder.iterdir()} == {"model.safetensors", "architecture.json", "config.yaml",
-                                                       "metrics.json", "README.md"}
+                                                       "metrics.json", "README.md", "manifest.json"}
         architecture = json.loads((folder / "architecture.json").read_text())
         assert architecture["format"] == export.FORMAT and architecture["num_masks"] == 2
         assert "Validation nll_image" in (folder / "README.md").read_text()
@@ -90,14 +92,37 @@ def test_numpy_reference_recomputes_the_model(exported: list[Path]) -> None:
         assert metrics["param.weight_sharing"] in ("shared", "separate")
 
 
-def test_load_export_rejects_a_tampered_mask(exported: list[Path], tmp_path: Path) -> None:
-    folder = tmp_path / "tampered"
-    folder.mkdir()
-    for file in exported[0].iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
-    tensors = load_file(folder / "model.safetensors")
-    tensors["layer0.mask"] = 1 - tensors["layer0.mask"]
-    save_file(tensors, folder / "model.safetensors")
+def altered_copy(folder: Path, tmp_path: Path, name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Path:
+    """A copy of an export with tensor `name` changed (and manifest.json left as it was)."""
+    copy = tmp_path / "altered"
+    shutil.copytree(folder, copy)
+    tensors = load_file(copy / "model.safetensors")
+    tensors[name] = change(tensors[name])
+    save_file(tensors, copy / "model.safetensors")
+    return copy
+
+
+def test_the_manifest_catches_weights_altered_to_other_finite_values(exported: list[Path], tmp_path: Path) -> None:
+    folder = altered_copy(exported[0], tmp_path, "layer1.weight", lambda weight: weight * 0.5)
+    with pytest.raises(export.ExportError, match=r"model\.safetensors: sha256 does not match manifest\.json"):
+        export.load_export(folder)
+    with pytest.raises(ValueError, match="model.safetensors: altered"):
+        numpy_reference()["check_manifest"](folder)
+
+
+def test_the_documented_sha256sum_check_passes_on_an_export(exported: list[Path]) -> None:
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    text = (ROOT / "docs" / "export_format.md").read_text()
+    (command,) = re.findall(r"```sh\n(.*?)\n```", text, flags=re.S)
+    result = subprocess.run(command, shell=True, cwd=exported[0], capture_output=True, text=True, check=True)
+    assert result.stdout.count(": OK") == len(export.FILES)
+
+
+def test_load_export_rejects_a_tampered_mask_behind_a_rewritten_manifest(exported: list[Path],
+                                                                         tmp_path: Path) -> None:
+    folder = altered_copy(exported[0], tmp_path, "layer0.mask", lambda mask: 1 - mask)
+    export.write_manifest(folder)
     with pytest.raises(export.ExportError, match="layer0.mask differs"):
         export.load_export(folder)
 

@@ -32,6 +32,7 @@ from tests.processes import descendants, free_port, kill, stop, stop_tree
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 EPOCHS = 10
+SNAPSHOT_S = 3  # > the driver's experiment-snapshot period (TUNE_GLOBAL_CHECKPOINT_S=1 in farm_sweep.run)
 FIXED = {"dataset": "binarized_mnist", "max_train_examples": 3000, "hidden_sizes": [128], "batch_size": 50,
          "epochs": EPOCHS, "num_orderings": 2}
 
@@ -194,11 +195,13 @@ def test_losing_the_driver_mid_study(cluster: Cluster, tmp_path: Path) -> None:
 
 
 def _kill_when_one_trial_finished(process: subprocess.Popen, timeout: float = 300) -> list[str]:
-    """SIGKILL the driver right after its first trial completes (others are mid-run then)."""
+    """SIGKILL the driver once its first trial has completed and the driver has recorded that (Tune's
+    experiment snapshot, every second); the other trials are mid-run then."""
     deadline = time.monotonic() + timeout
     assert process.stdout is not None
     for line in process.stdout:
         if f"completed after epoch {EPOCHS}" in line:
+            time.sleep(SNAPSHOT_S)
             kill(process)
             return [line.split()[0]]
         if time.monotonic() > deadline:
