@@ -1,4 +1,5 @@
-"""Study-level figures: the speed-quality Pareto front across trials and the parameter importances."""
+"""Study-level figures (the speed-quality Pareto front across trials, the parameter importances) and the
+one way every figure is saved."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def pareto_figure(points: Sequence[SpeedQualityPoint], path: Path) -> Path:
     axes.set(xlabel="speed-up over sequential sampling", ylabel="classifier score",
              title="Speed-quality across trials")
     axes.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def importance_figure(importances: Mapping[str, float], path: Path) -> Path:
@@ -67,10 +68,13 @@ def importance_figure(importances: Mapping[str, float], path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(6, 1.5 + 0.4 * len(names)))
     axes.barh(names, [importances[name] for name in names])
     axes.set(xlabel="importance for validation nll_image", title="Parameter importance (Optuna)")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def save_figure(figure: plt.Figure, path: Path | str) -> Path:
+    """Lay out, write as PNG (creating the folder) and close: every figure the project makes ends here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

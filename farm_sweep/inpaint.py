@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from farm_sweep.figures import save_figure
 from farm_sweep.losses import ensemble_log_probs
 from farm_sweep.models.made import FarmMADE
 
@@ -188,12 +189,7 @@ def inpainting_figure(model: FarmMADE, images: torch.Tensor, height: int, width:
         axis.imshow(panel, interpolation="nearest")
         axis.set_title(title, fontsize=9)
         axis.axis("off")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _tint(images: torch.Tensor, occlusion: torch.Tensor, color: tuple[float, float, float], height: int,

@@ -29,6 +29,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import torch
 
+from farm_sweep.figures import save_figure
 from farm_sweep.inpaint import FILLS, FillPlan, fill_plan, side_range
 from farm_sweep.models.farm_pixelcnn import FarmPixelCNN, ordering_log_probs
 from farm_sweep.models.logistic_mixture import log_prob, sample, to_unit
@@ -150,9 +151,4 @@ def inpainting_figure(model: FarmPixelCNN, images: torch.Tensor, path: Path, *, 
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(title, fontsize=9)
     figure.suptitle(f"inpainting, {case} case", fontsize=10)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -23,6 +23,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import torch
 
+from farm_sweep.figures import save_figure
 from farm_sweep.models.made import FarmMADE
 
 matplotlib.use("Agg")
@@ -152,8 +153,4 @@ def write_speed_quality(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
         axis.grid(alpha=0.3)
     axes[0].legend()
     figure.suptitle("speed vs quality (labels: knob)")
-    figure.tight_layout()
-    plot = folder / "speed_quality.png"
-    figure.savefig(plot, dpi=120)
-    plt.close(figure)
-    return [table, plot]
+    return [table, save_figure(figure, folder / "speed_quality.png")]

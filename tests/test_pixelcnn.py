@@ -37,13 +37,7 @@ from farm_sweep.orderings import ranks, symmetric_ordering
 CAUSAL = ("raster", "antidiagonal")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on cores shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(causal="raster", channels=3, stages=3, resnets=2, filters=8, mixtures=2):

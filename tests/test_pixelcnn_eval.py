@@ -21,13 +21,7 @@ from farm_sweep.pixelcnn_inpaint import (
 from farm_sweep.pixelcnn_sampling import curve_settings, sample, speed_quality_curve
 from farm_sweep.sampling import CURVE_FIELDS, write_speed_quality
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(causal="raster", channels=3, stages=2, transforms=(0, 7), seed=0, filters=8):

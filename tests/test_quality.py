@@ -99,14 +99,6 @@ def cache_tiny_cifar_classifier(cache_dir: Path, monkeypatch: pytest.MonkeyPatch
                                      lambda classifier: 0.0, cache_dir)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_cifar10_is_scored_by_the_cached_cifar_classifier(tmp_path, monkeypatch, one_thread):
     cached = cache_tiny_cifar_classifier(tmp_path, monkeypatch)
     monkeypatch.setattr(cifar_classifier, "train_classifier", lambda *args: pytest.fail("trained, not loaded"))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from farm_sweep import pixelcnn_sampling, quality
 from farm_sweep.config import TrainConfig
@@ -20,12 +18,7 @@ CURVE_FIELDS = {"network_evaluations", "wall_seconds", "speedup", "evaluation_sp
                 "frechet_distance"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

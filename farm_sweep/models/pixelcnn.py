@@ -120,32 +120,21 @@ class DownRightShiftedConv2d(nn.Module):
         return self.conv(F.pad(x, self.pad))
 
 
-class DownShiftedDeconv2d(nn.Module):
-    """Stride-2 upsampling whose output rows see input rows at or above them (cropped as the reference)."""
+class ShiftedDeconv2d(nn.Module):
+    """Stride-2 upsampling whose outputs see inputs at or above them and, with `right_shifted`, at or left
+    of them too (kernel (2, 2)); otherwise horizontally centred (kernel (2, 3)). Cropped as the reference."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int] = (2, 3)) -> None:
+    def __init__(self, c_in: int, c_out: int, right_shifted: bool) -> None:
         super().__init__()
-        self.kernel = kernel
-        self.deconv = weight_norm(nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, output_padding=1), dim=1)
+        self.kernel = (2, 2) if right_shifted else (2, 3)
+        self.right_shifted = right_shifted
+        self.deconv = weight_norm(nn.ConvTranspose2d(c_in, c_out, self.kernel, stride=2, output_padding=1), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel
         y = self.deconv(x)
-        return y[:, :, :y.shape[2] - kh + 1, kw // 2:y.shape[3] - kw // 2]
-
-
-class DownRightShiftedDeconv2d(nn.Module):
-    """Stride-2 upsampling whose output sees inputs at or above and at or left of it."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int] = (2, 2)) -> None:
-        super().__init__()
-        self.kernel = kernel
-        self.deconv = weight_norm(nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, output_padding=1), dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel
-        y = self.deconv(x)
-        return y[:, :, :y.shape[2] - kh + 1, :y.shape[3] - kw + 1]
+        left, right = (0, kw - 1) if self.right_shifted else (kw // 2, kw // 2)
+        return y[:, :, :y.shape[2] - kh + 1, left:y.shape[3] - right]
 
 
 class AntidiagonalConv2d(nn.Module):
@@ -225,8 +214,8 @@ class RasterPixelCNN(nn.Module):
         self.downsample_ul = nn.ModuleList(DownRightShiftedConv2d(f, f, (2, 2), stride=2) for _ in range(stages - 1))
         self.down_u = nn.ModuleList(_resnets(config, u_conv, 1, n) for n in _down_pass_sizes(config))
         self.down_ul = nn.ModuleList(_resnets(config, ul_conv, 2, n) for n in _down_pass_sizes(config))
-        self.upsample_u = nn.ModuleList(DownShiftedDeconv2d(f, f) for _ in range(stages - 1))
-        self.upsample_ul = nn.ModuleList(DownRightShiftedDeconv2d(f, f) for _ in range(stages - 1))
+        self.upsample_u = nn.ModuleList(ShiftedDeconv2d(f, f, right_shifted=False) for _ in range(stages - 1))
+        self.upsample_ul = nn.ModuleList(ShiftedDeconv2d(f, f, right_shifted=True) for _ in range(stages - 1))
         self.out = nin(f, num_params(config.channels, config.mixtures))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
