@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Each run gets a folder of its own, so running it again never touches earlier results.
 quickstart: $(STAMP)
-	$(PY) -m farm_sweep.run studies/quickstart.yaml
+	$(PY) -m farm_sweep.run studies/quickstart.yaml --output results/quickstart/$(shell date +%Y%m%d-%H%M%S)
 
 # Tests use the real datasets beside the checkout unless FARM_DATA_DIR points elsewhere.
 test: export FARM_DATA_DIR ?= $(abspath ../shared/data)
