@@ -53,7 +53,8 @@ def pareto_figure(points: Sequence[SpeedQualityPoint], path: Path) -> Path:
     for sampler in sorted({p.sampler for p in points}):
         chosen = [p for p in points if p.sampler == sampler]
         axes.scatter([p.speedup for p in chosen], [p.classifier_score for p in chosen], label=sampler, alpha=0.6)
-    axes.plot([p.speedup for p in front], [p.classifier_score for p in front], "k--", label="Pareto front")
+    axes.plot([p.speedup for p in front], [p.classifier_score for p in front], "k--*", markersize=10,
+              label="Pareto front")
     for p in front:
         axes.annotate(f"{p.trial_id[-5:]} {p.knob}", (p.speedup, p.classifier_score), fontsize=7)
     axes.set_xscale("log")
