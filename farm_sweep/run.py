@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -297,7 +298,9 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
 def _importances(study: optuna.Study) -> dict[str, float]:
     """Optuna's parameter importances over the completed trials (empty when there are too few to tell)."""
     try:
-        return optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # Optuna warns when few trials per regime; the figure still helps
+            warnings.simplefilter("ignore", UserWarning)
+            return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):
         return {}
 
