@@ -12,7 +12,7 @@ from farm_sweep.data import DATASETS
 from farm_sweep.losses import DIVERGENCES, LOSSES
 from farm_sweep.models.farm_pixelcnn import TRANSFORM_FAMILIES
 from farm_sweep.models.made import WEIGHT_SHARING
-from farm_sweep.models.pixelcnn import CAUSAL
+from farm_sweep.models.pixelcnn import CAUSAL, PixelCNNConfig
 from farm_sweep.orderings import FAMILIES, SYMMETRIES, max_orderings
 
 MODELS = ("made", "pixelcnn")
@@ -39,12 +39,13 @@ class TrainConfig:
     resample_every: int = 20
     divergence: str = "none"
     divergence_weight: float = 0.0
-    filters: int = 160
-    resnets_per_stage: int = 5
-    stages: int = 3
-    mixtures: int = 10
-    dropout: float = 0.5
-    causal: str = "raster"
+    # PixelCNN++ only; defaults are the paper's CIFAR-10 model, as PixelCNNConfig's
+    filters: int = PixelCNNConfig.filters
+    resnets_per_stage: int = PixelCNNConfig.resnets_per_stage
+    stages: int = PixelCNNConfig.stages
+    mixtures: int = PixelCNNConfig.mixtures
+    dropout: float = PixelCNNConfig.dropout
+    causal: str = PixelCNNConfig.causal
     ema_decay: float = 0.0
     lr: float = 1e-3
     batch_size: int = 100
