@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,6 @@ from farm_sweep.search_space import OPTUNA_TRIAL_KEY
 from farm_sweep.tracking import Tracker
 from farm_sweep.train import NonFiniteLossError, load_model, resolve_device, train
 
-CHECKPOINTS = "checkpoints"
 RESTORED = "restored"
 EVALUATION = "evaluation"
 
@@ -59,7 +60,16 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
 def _train_and_report(train_config: TrainConfig, trial_dir: Path, context: TrialContext, run_id: str) -> None:
     logged = context.tracker.last_step(run_id, "nll_image")
-    for metrics in train(train_config, trial_dir / CHECKPOINTS, _restored_checkpoint(trial_dir), progress=None):
+    # Checkpoints are written to node-local scratch: Tune persists the reported ones, and the trial folder is
+    # synced to storage in the background, which must not meet a checkpoint half-renamed.
+    with tempfile.TemporaryDirectory(prefix="farm-trial-") as scratch:
+        _report_epochs(train(train_config, Path(scratch), _restored_checkpoint(trial_dir), progress=None),
+                       train_config, trial_dir, context, run_id, logged)
+
+
+def _report_epochs(epochs: Iterator[dict[str, Any]], train_config: TrainConfig, trial_dir: Path,
+                   context: TrialContext, run_id: str, logged: int) -> None:
+    for metrics in epochs:
         epoch = metrics["epoch"]
         if epoch == train_config.epochs and context.evaluation:
             metrics |= _evaluate(Path(metrics["checkpoint"]), train_config, trial_dir / EVALUATION, context, run_id)
@@ -73,10 +83,8 @@ def _train_and_report(train_config: TrainConfig, trial_dir: Path, context: Trial
 def _restored_checkpoint(trial_dir: Path) -> Path | None:
     """Tune's latest checkpoint for this trial, copied into the trial folder; None for a fresh start.
 
-    Tune's checkpoint is the authority: local checkpoints it never received are discarded. A latest
-    checkpoint that fails its checksums falls back, with a warning, to the newest older one Tune kept
-    (on storage that is a shared file system: NFS, or one machine)."""
-    shutil.rmtree(trial_dir / CHECKPOINTS, ignore_errors=True)
+    A latest checkpoint that fails its checksums falls back, with a warning, to the newest older one Tune
+    kept (on storage that is a shared file system: NFS, or one machine)."""
     latest = tune.get_checkpoint()
     if latest is None:
         return None
