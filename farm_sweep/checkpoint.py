@@ -11,7 +11,6 @@ It is written to a temporary folder and renamed into place, so a reader sees all
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from farm_sweep.integrity import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     save_file(tensors, staging / "optimizer.safetensors")
     _write_json(staging / "optimizer.json", rest)
     _write_json(staging / "state.json", state)
-    _write_json(staging / "manifest.json", {name: _sha256(staging / name) for name in FILES})
+    _write_json(staging / "manifest.json", {name: file_sha256(staging / name) for name in FILES})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     for old in checkpoints(folder)[:-KEEP]:
@@ -69,7 +70,7 @@ def verify(checkpoint: Path) -> None:
         path = checkpoint / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing from the checkpoint")
-        if _sha256(path) != manifest.get(name):
+        if file_sha256(path) != manifest.get(name):
             raise CheckpointError(f"{path}: sha256 does not match the manifest (truncated or altered)")
 
 
@@ -124,9 +125,3 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

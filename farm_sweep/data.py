@@ -9,7 +9,6 @@ every call returns fresh tensors, so callers may modify them in place.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import zipfile
 import zlib
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from farm_sweep.integrity import file_sha256
 
 DATASETS = ("digits", "binarized_mnist", "mnist", "cifar10")
 SPLITS = ("train", "valid", "test")
@@ -211,8 +212,8 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 @lru_cache(maxsize=64)
 def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """file_sha256, remembered per (path, mtime, size) so repeated loads do not hash again."""
+    return file_sha256(path)
 
 
 # ---------------------------------------------------------------- digits

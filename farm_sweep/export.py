@@ -16,7 +16,6 @@ build_model and checks every mask and ordering.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from farm_sweep import tracking
 from farm_sweep.config import TrainConfig
 from farm_sweep.data import DataError, load_dataset
+from farm_sweep.integrity import file_sha256
 from farm_sweep.models.made import FarmMADE
 from farm_sweep.run import METRIC, TABLE_FILE, read_table
 from farm_sweep.train import build_model, load_model
@@ -170,7 +170,7 @@ def write_manifest(folder: Path) -> Path:
     """manifest.json: file name -> sha256 of every file of the export; written last, so an export that
     stopped halfway has none."""
     path = folder / MANIFEST
-    path.write_text(json.dumps({name: _sha256(folder / name) for name in FILES}, indent=2) + "\n")
+    path.write_text(json.dumps({name: file_sha256(folder / name) for name in FILES}, indent=2) + "\n")
     return path
 
 
@@ -184,14 +184,9 @@ def verify_manifest(folder: Path) -> None:
     if not isinstance(manifest, dict) or sorted(manifest) != sorted(FILES):
         raise ExportError(f"{folder / MANIFEST}: must map exactly {', '.join(FILES)} to their sha256; {REEXPORT}")
     for name, digest in manifest.items():
-        if _read(folder / name, _sha256) != digest:
+        if _read(folder / name, file_sha256) != digest:
             raise ExportError(f"{folder / name}: sha256 does not match {MANIFEST}: the file was altered or "
                               f"corrupted after export; {REEXPORT}")
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def describe(model: FarmMADE, height: int, width: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -17,7 +17,6 @@ tr(S + S_ref - 2 (S^1/2 S_ref S^1/2)^1/2) between feature Gaussians of the image
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from farm_sweep.data import load_dataset
+from farm_sweep.integrity import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def cached_classifier(name: str, settings: dict[str, Any], build: Callable[[], C
     test_accuracy = train(classifier)
     folder.mkdir(parents=True, exist_ok=True)
     _replace(weights, lambda path: save_file(classifier.state_dict(), path))
-    summary = {"settings": settings, "sha256": _sha256(weights), "test_accuracy": test_accuracy,
+    summary = {"settings": settings, "sha256": file_sha256(weights), "test_accuracy": test_accuracy,
                "train_seconds": time.perf_counter() - began}
     _replace(record, lambda path: path.write_text(json.dumps(summary, indent=2)))
     return classifier.eval()
@@ -131,7 +131,7 @@ def cache_problem(weights: Path, record: Path, settings: dict[str, Any]) -> str 
         return f"{record} is unreadable"
     if summary.get("settings") != settings:
         return f"{record} holds other training settings"
-    if summary.get("sha256") != _sha256(weights):
+    if summary.get("sha256") != file_sha256(weights):
         return f"{weights} does not match its sha256 (corrupt or altered)"
     return None
 
@@ -168,9 +168,6 @@ def _replace(path: Path, write: Callable[[Path], object]) -> None:
     write(staging)
     os.replace(staging, path)
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
