@@ -21,8 +21,10 @@ quickstart: $(STAMP)
 # Tests use the real datasets beside the checkout unless FARM_DATA_DIR points elsewhere.
 test: export FARM_DATA_DIR ?= $(abspath ../shared/data)
 test: $(STAMP)
-	$(PY) -m ruff check farm_sweep tests bench
+	$(VENV)/bin/ruff check farm_sweep tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check farm_sweep tests bench
+	$(VENV)/bin/ruff check farm_sweep tests bench
+	$(VENV)/bin/lint-imports

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from farm_sweep import checkpoint
-from farm_sweep.config import TrainConfig
 from farm_sweep.data import ImageDataset, load_dataset
-from farm_sweep.inpaint import CASES, FILLS, fill_plan, make_occlusions, nll_exact
 from farm_sweep.losses import ensemble_log_probs
-from farm_sweep.models.made import FarmMADE
-from farm_sweep.train import build_model, resolve_device, train
+from farm_sweep.made.inpaint import nll_exact
+from farm_sweep.made.network import FarmMADE
+from farm_sweep.occlusions import CASES, FILLS, fill_plan, make_occlusions
+from farm_sweep.training import checkpoint
+from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import build_model, resolve_device, train
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

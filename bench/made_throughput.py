@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from farm_sweep.losses import mc_loss
-from farm_sweep.models.made import FarmMADE
+from farm_sweep.made.network import FarmMADE
 from farm_sweep.orderings import make_orderings
 
 SIZES = (784, 1000, 1000, 784)

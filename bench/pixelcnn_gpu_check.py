@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from farm_sweep.config import TrainConfig
 from farm_sweep.data import load_dataset
-from farm_sweep.models.farm_pixelcnn import FarmPixelCNN
-from farm_sweep.models.pixelcnn import PixelCNNConfig
-from farm_sweep.pixelcnn_inpaint import CASES, evaluate_inpainting, inpainting_figure
-from farm_sweep.pixelcnn_sampling import sample
-from farm_sweep.pixelcnn_task import PixelCNNTask
+from farm_sweep.pixelcnn.farm import FarmPixelCNN
+from farm_sweep.pixelcnn.inpaint import CASES, evaluate_inpainting, inpainting_figure
+from farm_sweep.pixelcnn.network import PixelCNNConfig
+from farm_sweep.pixelcnn.sampling import sample
+from farm_sweep.pixelcnn.task import PixelCNNTask
+from farm_sweep.training.config import TrainConfig
 
 PAPER_SECONDS = {"sequential": 192.57, "wavefront": 28.92}
 

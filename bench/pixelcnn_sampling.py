@@ -17,10 +17,10 @@ import time
 import torch
 from pixelcnn_gpu_check import train_for  # bench/ is the script's folder
 
-from farm_sweep.config import TrainConfig
 from farm_sweep.data import load_dataset
-from farm_sweep.pixelcnn_sampling import sample
-from farm_sweep.pixelcnn_task import PixelCNNTask
+from farm_sweep.pixelcnn.sampling import sample
+from farm_sweep.pixelcnn.task import PixelCNNTask
+from farm_sweep.training.config import TrainConfig
 
 
 def main() -> None:

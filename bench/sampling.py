@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from inpaint_eval import add_model_arguments, trained_model  # noqa: E402
 
-from farm_sweep.quality import QualityScorer  # noqa: E402
-from farm_sweep.sampling import sample, speed_quality_curve  # noqa: E402
+from farm_sweep.evaluation.scorers import quality_scorer
+from farm_sweep.made.sampling import sample, speed_quality_curve  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model, test = trained_model(args)
-    scorer = QualityScorer.for_dataset(test.name, cache_dir=None)
+    scorer = quality_scorer(test.name, cache_dir=None)
     noise = torch.rand(args.num_samples, model.dim, generator=torch.Generator().manual_seed(args.seed))
     exact = torch.equal(sample(model, "sequential", args.num_samples, noise=noise)[0],
                         sample(model, "fixed_point", args.num_samples, noise=noise)[0])

@@ -1,6 +1,6 @@
 """Sweep-system overhead and what pruning saves, measured side by side in one run.
 
-1. Per-trial overhead: the same configuration trained N times by calling `farm_sweep.train.train` directly,
+1. Per-trial overhead: the same configuration trained N times by calling `farm_sweep.training.loop.train` directly,
    then as an N-trial study (Ray Tune + Optuna + MLflow + checkpoints, one trial at a time); the difference
    per trial is the system's overhead.
 2. Pruning: one study (default studies/quickstart.yaml) run twice with the same seed, with its pruner and
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import ray
 
-from farm_sweep.config import TrainConfig
-from farm_sweep.run import best_row, run_study
-from farm_sweep.search_space import Parameter, SearchSpace
-from farm_sweep.study import Component, Study, load_study
-from farm_sweep.train import train
+from farm_sweep.sweep.results_table import best_row
+from farm_sweep.sweep.runner import run_study
+from farm_sweep.sweep.search_space import Parameter, SearchSpace
+from farm_sweep.sweep.study import Component, Study, load_study
+from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import train
 
 
 def direct_seconds(config: TrainConfig, repeats: int, scratch: Path) -> float:

@@ -7,7 +7,7 @@ features (the penultimate layer) feed the Frechet distance: on MNIST binarized l
 for the 8x8 digits. It is cached in FARM_CACHE_DIR (default ~/.cache/farm_sweep) as
 classifier_<data>.safetensors plus a JSON holding its training settings, test accuracy and the
 weights' sha256; a cache whose checksum or settings do not match is retrained. CIFAR-10 samples are
-scored by farm_sweep.cifar_classifier's CNN through the same cache (`cached_classifier`), training loop
+scored by farm_sweep.evaluation.cifar_classifier's CNN through the same cache (`cached_classifier`), training loop
 (`train_classifier`) and scorer (`QualityScorer.over`).
 
 classifier_score = exp(E_x KL(p(y|x) || p(y))), p(y) = E_x p(y|x): 1 for blank or meaningless
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "FARM_CACHE_DIR"
 CLASSIFIER_DATA = {"digits": "digits", "mnist": "mnist", "binarized_mnist": "mnist"}  # dataset -> MLP's data
-CIFAR = "cifar10"  # scored by farm_sweep.cifar_classifier
+CIFAR = "cifar10"  # scored by farm_sweep.evaluation.cifar_classifier
 TRAINING = {  # per classifier dataset; stored beside the weights, a change retrains
     "mnist": {"dim": 784, "hidden": [256, 128], "epochs": 4, "batch_size": 128, "lr": 2e-3, "seed": 0,
               "binarize": "static"},
@@ -183,12 +183,8 @@ class QualityScorer:
     @classmethod
     def for_dataset(cls, name: str, data_dir: str | os.PathLike[str] | None = None,
                     cache_dir: str | os.PathLike[str] | None = None) -> QualityScorer:
-        """The scorer for samples of dataset `name`, its Frechet reference being that dataset's test split
-        (cifar10: farm_sweep.cifar_classifier's CNN, images in [-1, 1])."""
-        if name == CIFAR:
-            from farm_sweep.cifar_classifier import cifar_scorer  # imports this module: import it only now
-
-            return cifar_scorer(data_dir, cache_dir)
+        """The scorer for samples of a digit dataset `name`, its Frechet reference being that dataset's test
+        split (CIFAR-10 has its own CNN: farm_sweep.evaluation.scorers.quality_scorer picks either)."""
         if name not in CLASSIFIER_DATA:
             raise ValueError(f"no classifier for dataset {name!r}; sample quality is defined for "
                              f"{', '.join([*CLASSIFIER_DATA, CIFAR])}")

@@ -22,9 +22,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from farm_sweep import checkpoint, evaluate, export, run
-from farm_sweep.config import TrainConfig
-from farm_sweep.train import build_model
+from farm_sweep.export import command, evaluate
+from farm_sweep.export import format as export_format
+from farm_sweep.sweep import runner as run
+from farm_sweep.training import checkpoint
+from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FARM_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
@@ -32,7 +35,7 @@ SPACE = {"parameters": {"lr": {"distribution": "log_float", "low": 1.0e-3, "high
                         "divergence": {"distribution": "categorical", "choices": ["none", "jsd"]}}}
 FIXED = {"dataset": "digits", "hidden_sizes": [16], "epochs": 1}
 STUDY = {"name": "bad", "search_space": "space.yaml", "fixed": FIXED, "trials": 2}
-MAINS = {"run": run.main, "export": export.main, "evaluate": evaluate.main}
+MAINS = {"run": run.main, "export": command.main, "evaluate": evaluate.main}
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def finished_study(change: Change = lambda study: None, *options: str) -> Build:
 
 def with_earlier_export(sources: Sources, folder: Path) -> list[str]:
     arguments = finished_study()(sources, folder)
-    export.export_study(folder / "study", 1, folder / "out")
+    command.export_study(folder / "study", 1, folder / "out")
     return arguments
 
 
@@ -185,7 +188,7 @@ def resealed_export(change: Change) -> Build:
     """The export with `change` made and manifest.json rewritten to match, so the checks behind it are reached."""
     def change_and_reseal(model: Path) -> None:
         change(model)
-        export.write_manifest(model)
+        export_format.write_manifest(model)
     return altered_export(change_and_reseal)
 
 
@@ -201,9 +204,9 @@ def edited(name: str, **changes: object) -> Change:
 
 def retensor(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Change:
     def change(folder: Path) -> None:
-        tensors = load_file(folder / export.TENSORS)
+        tensors = load_file(folder / export_format.TENSORS)
         tensors[name] = make(tensors[name])
-        save_file(tensors, folder / export.TENSORS)
+        save_file(tensors, folder / export_format.TENSORS)
     return change
 
 
@@ -286,15 +289,15 @@ CASES = [
     Case("--register without tracking state", "export", finished_study(lambda study: None, "--register"),
          ("{tmp}/study/tracking.json", "--register", "export without --register")),
     # an export folder
-    Case("export without weights", "evaluate", altered_export(remove(export.TENSORS)),
+    Case("export without weights", "evaluate", altered_export(remove(export_format.TENSORS)),
          ("{tmp}/model", "model.safetensors missing", "re-export")),
-    Case("export without a manifest", "evaluate", altered_export(remove(export.MANIFEST)),
+    Case("export without a manifest", "evaluate", altered_export(remove(export_format.MANIFEST)),
          ("{tmp}/model", "manifest.json missing", "re-export the model (python -m farm_sweep.export)")),
     Case("export with weights altered to other finite values", "evaluate",
          altered_export(retensor("layer0.weight", lambda t: t + 0.25)),
          ("{tmp}/model/model.safetensors", "sha256 does not match manifest.json", "altered",
           "re-export the model (python -m farm_sweep.export)")),
-    Case("export with truncated weights", "evaluate", resealed_export(damaged(export.TENSORS, truncated)),
+    Case("export with truncated weights", "evaluate", resealed_export(damaged(export_format.TENSORS, truncated)),
          ("{tmp}/model/model.safetensors", "SafetensorError", "re-export")),
     Case("export with a weight of the wrong shape", "evaluate",
          resealed_export(retensor("layer0.weight", lambda t: torch.zeros(3, 3))),
@@ -303,20 +306,21 @@ CASES = [
          ("{tmp}/model/model.safetensors", "layer1.bias holds NaN", "re-export")),
     Case("export with an altered mask", "evaluate", resealed_export(retensor("layer0.mask", lambda t: 1 - t)),
          ("{tmp}/model/model.safetensors", "layer0.mask differs", "re-export")),
-    Case("export with altered architecture", "evaluate", resealed_export(edited(export.ARCHITECTURE, dim=32)),
+    Case("export with altered architecture", "evaluate", resealed_export(edited(export_format.ARCHITECTURE, dim=32)),
          ("{tmp}/model/architecture.json", "dim differ", "re-export")),
     Case("export architecture not JSON", "evaluate",
-         resealed_export(lambda model: (model / export.ARCHITECTURE).write_text("{not json")),
+         resealed_export(lambda model: (model / export_format.ARCHITECTURE).write_text("{not json")),
          ("{tmp}/model/architecture.json", "JSONDecodeError", "re-export")),
-    Case("export of another format", "evaluate", resealed_export(edited(export.ARCHITECTURE, format="farm-made/0")),
+    Case("export of another format", "evaluate",
+         resealed_export(edited(export_format.ARCHITECTURE, format="farm-made/0")),
          ("{tmp}/model/architecture.json", "'farm-made/0', expected 'farm-made/1'", "re-export")),
-    Case("export config with a bad value", "evaluate", resealed_export(edited(export.CONFIG, num_orderings=0)),
+    Case("export config with a bad value", "evaluate", resealed_export(edited(export_format.CONFIG, num_orderings=0)),
          ("{tmp}/model/config.yaml", "num_orderings: 0 must be positive", "re-export")),
     Case("export's test data missing", "evaluate",
-         resealed_export(edited(export.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
+         resealed_export(edited(export_format.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
          ("{tmp}/model/config.yaml", "'binarized_mnist'", "{tmp}/nowhere", "To get them")),
     Case("export's dataset does not match the model", "evaluate",
-         resealed_export(edited(export.CONFIG, dataset="mnist")),
+         resealed_export(edited(export_format.CONFIG, dataset="mnist")),
          ("{tmp}/model/config.yaml", "784 pixels, the model 64", "restore it, or re-export")),
 ]
 
@@ -331,7 +335,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
                     {"epoch": 1, "config": config.to_dict()})
     (study / "trials.csv").write_text("trial_id,optuna_trial,status,epochs,nll_image,mlflow_run_id,checkpoint\n"
                                       "trial_a,0,completed,1,40.5,,trial_a/epoch_0001\n")
-    (exported,) = export.export_study(study, 1, folder / "exports")
+    (exported,) = command.export_study(study, 1, folder / "exports")
     return Sources(study, exported)
 
 

@@ -18,11 +18,13 @@ import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 
-from farm_sweep import evaluate, export, tracking
 from farm_sweep.data import load_dataset
-from farm_sweep.likelihood import nll_image
-from farm_sweep.run import run_study
-from farm_sweep.study import load_study
+from farm_sweep.export import command, evaluate
+from farm_sweep.export import format as export_format
+from farm_sweep.made.likelihood import nll_image
+from farm_sweep.sweep import tracking
+from farm_sweep.sweep.runner import run_study
+from farm_sweep.sweep.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +52,7 @@ def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def exported(study_output: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = tmp_path_factory.mktemp("exports")
-    assert export.main(["--output", str(study_output), "--top", "2", "--out", str(out)]) == 0
+    assert command.main(["--output", str(study_output), "--top", "2", "--out", str(out)]) == 0
     return sorted(out.iterdir())
 
 
@@ -71,7 +73,7 @@ def test_export_writes_the_best_trials_self_described(exported: list[Path], stud
         assert {f.name for f in folder.iterdir()} == {"model.safetensors", "architecture.json", "config.yaml",
                                                        "metrics.json", "README.md", "manifest.json"}
         architecture = json.loads((folder / "architecture.json").read_text())
-        assert architecture["format"] == export.FORMAT and architecture["num_masks"] == 2
+        assert architecture["format"] == export_format.FORMAT and architecture["num_masks"] == 2
         assert "Validation nll_image" in (folder / "README.md").read_text()
 
 
@@ -79,7 +81,7 @@ def test_numpy_reference_recomputes_the_model(exported: list[Path]) -> None:
     reference = numpy_reference()
     images = load_dataset("digits", "test").images[:50]
     for folder in exported:
-        model, _, metrics = export.load_export(folder)
+        model, _, metrics = export_format.load_export(folder)
         for mask_set in range(2):
             model.set_mask(mask_set)
             with torch.no_grad():
@@ -104,8 +106,8 @@ def altered_copy(folder: Path, tmp_path: Path, name: str, change: Callable[[torc
 
 def test_the_manifest_catches_weights_altered_to_other_finite_values(exported: list[Path], tmp_path: Path) -> None:
     folder = altered_copy(exported[0], tmp_path, "layer1.weight", lambda weight: weight * 0.5)
-    with pytest.raises(export.ExportError, match=r"model\.safetensors: sha256 does not match manifest\.json"):
-        export.load_export(folder)
+    with pytest.raises(export_format.ExportError, match=r"model\.safetensors: sha256 does not match manifest\.json"):
+        export_format.load_export(folder)
     with pytest.raises(ValueError, match="model.safetensors: altered"):
         numpy_reference()["check_manifest"](folder)
 
@@ -116,15 +118,15 @@ def test_the_documented_sha256sum_check_passes_on_an_export(exported: list[Path]
     text = (ROOT / "docs" / "export_format.md").read_text()
     (command,) = re.findall(r"```sh\n(.*?)\n```", text, flags=re.S)
     result = subprocess.run(command, shell=True, cwd=exported[0], capture_output=True, text=True, check=True)
-    assert result.stdout.count(": OK") == len(export.FILES)
+    assert result.stdout.count(": OK") == len(export_format.FILES)
 
 
 def test_load_export_rejects_a_tampered_mask_behind_a_rewritten_manifest(exported: list[Path],
                                                                          tmp_path: Path) -> None:
     folder = altered_copy(exported[0], tmp_path, "layer0.mask", lambda mask: 1 - mask)
-    export.write_manifest(folder)
-    with pytest.raises(export.ExportError, match="layer0.mask differs"):
-        export.load_export(folder)
+    export_format.write_manifest(folder)
+    with pytest.raises(export_format.ExportError, match="layer0.mask differs"):
+        export_format.load_export(folder)
 
 
 def test_evaluate_prints_test_metrics(exported: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,7 +137,7 @@ def test_evaluate_prints_test_metrics(exported: list[Path], capsys: pytest.Captu
 
 
 def test_register_creates_model_versions(exported: list[Path], study_output: Path) -> None:
-    versions = export.register(study_output, exported)
+    versions = command.register(study_output, exported)
     assert [version for _, version in versions] == ["1", "2"]
     client = MlflowClient(tracking.default_uri(study_output))
     (model,) = client.search_registered_models()
@@ -145,4 +147,4 @@ def test_register_creates_model_versions(exported: list[Path], study_output: Pat
 
 
 def test_export_without_a_finished_study_exits_2(tmp_path: Path) -> None:
-    assert export.main(["--output", str(tmp_path), "--top", "1", "--out", str(tmp_path / "x")]) == 2
+    assert command.main(["--output", str(tmp_path), "--top", "1", "--out", str(tmp_path / "x")]) == 2

@@ -6,19 +6,10 @@ import math
 import pytest
 import torch
 
-from farm_sweep.inpaint import (
-    CASES,
-    FILLS,
-    evaluate_inpainting,
-    fill_plan,
-    inpaint,
-    inpainting_figure,
-    make_occlusions,
-    nll_exact,
-    side_range,
-)
 from farm_sweep.losses import image_log_probs
-from farm_sweep.models.made import FarmMADE
+from farm_sweep.made.inpaint import evaluate_inpainting, inpaint, inpainting_figure, nll_exact
+from farm_sweep.made.network import FarmMADE
+from farm_sweep.occlusions import CASES, FILLS, fill_plan, make_occlusions, side_range
 from farm_sweep.orderings import make_orderings
 
 ALL_3X3 = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9)))  # all 512 binary 3x3 images

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from farm_sweep.likelihood import ordering_log_probs
 from farm_sweep.losses import image_log_probs, mixture_nll
-from farm_sweep.models.made import FarmMADE
+from farm_sweep.made.likelihood import ordering_log_probs
+from farm_sweep.made.network import FarmMADE
 from farm_sweep.orderings import FAMILIES, make_orderings
 
 

@@ -25,14 +25,14 @@ import yaml
 from mlflow import MlflowClient
 from ray import tune
 
-from farm_sweep import tracking
-from farm_sweep.run import read_table
+from farm_sweep.sweep import tracking
+from farm_sweep.sweep.results_table import read_table
 from tests.processes import descendants, free_port, kill, stop, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 EPOCHS = 10
-SNAPSHOT_S = 3  # > the driver's experiment-snapshot period (TUNE_GLOBAL_CHECKPOINT_S=1 in farm_sweep.run)
+SNAPSHOT_S = 3  # > the driver's experiment-snapshot period (TUNE_GLOBAL_CHECKPOINT_S=1 in farm_sweep.sweep.runner)
 FIXED = {"dataset": "binarized_mnist", "max_train_examples": 3000, "hidden_sizes": [128], "batch_size": 50,
          "epochs": EPOCHS, "num_orderings": 2}
 

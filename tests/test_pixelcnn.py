@@ -5,24 +5,18 @@ import math
 import pytest
 import torch
 
-from farm_sweep.models.farm_pixelcnn import (
+from farm_sweep.orderings import ranks, symmetric_ordering
+from farm_sweep.pixelcnn.farm import (
     PAPER_TRANSFORMS,
     TRANSFORM_NAMES,
     FarmPixelCNN,
-    bits_per_dim,
-    divergence,
-    ensemble_nll,
-    farm_loss,
-    generalized_jsd,
     inverse_transform,
-    mixture_nll,
     ordering_log_probs,
-    ordering_nll,
     transform,
     transform_indices,
     transform_ranks,
 )
-from farm_sweep.models.logistic_mixture import (
+from farm_sweep.pixelcnn.logistic_mixture import (
     channel_log_probs,
     log_prob,
     num_params,
@@ -31,8 +25,16 @@ from farm_sweep.models.logistic_mixture import (
     to_levels,
     to_unit,
 )
-from farm_sweep.models.pixelcnn import PixelCNNConfig, build_pixelcnn
-from farm_sweep.orderings import ranks, symmetric_ordering
+from farm_sweep.pixelcnn.losses import (
+    bits_per_dim,
+    divergence,
+    ensemble_nll,
+    farm_loss,
+    generalized_jsd,
+    mixture_nll,
+    ordering_nll,
+)
+from farm_sweep.pixelcnn.network import PixelCNNConfig, build_pixelcnn
 
 CAUSAL = ("raster", "antidiagonal")
 

@@ -5,11 +5,9 @@ import math
 import pytest
 import torch
 
-from farm_sweep.inpaint import side_range
-from farm_sweep.models.farm_pixelcnn import FarmPixelCNN
-from farm_sweep.models.logistic_mixture import log_prob, quantize
-from farm_sweep.models.pixelcnn import PixelCNNConfig
-from farm_sweep.pixelcnn_inpaint import (
+from farm_sweep.occlusions import side_range
+from farm_sweep.pixelcnn.farm import FarmPixelCNN
+from farm_sweep.pixelcnn.inpaint import (
     CASES,
     evaluate_inpainting,
     hole_nll_exact,
@@ -18,8 +16,10 @@ from farm_sweep.pixelcnn_inpaint import (
     make_occlusions,
     plan_for,
 )
-from farm_sweep.pixelcnn_sampling import curve_settings, sample, speed_quality_curve
-from farm_sweep.sampling import CURVE_FIELDS, write_speed_quality
+from farm_sweep.pixelcnn.logistic_mixture import log_prob, quantize
+from farm_sweep.pixelcnn.network import PixelCNNConfig
+from farm_sweep.pixelcnn.sampling import curve_settings, sample, speed_quality_curve
+from farm_sweep.speed_quality import CURVE_FIELDS, write_speed_quality
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import farm_sweep.train as training
-from farm_sweep import checkpoint
-from farm_sweep.config import ConfigError, TrainConfig
-from farm_sweep.pixelcnn_task import PixelCNNTask, WeightAverage, likelihood_metrics
-from farm_sweep.train import build_model, load_model, train
+import farm_sweep.training.loop as training
+from farm_sweep.pixelcnn.task import PixelCNNTask, WeightAverage, likelihood_metrics
+from farm_sweep.training import checkpoint
+from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.training.loop import build_model, load_model, train
 
 TINY = dict(dataset="cifar10", model="pixelcnn", ordering_family="paper", num_orderings=2, filters=4,
             resnets_per_stage=1, stages=2, mixtures=1, dropout=0.0, batch_size=16, max_train_examples=128,

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from farm_sweep import cifar_classifier, quality
-from farm_sweep.cifar_classifier import CifarClassifier
+from farm_sweep import quality
 from farm_sweep.data import DataError, load_dataset
-from farm_sweep.models.logistic_mixture import to_unit
-from farm_sweep.quality import QualityScorer
+from farm_sweep.evaluation import cifar_classifier
+from farm_sweep.evaluation.cifar_classifier import CifarClassifier
+from farm_sweep.evaluation.scorers import quality_scorer
+from farm_sweep.pixelcnn.logistic_mixture import to_unit
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,7 @@ def mnist_test():
 @pytest.fixture(scope="session")
 def scorer(mnist_test, tmp_path_factory):
     """The MNIST scorer, its classifier trained once per test session in a temporary cache."""
-    return QualityScorer.for_dataset("binarized_mnist", cache_dir=tmp_path_factory.mktemp("cache"))
+    return quality_scorer("binarized_mnist", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 def test_real_digits_score_near_ten_and_far_above_noise_and_blanks(scorer, mnist_test):
@@ -54,11 +55,11 @@ def quick_digits(monkeypatch):
 
 
 def test_the_cache_is_reused_and_a_corrupted_cache_is_retrained(tmp_path, quick_digits):
-    first = QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    first = quality_scorer("digits", cache_dir=tmp_path)
     weights = tmp_path / "classifier_digits.safetensors"
     summary = json.loads((tmp_path / "classifier_digits.json").read_text())
     assert summary["settings"] == quality.TRAINING["digits"] and summary["test_accuracy"] > 0.5
-    second = QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    second = quality_scorer("digits", cache_dir=tmp_path)
     assert len(quick_digits) == 1
     images = load_dataset("digits", "test").images
     assert second.classifier_score(images) == first.classifier_score(images)
@@ -66,15 +67,15 @@ def test_the_cache_is_reused_and_a_corrupted_cache_is_retrained(tmp_path, quick_
     data = bytearray(weights.read_bytes())
     data[-10:] = bytes(10)  # corrupt some weights; the file still parses
     weights.write_bytes(bytes(data))
-    QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    quality_scorer("digits", cache_dir=tmp_path)
     assert len(quick_digits) == 2
     assert quality.cache_problem(weights, tmp_path / "classifier_digits.json", quality.TRAINING["digits"]) is None
 
 
 def test_changed_training_settings_retrain(tmp_path, quick_digits, monkeypatch):
-    QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    quality_scorer("digits", cache_dir=tmp_path)
     monkeypatch.setitem(quality.TRAINING, "digits", {**quality.TRAINING["digits"], "epochs": 2})
-    QualityScorer.for_dataset("digits", cache_dir=tmp_path)
+    quality_scorer("digits", cache_dir=tmp_path)
     assert len(quick_digits) == 2
 
 
@@ -86,7 +87,7 @@ def test_the_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
 
 def test_datasets_without_a_classifier_are_refused():
     with pytest.raises(ValueError, match="no classifier for dataset 'imagenet'.*binarized_mnist, cifar10"):
-        QualityScorer.for_dataset("imagenet")
+        quality_scorer("imagenet")
 
 
 TINY_CIFAR = {**cifar_classifier.SETTINGS, "filters": [4], "features": 8}
@@ -102,7 +103,7 @@ def cache_tiny_cifar_classifier(cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 def test_cifar10_is_scored_by_the_cached_cifar_classifier(tmp_path, monkeypatch, one_thread):
     cached = cache_tiny_cifar_classifier(tmp_path, monkeypatch)
     monkeypatch.setattr(cifar_classifier, "train_classifier", lambda *args: pytest.fail("trained, not loaded"))
-    scorer = QualityScorer.for_dataset("cifar10", cache_dir=tmp_path)
+    scorer = quality_scorer("cifar10", cache_dir=tmp_path)
     assert isinstance(scorer.classifier, CifarClassifier) and (scorer.height, scorer.width) == (32, 32)
     assert all(torch.equal(a, b) for a, b in zip(scorer.classifier.state_dict().values(),
                                                  cached.state_dict().values()))

@@ -20,11 +20,11 @@ import yaml
 from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
-import farm_sweep.trial as trial_module
-from farm_sweep import tracking
-from farm_sweep.run import run_study
-from farm_sweep.study import load_study
-from farm_sweep.trial import TrialContext, run_trial
+import farm_sweep.sweep.trial as trial_module
+from farm_sweep.sweep import tracking
+from farm_sweep.sweep.runner import run_study
+from farm_sweep.sweep.study import load_study
+from farm_sweep.sweep.trial import TrialContext, run_trial
 from tests.processes import free_port, start_mlflow_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from farm_sweep.models.made import FarmMADE
+from farm_sweep.made.network import FarmMADE
+from farm_sweep.made.sampling import curve_settings, sample, speed_quality_curve
 from farm_sweep.orderings import make_orderings
-from farm_sweep.sampling import CURVE_FIELDS, curve_settings, sample, speed_quality_curve, write_speed_quality
+from farm_sweep.speed_quality import CURVE_FIELDS, write_speed_quality
 
 
 def random_model(k: int, height: int, width: int, scale: float) -> FarmMADE:

@@ -8,9 +8,9 @@ import optuna
 import pytest
 import yaml
 
-from farm_sweep import run
-from farm_sweep.search_space import OPTUNA_TRIAL_KEY
-from farm_sweep.study import StudyError, load_study
+from farm_sweep.sweep import runner as run
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
+from farm_sweep.sweep.study import StudyError, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"parameters": {

@@ -15,13 +15,13 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from farm_sweep.config import MODELS, TrainConfig
 from farm_sweep.data import DATASETS
 from farm_sweep.losses import DIVERGENCES, LOSSES
-from farm_sweep.models.made import WEIGHT_SHARING
+from farm_sweep.made.network import WEIGHT_SHARING
 from farm_sweep.orderings import FAMILIES
-from farm_sweep.search_space import DISTRIBUTIONS, SAMPLERS
-from farm_sweep.study import PRUNER_OPTIONS, STUDY_KEYS, StudyError, load_study
+from farm_sweep.sweep.search_space import DISTRIBUTIONS, SAMPLERS
+from farm_sweep.sweep.study import PRUNER_OPTIONS, STUDY_KEYS, StudyError, load_study
+from farm_sweep.training.config import MODELS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FARM_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()

@@ -23,11 +23,12 @@ import yaml
 from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
-import farm_sweep.trial as trial_module
-from farm_sweep import tracking
-from farm_sweep.run import read_table, run_study
-from farm_sweep.study import load_study
-from farm_sweep.trial import TrialContext, run_trial
+import farm_sweep.sweep.trial as trial_module
+from farm_sweep.sweep import tracking
+from farm_sweep.sweep.results_table import read_table
+from farm_sweep.sweep.runner import run_study
+from farm_sweep.sweep.study import load_study
+from farm_sweep.sweep.trial import TrialContext, run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = {"dataset": "digits", "hidden_sizes": [32], "epochs": 4, "batch_size": 50}

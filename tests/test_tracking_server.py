@@ -11,9 +11,9 @@ import ray
 import yaml
 from mlflow import MlflowClient
 
-from farm_sweep import tracking
-from farm_sweep.run import run_study
-from farm_sweep.study import load_study
+from farm_sweep.sweep import tracking
+from farm_sweep.sweep.runner import run_study
+from farm_sweep.sweep.study import load_study
 from tests.processes import free_port, start_mlflow_server, stop
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from farm_sweep import checkpoint
-from farm_sweep.config import ConfigError, TrainConfig
-from farm_sweep.train import NonFiniteLossError, train
+from farm_sweep.training import checkpoint
+from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.training.loop import NonFiniteLossError, train
 
 SMALL = dict(dataset="digits", hidden_sizes=(32,), batch_size=64, max_train_examples=256, epochs=3)
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from farm_sweep import pixelcnn_sampling, quality
-from farm_sweep.config import TrainConfig
-from farm_sweep.train import build_model
-from farm_sweep.trial_evaluation import evaluate_trained_model, validate_settings
+from farm_sweep import quality
+from farm_sweep.evaluation.end_of_trial import evaluate_trained_model, validate_settings
+from farm_sweep.pixelcnn import sampling as pixelcnn_sampling
+from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import build_model
 from tests.test_quality import cache_tiny_cifar_classifier
 
 ARTIFACTS = ["inpainting.png", "speed_quality.csv", "speed_quality.png"]

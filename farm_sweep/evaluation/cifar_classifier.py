@@ -7,7 +7,7 @@ on the train split (9,000 images with only data_batch_1 present), horizontal fli
 torch's default number of threads (unlike the small digit MLP, a CNN gains from them), and is cached
 beside the digit classifiers by farm_sweep.quality.cached_classifier (FARM_CACHE_DIR, default
 ~/.cache/farm_sweep) as classifier_cifar10.safetensors plus a JSON with its settings, test accuracy and
-the weights' sha256 (a mismatch retrains). QualityScorer.for_dataset("cifar10") returns `cifar_scorer`.
+the weights' sha256 (a mismatch retrains). `quality_scorer("cifar10")` (farm_sweep.evaluation.scorers) returns it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from farm_sweep.data import load_dataset
-from farm_sweep.models.logistic_mixture import to_unit
+from farm_sweep.pixelcnn.logistic_mixture import to_unit
 from farm_sweep.quality import CIFAR, QualityScorer, accuracy, cached_classifier, train_classifier
 
 SETTINGS = {"filters": [32, 64, 128], "features": 128, "epochs": 10, "batch_size": 64, "lr": 2e-3, "seed": 0,

@@ -1,6 +1,6 @@
 """The end-of-trial evaluation: inpainting metrics (DESIGN 4) and the speed-quality curve (DESIGN 5), for
-FARM+MADE (farm_sweep.inpaint, farm_sweep.sampling) and FARM+PixelCNN++ (farm_sweep.pixelcnn_inpaint,
-farm_sweep.pixelcnn_sampling).
+FARM+MADE (farm_sweep.made.inpaint, farm_sweep.made.sampling) and FARM+PixelCNN++ (farm_sweep.pixelcnn.inpaint,
+farm_sweep.pixelcnn.sampling).
 
 A study file's `evaluation:` mapping selects what runs; every key is optional:
 
@@ -33,14 +33,18 @@ from typing import Any
 
 import torch
 
-from farm_sweep import inpaint, pixelcnn_inpaint, pixelcnn_sampling, sampling
-from farm_sweep.config import TrainConfig
+from farm_sweep import occlusions
 from farm_sweep.data import SPLITS, ImageDataset, load_dataset
-from farm_sweep.models.made import FarmMADE
-from farm_sweep.pixelcnn_task import FarmPixelCNNWithEma
-from farm_sweep.quality import QualityScorer
+from farm_sweep.evaluation.scorers import quality_scorer
+from farm_sweep.made import inpaint, sampling
+from farm_sweep.made.network import FarmMADE
+from farm_sweep.pixelcnn import inpaint as pixelcnn_inpaint
+from farm_sweep.pixelcnn import sampling as pixelcnn_sampling
+from farm_sweep.pixelcnn.task import FarmPixelCNNWithEma
+from farm_sweep.speed_quality import write_speed_quality
+from farm_sweep.training.config import TrainConfig
 
-CASES = {"made": inpaint.CASES, "pixelcnn": pixelcnn_inpaint.CASES}  # the inpainting cases of each model
+CASES = {"made": occlusions.CASES, "pixelcnn": pixelcnn_inpaint.CASES}  # the inpainting cases of each model
 CURVES = {"made": sampling.speed_quality_curve, "pixelcnn": pixelcnn_sampling.speed_quality_curve}
 
 
@@ -77,7 +81,7 @@ def validate_settings(settings: dict[str, Any] | None,
     """Fill in defaults and check every key and value for `model` (None: for any model, as a study file is
     checked before its trials' models are known); a section set to null is skipped (None)."""
     cases = _cases(model)
-    choices = {"cases": cases, "fills": inpaint.FILLS}
+    choices = {"cases": cases, "fills": occlusions.FILLS}
     scope = f" (model {model})" if model else ""
     settings, all_defaults = settings or {}, _defaults(cases)
     _check_keys("evaluation", settings, all_defaults)
@@ -176,9 +180,9 @@ def _inpaint_pixelcnn(model: FarmPixelCNNWithEma, data: ImageDataset, figure: Pa
 
 def _sampling(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
               section: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
-    scorer = QualityScorer.for_dataset(config.dataset, config.data_dir)
+    scorer = quality_scorer(config.dataset, config.data_dir)
     rows = CURVES[config.model](model, scorer.height, scorer.width, scorer, section["num_samples"],
                                 section["seed"])
     metrics = {f"sampling/{row['sampler']}/{row['knob']}/{field}": float(value)
                for row in rows for field, value in row.items() if field not in ("sampler", "knob")}
-    return metrics, sampling.write_speed_quality(rows, out_dir)
+    return metrics, write_speed_quality(rows, out_dir)

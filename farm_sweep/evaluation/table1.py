@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from farm_sweep import checkpoint
-from farm_sweep.config import TrainConfig
 from farm_sweep.data import load_dataset
-from farm_sweep.inpaint import CASES, FILLS, evaluate_inpainting, inpainting_figure
-from farm_sweep.likelihood import nll_image
-from farm_sweep.models.made import FarmMADE
-from farm_sweep.train import build_model, resolve_device, train
+from farm_sweep.made.inpaint import evaluate_inpainting, inpainting_figure
+from farm_sweep.made.likelihood import nll_image
+from farm_sweep.made.network import FarmMADE
+from farm_sweep.occlusions import CASES, FILLS
+from farm_sweep.training import checkpoint
+from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import build_model, resolve_device, train
 
 # Table 1 of the paper: (L2, NLL) per case; its NLL is our nll_chain.
 PAPER = {
@@ -162,6 +162,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}, {figure} and {args.work_dir / 'table1.json'}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

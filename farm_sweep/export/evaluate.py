@@ -3,7 +3,7 @@
 
 nll: whole-image test NLL in nats (the k-ordering mixture, and each ordering alone) and bits per dimension.
 inpaint: the occlusion protocol (DESIGN 4) on the test split. sample: the speed-quality curve (DESIGN 5).
-The model is read from the export format (farm_sweep.export.load_export); nothing is unpickled.
+The model is read from the export format (farm_sweep.export.format.load_export); nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from farm_sweep.config import TrainConfig
 from farm_sweep.data import DataError, load_dataset
-from farm_sweep.export import CONFIG, ExportError, load_export
-from farm_sweep.likelihood import nll_image
-from farm_sweep.models.made import FarmMADE
+from farm_sweep.export.format import CONFIG, ExportError, load_export
+from farm_sweep.made.likelihood import nll_image
+from farm_sweep.made.network import FarmMADE
+from farm_sweep.training.config import TrainConfig
 
 TASKS = ("nll", "inpaint", "sample")
 SETTINGS = {"inpaint": {"inpaint": {"split": "test"}, "sampling": None},
@@ -66,12 +66,9 @@ def evaluate(model: FarmMADE, config: TrainConfig, task: str) -> dict[str, float
                             "export's config.yaml names another dataset than the model's: restore it, or re-export")
         metrics = nll_image(model, test.images)
         return {**metrics, "bpd": metrics["nll_image"] / (model.dim * math.log(2))}
-    from farm_sweep.trial_evaluation import evaluate_trained_model  # heavy: inpainting and sampling
+    from farm_sweep.evaluation.end_of_trial import evaluate_trained_model  # heavy: inpainting and sampling
 
     with tempfile.TemporaryDirectory() as scratch:
         metrics, _ = evaluate_trained_model(model, config, Path(scratch), SETTINGS[task])
     return metrics
 
-
-if __name__ == "__main__":
-    sys.exit(main())

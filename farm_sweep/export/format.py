@@ -1,7 +1,6 @@
-"""Export a study's best trials: `python -m farm_sweep.export (--study NAME | --output DIR) --top K --out DIR
-[--register]`.
+"""The export format `farm-made/1` (docs/export_format.md is the reference): write, verify and load one model.
 
-Each exported model is a folder (docs/export_format.md is the reference):
+Each exported model is a folder:
   model.safetensors   orderings, ranks, and per layer its weight, bias and 0/1 mask as tensors
   architecture.json   how the tensors make the model's outputs (enough to recompute them without this package)
   config.yaml         the trial's full TrainConfig
@@ -10,15 +9,12 @@ Each exported model is a folder (docs/export_format.md is the reference):
   manifest.json       the sha256 of each file above, written last
 Nothing is pickled; `load_export` verifies every file against the manifest, then rebuilds the model with
 build_model and checks every mask and ordering.
-`--register` logs each folder to its trial's MLflow run and registers it in the MLflow model registry.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +23,11 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from farm_sweep import tracking
-from farm_sweep.config import TrainConfig
-from farm_sweep.data import DataError, load_dataset
+from farm_sweep.data import load_dataset
 from farm_sweep.integrity import file_sha256
-from farm_sweep.models.made import FarmMADE
-from farm_sweep.run import METRIC, TABLE_FILE, read_table
-from farm_sweep.train import build_model, load_model
+from farm_sweep.made.network import FarmMADE
+from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import build_model
 
 FORMAT = "farm-made/1"
 TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD = ("model.safetensors", "architecture.json", "config.yaml",
@@ -42,8 +36,6 @@ FILES = (TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD)  # every file manifest.js
 MANIFEST = "manifest.json"
 
 
-TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint")
-REQUIRED_COLUMNS = ("trial_id", "status", METRIC, "checkpoint")
 REEXPORT = "re-export the model (python -m farm_sweep.export)"
 
 
@@ -51,102 +43,7 @@ class ExportError(ValueError):
     """Nothing to export, or an export folder that does not match its description."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    output = args.output or Path("results") / args.study
-    try:
-        if args.register:
-            _check_registry(output)
-        folders = export_study(output, args.top, args.out)
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for folder in folders:
-        print(f"exported {folder}")
-    if args.register:
-        for model_name, version in register(output, folders):
-            print(f"registered {model_name} version {version}")
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m farm_sweep.export", description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--study", help="the study's name (its results are in results/<name>)")
-    source.add_argument("--output", type=Path, help="the study's output folder")
-    parser.add_argument("--top", type=_positive, default=1, help="how many of the best completed trials (default 1)")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the exports into")
-    parser.add_argument("--register", action="store_true", help="also register them in the MLflow model registry")
-    return parser
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1 (how many trials to export)")
-    return int(text)
-
-
-def _check_registry(output: Path) -> None:
-    state = output / tracking.STATE_FILE
-    if not state.is_file():
-        raise ExportError(f"{state}: missing, so --register cannot find the study's MLflow runs; pass the output "
-                          "folder of a study run by python -m farm_sweep.run, or export without --register")
-
-
-def best_rows(output: Path, top: int) -> list[dict[str, str]]:
-    """The `top` completed trials with the lowest validation metric, from <output>/trials.csv."""
-    table = output / TABLE_FILE
-    if not table.is_file():
-        raise ExportError(f"{table}: no trials table; pass the --output folder of a finished study "
-                          "(python -m farm_sweep.run writes trials.csv when the study ends)")
-    rows = read_table(table)
-    missing = [column for column in REQUIRED_COLUMNS if rows and column not in rows[0]]
-    if missing:
-        raise ExportError(f"{table}: column(s) {', '.join(missing)} missing; restore the table from the study's "
-                          "MLflow parent run (artifact study/trials.csv)")
-    completed = [row for row in rows if row["status"] == "completed" and row["checkpoint"]]
-    if not completed:
-        raise ExportError(f"{table}: no completed trial to export; run the study (or --resume it) until one "
-                          "completes")
-    try:
-        return sorted(completed, key=lambda row: float(row[METRIC]))[:top]
-    except (TypeError, ValueError) as error:
-        raise ExportError(f"{table}: a {METRIC} value is not a number ({error}); restore the table from the "
-                          "study's MLflow parent run (artifact study/trials.csv)") from None
-
-
-def export_study(output: Path, top: int, out: Path) -> list[Path]:
-    """Export the `top` best trials to out/NN_<trial id>/. Every checkpoint is loaded and every target folder
-    checked before anything is written, and an existing export is never overwritten."""
-    study = output.resolve().name
-    planned = []
-    for rank, row in enumerate(best_rows(output, top), start=1):
-        model, config = _load_trial(output, row)
-        metrics = {"study": study, "rank": rank,
-                   **{k: v if k in TEXT_COLUMNS else _number(v) for k, v in row.items() if v != ""}}
-        folder = out / f"{rank:02d}_{row['trial_id']}"
-        if folder.exists():
-            raise ExportError(f"{folder}: already exists (an earlier export?); choose another --out, or move it "
-                              "away first")
-        planned.append((model, config, metrics, folder))
-    return [export_model(*export) for export in planned]
-
-
-def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[FarmMADE, TrainConfig]:
-    checkpoint = output / row["checkpoint"]
-    try:
-        model, config = load_model(checkpoint)
-    except DataError as error:
-        raise ExportError(f"{checkpoint}: trial {row['trial_id']}'s data cannot be loaded: {error}") from None
-    except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as error:
-        raise ExportError(f"{checkpoint}: trial {row['trial_id']}'s checkpoint cannot be loaded ({error}); "
-                          "restore it from the trial's MLflow run (artifacts checkpoint/), or export other "
-                          "trials") from None
-    _require_made(model, config)
-    return model, config
-
-
-def _require_made(model: torch.nn.Module, config: TrainConfig) -> None:
+def require_made(model: torch.nn.Module, config: TrainConfig) -> None:
     if not isinstance(model, FarmMADE):
         raise ExportError(f"model {config.model!r}: the export format covers FARM+MADE models only; export "
                           "studies of model made")
@@ -154,7 +51,7 @@ def _require_made(model: torch.nn.Module, config: TrainConfig) -> None:
 
 def export_model(model: torch.nn.Module, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
     """Write one model in the export format."""
-    _require_made(model, config)
+    require_made(model, config)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, architecture = describe(model, *_image_shape(config))
     save_file(tensors, folder / TENSORS)
@@ -260,7 +157,7 @@ def _rebuild(path: Path, architecture: dict[str, Any], config: TrainConfig) -> t
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ExportError(f"{path}: does not fit the model config.yaml builds ({type(error).__name__}: {error}); "
                           f"{REEXPORT}") from None
-    _require_made(model, config)
+    require_made(model, config)
     expected, described = describe(model, architecture["height"], architecture["width"])
     differing = [key for key, value in json.loads(json.dumps(described)).items() if architecture.get(key) != value]
     if differing:
@@ -294,7 +191,7 @@ def model_card(config: TrainConfig, metrics: Mapping[str, Any], architecture: Ma
 - **Training**: loss {config.loss}, divergence {config.divergence} (weight {config.divergence_weight}),
   lr {config.lr}, batch {config.batch_size}, {metrics.get('epochs')} epochs, seed {config.seed}.
 - **Sampled parameters**: {json.dumps(params)}
-- **Validation {METRIC}**: {metrics.get(METRIC)} nats per image (the metric the study minimized; test metrics:
+- **Validation nll_image**: {metrics.get('nll_image')} nats per image (the metric the study minimized; test metrics:
   `python -m farm_sweep.evaluate <this folder>`).
 - **Files**: `model.safetensors` + `architecture.json` describe the network completely (docs/export_format.md has
   a NumPy reference); `config.yaml` is the training configuration; `metrics.json` the trial's metrics;
@@ -304,29 +201,7 @@ def model_card(config: TrainConfig, metrics: Mapping[str, Any], architecture: Ma
 """
 
 
-def register(output: Path, folders: Sequence[Path]) -> list[tuple[str, str]]:
-    """Log each export to its trial's MLflow run and register it as a version of model farm-<study>."""
-    tracker = tracking.load(output)
-    name = f"farm-{output.resolve().name}"
-    return [(name, tracker.register_model(json.loads((folder / METRICS).read_text())["mlflow_run_id"], folder, name))
-            for folder in folders]
-
-
 def _image_shape(config: TrainConfig) -> tuple[int, int]:
     data = load_dataset(config.dataset, "valid", config.data_dir, binarize=config.binarize, seed=config.seed,
                         verify=False)
     return data.height, data.width
-
-
-def _number(text: str) -> Any:
-    """CSV cells back to numbers where they are numbers."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ import math
 import torch
 
 from farm_sweep.losses import image_log_probs, mixture_nll
-from farm_sweep.models.made import FarmMADE
+from farm_sweep.made.network import FarmMADE
 
 
 @torch.no_grad()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from farm_sweep.config import ConfigError, TrainConfig
-from farm_sweep.likelihood import nll_image
 from farm_sweep.losses import farm_loss
-from farm_sweep.models.made import FarmMADE
+from farm_sweep.made.likelihood import nll_image
+from farm_sweep.made.network import FarmMADE
 from farm_sweep.orderings import evidence_weights, make_orderings
+
+if TYPE_CHECKING:  # the configuration is training's; a family only reads it
+    from farm_sweep.training.config import TrainConfig
 
 
 class MadeTask:
@@ -16,9 +20,6 @@ class MadeTask:
         self.config = config
 
     def build(self, height: int, width: int, channels: int) -> FarmMADE:
-        if channels != 1:
-            raise ConfigError(f"dataset: {self.config.dataset!r} has {channels} channels; MADE models binary "
-                              f"single-channel images (digits, binarized_mnist, mnist)")
         c = self.config
         orders = make_orderings(c.ordering_family, c.num_orderings, height, width, seed=c.seed)
         return FarmMADE(orders, c.hidden_sizes, c.weight_sharing, c.num_masks, seed=c.seed)

@@ -1,13 +1,13 @@
 """Inpainting with FARM+PixelCNN++ on colour images (paper 4.4): occlusions, hole bits/dim, fills, figure.
 
-Occlusions (H x W, True = hidden), seeded; the rectangle sizes come from farm_sweep.inpaint.side_range
+Occlusions (H x W, True = hidden), seeded; the rectangle sizes come from farm_sweep.occlusions.side_range
 (H//4 .. 3H//4 per side, 8..24 on CIFAR-10) and depend only on the seed, so the cases see the same sizes:
   `best`      anchored at the top-right corner: the canonical raster order sees only the rows above it,
               the paper's rotated order (rot90_cw, columns left to right) every column to its left;
   `average`   a random rectangle in the middle: at least H//8 (W//8) pixels from every border;
   `top_half`  the top H//2 rows (no randomness): raster sees nothing, bottom-up orders see the bottom half.
 
-Fill plans are farm_sweep.inpaint.fill_plan's (`single` = ordering 0, the canonical baseline;
+Fill plans are farm_sweep.occlusions.fill_plan's (`single` = ordering 0, the canonical baseline;
 `best_evidence` = the ordering with the most observed pixels before its first hidden pixel;
 `evidence_weighted` = that fill order, each pixel predicted by the mixture of every ordering whose
 predecessors of the pixel are all known, weights rank + 1). The plan needs a strict order, so an
@@ -30,10 +30,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from farm_sweep.figures import save_figure
-from farm_sweep.inpaint import FILLS, FillPlan, fill_plan, side_range
-from farm_sweep.models.farm_pixelcnn import FarmPixelCNN, ordering_log_probs
-from farm_sweep.models.logistic_mixture import log_prob, sample, to_unit
+from farm_sweep.occlusions import FILLS, FillPlan, fill_plan, randint, side_range
 from farm_sweep.orderings import ranks
+from farm_sweep.pixelcnn.farm import FarmPixelCNN, ordering_log_probs
+from farm_sweep.pixelcnn.logistic_mixture import log_prob, sample, to_unit
 
 matplotlib.use("Agg")
 
@@ -45,7 +45,7 @@ def make_occlusions(case: str, count: int, height: int, width: int, seed: int) -
     if case not in CASES:
         raise ValueError(f"unknown case {case!r}; choose one of {', '.join(CASES)}")
     generator = torch.Generator().manual_seed(seed)
-    sizes = [tuple(_randint(*side_range(n), generator) for n in (height, width)) for _ in range(count)]
+    sizes = [tuple(randint(*side_range(n), generator) for n in (height, width)) for _ in range(count)]
     masks = torch.zeros(count, height, width, dtype=torch.bool)
     margin_rows, margin_cols = max(1, height // 8), max(1, width // 8)
     for mask, (h, w) in zip(masks, sizes):  # positions are drawn after all the sizes
@@ -55,19 +55,14 @@ def make_occlusions(case: str, count: int, height: int, width: int, seed: int) -
             mask[:h, width - w:] = True
         else:
             h, w = min(h, height - 2 * margin_rows), min(w, width - 2 * margin_cols)
-            top = _randint(margin_rows, height - margin_rows - h, generator)
-            left = _randint(margin_cols, width - margin_cols - w, generator)
+            top = randint(margin_rows, height - margin_rows - h, generator)
+            left = randint(margin_cols, width - margin_cols - w, generator)
             mask[top:top + h, left:left + w] = True
     return masks
 
 
-def _randint(low: int, high: int, generator: torch.Generator) -> int:
-    """Uniform integer in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=generator))
-
-
 def plan_for(model: FarmPixelCNN, occlusion: torch.Tensor, fill: str) -> FillPlan:
-    """farm_sweep.inpaint's fill plan for a (H, W) occlusion, with the model's orderings as strict ranks."""
+    """farm_sweep.occlusions' fill plan for a (H, W) occlusion, with the model's orderings as strict ranks."""
     height, width = occlusion.shape
     strict = ranks(model.ranks(height, width).flatten(1).argsort(dim=1, stable=True))
     return fill_plan(strict, occlusion.flatten(), fill)

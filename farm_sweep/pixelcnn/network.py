@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from farm_sweep.models.logistic_mixture import CHANNELS, num_params
+from farm_sweep.pixelcnn.logistic_mixture import CHANNELS, num_params
 
 CAUSAL = ("raster", "antidiagonal")
 ConvFactory = Callable[[int, int], nn.Module]

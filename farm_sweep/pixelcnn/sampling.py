@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from farm_sweep.models.farm_pixelcnn import FarmPixelCNN, transform_ranks
-from farm_sweep.models.logistic_mixture import sample as draw
-from farm_sweep.sampling import CURVE_FIELDS, Scorer
+from farm_sweep.pixelcnn.farm import FarmPixelCNN, transform_ranks
+from farm_sweep.pixelcnn.logistic_mixture import sample as draw
+from farm_sweep.speed_quality import CURVE_FIELDS, Scorer
 
 SAMPLERS = ("sequential", "wavefront", "fixed_point")
 
@@ -115,8 +115,8 @@ def speed_quality_curve(model: FarmPixelCNN, height: int, width: int, scorer: Sc
                         settings: list[tuple[str, int]] | None = None, ordering: int = 0) -> list[dict[str, Any]]:
     """One row per (sampler, knob) (default `curve_settings`), all on the same batch and noise in this run:
     network evaluations, wall seconds, speed-up over the first row (wall clock and in evaluations) and the
-    quality of the samples under `scorer`. Rows have farm_sweep.sampling.CURVE_FIELDS, so
-    `farm_sweep.sampling.write_speed_quality` writes the table and the figure."""
+    quality of the samples under `scorer`. Rows have farm_sweep.speed_quality.CURVE_FIELDS, so
+    `farm_sweep.speed_quality.write_speed_quality` writes the table and the figure."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.rand(num_samples, 1 + model.config.channels, height, width, generator=generator)
     sample(model, "wavefront", num_samples, height, width, noise=noise, ordering=ordering)  # warm-up

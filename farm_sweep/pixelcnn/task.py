@@ -1,6 +1,6 @@
 """What training needs to know about FARM+PixelCNN++: build, minibatch, loss, evaluation, weight average.
 
-Losses (nats per image; farm_sweep/models/farm_pixelcnn.py defines the terms):
+Losses (nats per image; farm_sweep/pixelcnn/farm.py defines the terms):
   `mc`:       one ordering per minibatch, ordering (step // resample_every) mod k; with a divergence all k
               orderings run (the divergence needs them) and the main term is still that one ordering's NLL.
   `ensemble`: eq 3, the evidence-weighted per-pixel mixture of all k orderings.
@@ -19,20 +19,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from farm_sweep.config import TrainConfig
-from farm_sweep.models.farm_pixelcnn import (
-    FarmPixelCNN,
-    bits_per_dim,
-    divergence,
-    farm_loss,
-    transform_indices,
-)
-from farm_sweep.models.logistic_mixture import to_unit
-from farm_sweep.models.pixelcnn import PixelCNNConfig
+from farm_sweep.pixelcnn.farm import FarmPixelCNN, transform_indices
+from farm_sweep.pixelcnn.logistic_mixture import to_unit
+from farm_sweep.pixelcnn.losses import bits_per_dim, divergence, farm_loss
+from farm_sweep.pixelcnn.network import PixelCNNConfig
+
+if TYPE_CHECKING:  # the configuration is training's; a family only reads it
+    from farm_sweep.training.config import TrainConfig
 
 EVAL_BATCH = 100
 

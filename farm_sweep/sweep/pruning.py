@@ -26,11 +26,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from farm_sweep.search_space import OPTUNA_TRIAL_KEY
-
-PRUNED_KEY = "pruned"
-STEP_KEY = "epoch"
-FINAL_STEP_KEY = "epochs_planned"
+from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 
 
 def make_pruner(kind: str, options: dict[str, Any], max_epochs: int) -> optuna.pruners.BasePruner:

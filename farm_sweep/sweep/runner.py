@@ -3,7 +3,7 @@
 
 The study is validated first (exit status 2 on a bad file, nothing written). Then Ray Tune runs the trials
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
-on a stored Optuna study) and prunes them (farm_sweep.pruning), MLflow tracks them (farm_sweep.tracking).
+on a stored Optuna study) and prunes them (farm_sweep.sweep.pruning), MLflow tracks them (farm_sweep.sweep.tracking).
 Everything lands in the output folder (default results/<study name>/): trials.csv, figures, optuna.db,
 mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storage folder ray/.
 """
@@ -11,7 +11,6 @@ mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storag
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -29,23 +28,23 @@ from ray import tune
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
-from farm_sweep import figures, tracking
-from farm_sweep.pruning import (
-    FINAL_STEP_KEY,
-    PRUNED_KEY,
+from farm_sweep import figures
+from farm_sweep.sweep import tracking
+from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
     PrunedFlag,
     PruningOptunaSearch,
     make_pruner,
 )
-from farm_sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
-from farm_sweep.study import Study, StudyError, load_study
-from farm_sweep.trial import TrialContext, run_trial
+from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY
+from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
+from farm_sweep.sweep.study import Study, StudyError, load_study
+from farm_sweep.sweep.trial import TrialContext, run_trial
 
-METRIC, MODE = "nll_image", "min"
-RAY_FOLDER, OPTUNA_FILE, TABLE_FILE = "ray", "optuna.db", "trials.csv"
-STATUSES = ("completed", "pruned", "failed", "incomplete")
+MODE = "min"
+RAY_FOLDER, OPTUNA_FILE = "ray", "optuna.db"
 
 Trainable = Callable[[dict[str, Any], TrialContext], None]
 
@@ -258,26 +257,6 @@ def _relative(path: str, output: Path) -> str:
     return str(Path(path).relative_to(output)) if path and Path(path).is_relative_to(output) else path
 
 
-def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
-    return path
-
-
-def read_table(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The completed trial with the lowest validation metric."""
-    completed = [row for row in rows if row["status"] == "completed" and row[METRIC] is not None]
-    return min(completed, key=lambda row: float(row[METRIC]), default=None)
-
-
 def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
             rows: list[dict[str, Any]]) -> None:
     """trials.csv and the study figures in the output folder, all logged on the parent run."""
@@ -324,6 +303,3 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               f"MLflow UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow: {uri}"]
     return lines
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 import yaml
 
-from farm_sweep.config import ConfigError, TrainConfig
-from farm_sweep.data import DataError, load_dataset
-from farm_sweep.orderings import make_orderings, max_orderings
-from farm_sweep.search_space import DISTRIBUTIONS, Parameter, SearchSpace
+from farm_sweep.sweep.search_space import DISTRIBUTIONS, Parameter, SearchSpace
+from farm_sweep.training import preflight
+from farm_sweep.training.config import ConfigError, TrainConfig
 
 MAX_CHECKED_COMBINATIONS = 2000  # corner configurations checked against TrainConfig before a study starts
 MAX_GRID_SIZE = 100_000  # the grid sampler lists every configuration up front
@@ -472,12 +471,12 @@ def _within(parameter: Parameter, value: Any) -> bool:
 
 
 def _evaluation(reader: _Reader, value: Any) -> dict[str, Any]:
-    """Passed through to farm_sweep.trial_evaluation, which validates it (when a study asks for it)."""
+    """Passed through to farm_sweep.evaluation.end_of_trial, which validates it (when a study asks for it)."""
     settings = {} if value is None else reader.check("evaluation", value, _mapping)
     if not settings:
         return {}
     try:
-        from farm_sweep.trial_evaluation import validate_settings
+        from farm_sweep.evaluation.end_of_trial import validate_settings
     except ImportError as error:
         raise StudyError(reader.path, "evaluation", f"the evaluation code cannot be imported ({error}); "
                          "leave evaluation empty to run without it") from error
@@ -500,25 +499,14 @@ def _check_configurations(study: Study, locate: Locate, runs_here: bool) -> None
     shapes: dict[tuple[Any, ...], tuple[int, int]] = {}
     for values in _configurations(study):
         config = _train_config(values, locate)
-        key = (config.dataset, config.data_dir, config.binarize, config.model)
-        if key not in shapes:
-            shapes[key] = _data_shape(config, locate)
-        if config.model == "made":
-            _check_orderings(config, shapes[key], locate)
+        try:
+            preflight.check(config, shapes)
+        except preflight.PreflightError as error:
+            raise StudyError(*locate(error.field), error.reason) from error
         if runs_here and config.device == "cuda" and not torch.cuda.is_available():
             raise StudyError(*locate("device"), "'cuda' requested but this machine has no CUDA GPU; use device: "
                              "auto (the GPU when there is one, else the CPU) or cpu, or run on a GPU cluster "
                              "(--address)")
-
-
-def _check_orderings(config: TrainConfig, shape: tuple[int, int], locate: Locate) -> None:
-    """k distinct orderings of a deterministic family exist on the images (random families always have k)."""
-    if max_orderings(config.ordering_family) is None:
-        return
-    try:
-        make_orderings(config.ordering_family, config.num_orderings, *shape, seed=config.seed)
-    except ValueError as error:
-        raise StudyError(*locate("num_orderings"), str(error)) from error
 
 
 def _configurations(study: Study) -> Iterator[dict[str, Any]]:
@@ -532,17 +520,3 @@ def _train_config(values: dict[str, Any], locate: Locate) -> TrainConfig:
     except ConfigError as error:
         name = str(error).split(":", 1)[0]
         raise StudyError(*locate(name), f"{error} (in the configuration {values})") from error
-
-
-def _data_shape(config: TrainConfig, locate: Locate) -> tuple[int, int]:
-    """The image size, once the splits a trial reads (train, valid) pass their checksum, format and shape
-    checks (each file is read once per process: farm_sweep.data caches it)."""
-    try:
-        data = [load_dataset(config.dataset, split, config.data_dir, binarize=config.binarize, seed=config.seed)
-                for split in ("train", "valid")][-1]
-    except DataError as error:
-        raise StudyError(*locate("dataset"), str(error)) from error
-    if config.model == "made" and data.channels != 1:
-        raise StudyError(*locate("dataset"), f"{config.dataset!r} has {data.channels} channels; MADE models "
-                         "single-channel binary images: choose digits, binarized_mnist or mnist, or model pixelcnn")
-    return data.height, data.width

@@ -38,7 +38,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
-from farm_sweep.pruning import PRUNED_KEY
+from farm_sweep.sweep.reports import PRUNED_KEY
 
 TRIAL_TAG = "farm.trial_id"
 STATUS_TAG = "farm.status"

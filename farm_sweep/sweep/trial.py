@@ -21,12 +21,12 @@ from typing import Any
 import pyarrow.fs
 from ray import tune
 
-from farm_sweep import checkpoint
-from farm_sweep.config import TrainConfig
-from farm_sweep.pruning import FINAL_STEP_KEY
-from farm_sweep.search_space import OPTUNA_TRIAL_KEY
-from farm_sweep.tracking import Tracker
-from farm_sweep.train import NonFiniteLossError, load_model, resolve_device, train
+from farm_sweep.sweep.reports import FINAL_STEP_KEY
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
+from farm_sweep.sweep.tracking import Tracker
+from farm_sweep.training import checkpoint
+from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import NonFiniteLossError, load_model, resolve_device, train
 
 RESTORED = "restored"
 EVALUATION = "evaluation"
@@ -112,7 +112,7 @@ def _older_checkpoints(latest: tune.Checkpoint) -> list[Path]:
 def _evaluate(checkpoint: Path, train_config: TrainConfig, out_dir: Path, context: TrialContext,
               run_id: str) -> dict[str, float]:
     """The end-of-trial evaluation (inpainting, speed-quality curve); artifacts go to the child run."""
-    from farm_sweep.trial_evaluation import evaluate_trained_model  # heavy: only when a study asks for it
+    from farm_sweep.evaluation.end_of_trial import evaluate_trained_model  # heavy: only when a study asks for it
 
     model, config = load_model(checkpoint, str(resolve_device(train_config.device)))
     metrics, files = evaluate_trained_model(model, config, out_dir, context.evaluation)

@@ -10,10 +10,10 @@ from typing import Any
 
 from farm_sweep.data import DATASETS
 from farm_sweep.losses import DIVERGENCES, LOSSES
-from farm_sweep.models.farm_pixelcnn import TRANSFORM_FAMILIES
-from farm_sweep.models.made import WEIGHT_SHARING
-from farm_sweep.models.pixelcnn import CAUSAL, PixelCNNConfig
+from farm_sweep.made.network import WEIGHT_SHARING
 from farm_sweep.orderings import FAMILIES, SYMMETRIES, max_orderings
+from farm_sweep.pixelcnn.farm import TRANSFORM_FAMILIES
+from farm_sweep.pixelcnn.network import CAUSAL, PixelCNNConfig
 
 MODELS = ("made", "pixelcnn")
 COLOUR_DATASETS = ("cifar10",)  # the 3-channel datasets PixelCNN++ models

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 
 import torch
 
-from farm_sweep import checkpoint
-from farm_sweep.config import ConfigError, TrainConfig
 from farm_sweep.data import ImageDataset, load_dataset
-from farm_sweep.made_task import MadeTask
-from farm_sweep.pixelcnn_task import PixelCNNTask
+from farm_sweep.made.task import MadeTask
+from farm_sweep.pixelcnn.task import PixelCNNTask
+from farm_sweep.training import checkpoint, preflight
+from farm_sweep.training.config import ConfigError, TrainConfig
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,7 +43,7 @@ def resolve_device(requested: str) -> torch.device:
 
 
 class Task(Protocol):
-    """What training needs to know about one kind of model (farm_sweep/made_task.py is the template)."""
+    """What training needs to know about one kind of model (farm_sweep/made/task.py is the template)."""
 
     config: TrainConfig
 
@@ -148,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = TrainConfig.from_dict(args.config)
+        preflight.check(config)
     except ConfigError as error:
         print(f"error: --config: {error}", file=sys.stderr)
+        return 2
+    except preflight.PreflightError as error:
+        print(f"error: --config: {error.field}: {error.reason}", file=sys.stderr)
         return 2
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -163,6 +167,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in metrics.items() if "nll_image_ordering" not in k}, indent=2))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

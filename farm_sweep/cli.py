@@ -1,0 +1,35 @@
+"""The `farm-sweep` console script: `farm-sweep run|export|evaluate|train|table1 ARGS...`, each subcommand
+the same as `python -m farm_sweep.<subcommand> ARGS...`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {
+    "run": ("farm_sweep.sweep.runner", "run a study file on Ray Tune with Optuna and MLflow"),
+    "export": ("farm_sweep.export.command", "export a study's best trials"),
+    "evaluate": ("farm_sweep.export.evaluate", "evaluate an exported model"),
+    "train": ("farm_sweep.training.loop", "train one configuration without Ray"),
+    "table1": ("farm_sweep.evaluation.table1", "the paper's Table 1"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: farm-sweep COMMAND [ARGS...]   (farm-sweep COMMAND --help for its options)", "", "commands:"]
+    return "\n".join(lines + [f"  {name:<10}{about}" for name, (_, about) in COMMANDS.items()])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"farm-sweep: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n\n{usage()}",
+              file=sys.stderr)
+        return 2
+    sys.argv[0] = f"farm-sweep {command}"
+    return importlib.import_module(COMMANDS[command][0]).main(rest)

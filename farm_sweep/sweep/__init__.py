@@ -1,0 +1,2 @@
+"""The sweep: study and search-space files, the Optuna-Tune bridge (sampling and pruning), one trial,
+MLflow tracking, the results table and the runner."""
