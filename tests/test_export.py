@@ -22,6 +22,7 @@ from farm_sweep.data import load_dataset
 from farm_sweep.export import command, evaluate
 from farm_sweep.export import format as export_format
 from farm_sweep.made.likelihood import nll_image
+from farm_sweep.made.network import WEIGHT_SHARING
 from farm_sweep.sweep import tracking
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
@@ -31,15 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A finished 2-trial study: shared and separate weights, 2 orderings, 2 mask sets, 2 epochs."""
+    """A finished 4-trial study: every weight-sharing scheme, with and without direct connections, 2 orderings,
+    2 mask sets, 2 epochs."""
     folder = tmp_path_factory.mktemp("study")
+    schemes = [("shared", False), ("separate", True), ("shared_hidden", True), ("ordering_embedding", False)]
     document = {
-        "name": "export", "trials": 2, "pruner": "none", "max_concurrent_trials": 2, "resources": {"cpus": 1},
+        "name": "export", "trials": 4, "pruner": "none", "max_concurrent_trials": 2, "resources": {"cpus": 1},
         "fixed": {"dataset": "digits", "hidden_sizes": [32, 32], "epochs": 2, "num_orderings": 2,
                   "num_masks": 2, "lr": 0.01},
-        "search_space": {"parameters": {"weight_sharing": {"distribution": "categorical",
-                                                           "choices": ["shared", "separate"]}}},
-        "enqueue": [{"weight_sharing": "shared"}, {"weight_sharing": "separate"}]}
+        "search_space": {"parameters": {
+            "weight_sharing": {"distribution": "categorical", "choices": [sharing for sharing, _ in schemes]},
+            "direct_connections": {"distribution": "categorical", "choices": [False, True]}}},
+        "enqueue": [{"weight_sharing": sharing, "direct_connections": direct} for sharing, direct in schemes]}
     (folder / "export.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
@@ -52,7 +56,7 @@ def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def exported(study_output: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = tmp_path_factory.mktemp("exports")
-    assert command.main(["--output", str(study_output), "--top", "2", "--out", str(out)]) == 0
+    assert command.main(["--output", str(study_output), "--top", "4", "--out", str(out)]) == 0
     return sorted(out.iterdir())
 
 
@@ -66,7 +70,7 @@ def numpy_reference() -> dict:
 
 
 def test_export_writes_the_best_trials_self_described(exported: list[Path], study_output: Path) -> None:
-    assert [p.name[:3] for p in exported] == ["01_", "02_"]
+    assert [p.name[:3] for p in exported] == ["01_", "02_", "03_", "04_"]
     values = [json.loads((p / "metrics.json").read_text())["nll_image"] for p in exported]
     assert values == sorted(values)
     for folder in exported:
@@ -75,6 +79,9 @@ def test_export_writes_the_best_trials_self_described(exported: list[Path], stud
         architecture = json.loads((folder / "architecture.json").read_text())
         assert architecture["format"] == export_format.FORMAT and architecture["num_masks"] == 2
         assert "Validation nll_image" in (folder / "README.md").read_text()
+    schemes = {(a["weight_sharing"], a["direct"] is not None)
+               for a in (json.loads((p / "architecture.json").read_text()) for p in exported)}
+    assert schemes == {("shared", False), ("separate", True), ("shared_hidden", True), ("ordering_embedding", False)}
 
 
 def test_numpy_reference_recomputes_the_model(exported: list[Path]) -> None:
@@ -91,7 +98,7 @@ def test_numpy_reference_recomputes_the_model(exported: list[Path]) -> None:
         model.set_mask(0)
         nll = reference["farm_made_nll"](folder, images.numpy()).mean()
         assert nll == pytest.approx(nll_image(model, images)["nll_image"], abs=1e-4)
-        assert metrics["param.weight_sharing"] in ("shared", "separate")
+        assert metrics["param.weight_sharing"] in WEIGHT_SHARING
 
 
 def altered_copy(folder: Path, tmp_path: Path, name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Path:
@@ -138,7 +145,7 @@ def test_evaluate_prints_test_metrics(exported: list[Path], capsys: pytest.Captu
 
 def test_register_creates_model_versions(exported: list[Path], study_output: Path) -> None:
     versions = command.register(study_output, exported)
-    assert [version for _, version in versions] == ["1", "2"]
+    assert [version for _, version in versions] == ["1", "2", "3", "4"]
     client = MlflowClient(tracking.default_uri(study_output))
     (model,) = client.search_registered_models()
     assert model.name == "farm-out"

@@ -27,10 +27,12 @@ def test_same_seed_same_result_and_another_seed_differs():
     assert other[0]["train_loss"] != first[0]["train_loss"]
 
 
-@pytest.mark.parametrize("loss,divergence,num_masks", [("mc", "none", 1), ("ensemble", "jsd", 2), ("mc", "kl", 1)])
-def test_resume_from_checkpoint_is_exact(tmp_path, loss, divergence, num_masks):
+@pytest.mark.parametrize("loss,divergence,num_masks,dropout", [("mc", "none", 1, None), ("ensemble", "jsd", 2, None),
+                                                                ("mc", "kl", 1, 0.3)])
+def test_resume_from_checkpoint_is_exact(tmp_path, loss, divergence, num_masks, dropout):
     config = TrainConfig(**SMALL, num_orderings=4, loss=loss, divergence=divergence, divergence_weight=0.5,
-                         num_masks=num_masks, resample_every=2)
+                         num_masks=num_masks, resample_every=2, dropout=dropout,
+                         direct_connections=True)
     straight = run(config, checkpoint_dir=tmp_path / "straight")
     partial = TrainConfig(**{**config.to_dict(), "epochs": 2})
     run(partial, checkpoint_dir=tmp_path / "resumed")

@@ -1,4 +1,4 @@
-"""The export format `farm-made/1` (docs/export_format.md is the reference): write, verify and load one model.
+"""The export format `farm-made/2` (docs/export_format.md is the reference): write, verify and load one model.
 
 Each exported model is a folder:
   model.safetensors   orderings, ranks, and per layer its weight, bias and 0/1 mask as tensors
@@ -29,7 +29,7 @@ from farm_sweep.made.network import FarmMADE
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import build_model
 
-FORMAT = "farm-made/1"
+FORMAT = "farm-made/2"
 TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD = ("model.safetensors", "architecture.json", "config.yaml",
                                                 "metrics.json", "README.md")
 FILES = (TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD)  # every file manifest.json lists
@@ -96,16 +96,39 @@ def describe(model: FarmMADE, height: int, width: int) -> tuple[dict[str, torch.
         tensors[f"layer{index}.weight"] = weight.detach()
         tensors[f"layer{index}.bias"] = bias.detach()[:, 0, :]
         tensors[f"layer{index}.mask"] = torch.stack([masks[index] for masks in masks_by_set]).to(torch.uint8)
+        code = f"layer{index}.code" if model.codes and not last else None
+        if code:
+            tensors[code] = model.codes[index].detach()[:, 0, :]
         layers.append({"weight": f"layer{index}.weight", "bias": f"layer{index}.bias", "mask": f"layer{index}.mask",
-                       "mask_per_ordering": index in (0, len(model.weights) - 1),
-                       "activation": "none" if last else "relu"})
+                       "sets": weight.shape[0], "mask_per_ordering": index in (0, len(model.weights) - 1),
+                       "code": code, "activation": "none" if last else "relu"})
+    direct = None
+    if model.direct is not None:
+        tensors["direct.weight"] = model.direct.detach()
+        tensors["direct.mask"] = model.direct_masks.to(torch.uint8)
+        direct = {"weight": "direct.weight", "mask": "direct.mask", "sets": model.direct.shape[0]}
     architecture = {
         "format": FORMAT, "model": "made", "height": height, "width": width, "dim": model.dim,
         "num_orderings": model.k, "weight_sharing": model.weight_sharing, "num_masks": model.num_masks,
-        "hidden_sizes": model.hidden_sizes, "layers": layers, "output": "bernoulli_logits",
+        "hidden_sizes": model.hidden_sizes, "layers": layers, "direct": direct, "output": "bernoulli_logits",
         "likelihood": "log p_i(x) = sum_d log Bernoulli(x_d; sigmoid(logit_i,d)); p_i averages its mask sets; "
                       "the model is the mixture (1/k) sum_i p_i(x)"}
     return {name: t.contiguous().cpu() for name, t in tensors.items()}, architecture
+
+
+def _state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's parameters from the export's tensors (masks, orderings and ranks are rebuilt, not read)."""
+    state = {}
+    for name, tensor in tensors.items():
+        layer, _, kind = name.partition(".")
+        index = layer.removeprefix("layer")
+        if kind == "weight" and layer != "direct":
+            state[f"weights.{index}"] = tensor
+        elif kind in ("bias", "code"):
+            state[f"{'biases' if kind == 'bias' else 'codes'}.{index}"] = tensor[:, None, :]
+        elif name == "direct.weight":
+            state["direct"] = tensor
+    return state
 
 
 def _masks(model: FarmMADE, mask_set: int) -> list[torch.Tensor]:
@@ -130,11 +153,7 @@ def load_export(folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfi
     model, expected = _rebuild(folder / ARCHITECTURE, architecture, config)
     tensors = _read(folder / TENSORS, load_file)
     _check_tensors(folder / TENSORS, tensors, expected)
-    state = {}
-    for index in range(len(model.weights)):
-        state[f"weights.{index}"] = tensors[f"layer{index}.weight"]
-        state[f"biases.{index}"] = tensors[f"layer{index}.bias"][:, None, :]
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(_state_dict(tensors), strict=False)
     return model.to(device).eval(), config, _read(folder / METRICS, _json)
 
 
@@ -175,7 +194,7 @@ def _check_tensors(path: Path, tensors: Mapping[str, torch.Tensor], expected: Ma
         if have.shape != want.shape or have.dtype != want.dtype:
             raise ExportError(f"{path}: {name} is {have.dtype} {list(have.shape)}, the model its config builds "
                               f"needs {want.dtype} {list(want.shape)}; {REEXPORT}")
-        if have.is_floating_point() and name.startswith("layer") and not torch.isfinite(have).all():
+        if have.is_floating_point() and not torch.isfinite(have).all():
             raise ExportError(f"{path}: {name} holds NaN or infinite values; {REEXPORT}")
         if not have.is_floating_point() and not torch.equal(have, want):
             raise ExportError(f"{path}: {name} differs from the model its config builds; {REEXPORT}")

@@ -7,8 +7,20 @@ As in the FARM paper (section 3) the hidden degrees are shared by all orderings:
 output masks change with the ordering. `num_masks > 1` draws several hidden-degree sets
 (connectivity-agnostic training); `mask_index` selects the active one.
 
-Weights have a leading "set" axis: 1 set for `shared` weights, k sets for `separate` (k independent
-MADEs). Either way the k orderings run as stacked masked matmuls, never as a Python loop.
+Weights have a leading "set" axis of 1 (shared by every ordering) or k (one per ordering), chosen per layer
+by `weight_sharing`:
+- `shared`: one parameter set for all k orderings (paper 3.1);
+- `separate`: k independent MADEs;
+- `shared_hidden`: the first (input) and last (output) layers per ordering, the hidden-to-hidden layers
+  shared (needs two or more hidden layers: with one it would be `separate`);
+- `ordering_embedding`: `shared` plus a learned code per ordering added to every hidden layer's
+  pre-activation, so the shared units know which factorization they serve (a constant per ordering, so
+  the autoregressive property is untouched).
+Either way the k orderings run as stacked masked matmuls, never as a Python loop.
+
+`dropout` drops hidden units while training (a regularizer for wide layers; it cannot add a connection).
+`direct_connections` adds MADE's direct input-to-output weights: output d of ordering i sees input d' iff
+rank_i(d') < rank_i(d) (a strictly lower-triangular matrix in that ordering), with the output layer's sets.
 """
 
 from __future__ import annotations
@@ -16,35 +28,59 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from farm_sweep.orderings import ranks
 
-WEIGHT_SHARING = ("shared", "separate")
+WEIGHT_SHARING = ("shared", "separate", "shared_hidden", "ordering_embedding")
 
 
 class FarmMADE(nn.Module):
     def __init__(self, orders: torch.Tensor, hidden_sizes: Sequence[int], weight_sharing: str = "shared",
-                 num_masks: int = 1, seed: int = 0) -> None:
+                 num_masks: int = 1, seed: int = 0, direct_connections: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         if weight_sharing not in WEIGHT_SHARING:
             raise ValueError(f"weight_sharing={weight_sharing!r}; choose one of {WEIGHT_SHARING}")
         if not hidden_sizes:
             raise ValueError("hidden_sizes must name at least one hidden layer")
+        if weight_sharing == "shared_hidden" and len(hidden_sizes) < 2:
+            raise ValueError("weight_sharing='shared_hidden' shares the hidden-to-hidden layers, and one hidden "
+                             "layer has none (it would be 'separate'); give two or more hidden_sizes")
         self.k, self.dim = orders.shape
         self.hidden_sizes = list(hidden_sizes)
         self.weight_sharing = weight_sharing
         self.num_masks = num_masks
+        self.dropout = dropout
         self.mask_index = 0
         self.register_buffer("orders", orders.clone())
         self.register_buffer("ranks", ranks(orders))
 
-        sets = 1 if weight_sharing == "shared" else self.k
         sizes = [self.dim, *self.hidden_sizes, self.dim]
+        self.layer_sets = [self._sets(layer, len(sizes) - 1) for layer in range(len(sizes) - 1)]
         self.weights = nn.ParameterList(
-            nn.Parameter(_init_weight(sets, fan_out, fan_in)) for fan_in, fan_out in zip(sizes, sizes[1:]))
-        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(sets, 1, fan_out)) for fan_out in sizes[1:])
+            nn.Parameter(_init_weight(sets, fan_out, fan_in))
+            for sets, fan_in, fan_out in zip(self.layer_sets, sizes, sizes[1:]))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(sets, 1, fan_out)) for sets, fan_out in zip(self.layer_sets, sizes[1:]))
+        self.codes = nn.ParameterList(
+            nn.Parameter(torch.zeros(self.k, 1, size)) for size in self.hidden_sizes
+            if weight_sharing == "ordering_embedding")
+        self.direct = (nn.Parameter(torch.zeros(self.layer_sets[-1], self.dim, self.dim))
+                       if direct_connections else None)
         self._register_masks(seed)
+
+    @property
+    def direct_connections(self) -> bool:
+        return self.direct is not None
+
+    def _sets(self, layer: int, layers: int) -> int:
+        """Weight sets of one layer (0 = input layer, layers - 1 = output layer)."""
+        if self.weight_sharing == "separate":
+            return self.k
+        if self.weight_sharing == "shared_hidden" and layer in (0, layers - 1):
+            return self.k
+        return 1
 
     def _register_masks(self, seed: int) -> None:
         """Masks per hidden-degree set m: input (M, k, h1, D), hidden (M, h_{l+1}, h_l), output (M, k, D, hL)."""
@@ -57,6 +93,7 @@ class FarmMADE(nn.Module):
             middles.append([later[:, None] >= earlier[None, :] for earlier, later in zip(degrees, degrees[1:])])
             lasts.append(input_degree[:, :, None] > degrees[-1][None, None, :])
         self.register_buffer("input_masks", torch.stack(firsts))
+        self.register_buffer("direct_masks", input_degree[:, :, None] > input_degree[:, None, :])  # (k, D, D)
         for layer in range(len(self.hidden_sizes) - 1):
             self.register_buffer(f"hidden_masks_{layer}", torch.stack([m[layer] for m in middles]))
         self.register_buffer("output_masks", torch.stack(lasts))
@@ -78,12 +115,21 @@ class FarmMADE(nn.Module):
         index = torch.arange(self.k, device=x.device) if orderings is None else orderings.to(x.device)
         h = x.unsqueeze(0)  # (1, B, D): the input is the same for every ordering
         for layer, (weight, bias, mask) in enumerate(zip(self.weights, self.biases, masks)):
-            if self.weight_sharing == "separate" and orderings is not None:
-                weight, bias = weight[index], bias[index]
+            weight, bias = self._used(weight, orderings, index), self._used(bias, orderings, index)
             h = _masked_linear(h, torch.where(mask, weight, 0.0), bias)
             if layer < len(masks) - 1:
-                h = torch.relu(h)
+                if self.codes:
+                    h = h + self.codes[layer][index]
+                h = F.dropout(torch.relu(h), self.dropout, self.training)
+        if self.direct is not None:
+            direct_masks = self.direct_masks if orderings is None else self.direct_masks[index]
+            direct = torch.where(direct_masks, self._used(self.direct, orderings, index), 0.0)
+            h = h + _masked_linear(x.unsqueeze(0), direct, torch.zeros(()))
         return h
+
+    def _used(self, tensor: torch.Tensor, orderings: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """A per-ordering tensor (k sets) restricted to the orderings in use; a shared one (1 set) as it is."""
+        return tensor[index] if orderings is not None and tensor.shape[0] == self.k > 1 else tensor
 
     def set_mask(self, index: int) -> None:
         if not 0 <= index < self.num_masks:

@@ -22,7 +22,8 @@ class MadeTask:
     def build(self, height: int, width: int, channels: int) -> FarmMADE:
         c = self.config
         orders = make_orderings(c.ordering_family, c.num_orderings, height, width, seed=c.seed)
-        return FarmMADE(orders, c.hidden_sizes, c.weight_sharing, c.num_masks, seed=c.seed)
+        return FarmMADE(orders, c.hidden_sizes, c.weight_sharing, c.num_masks, seed=c.seed,
+                        direct_connections=c.direct_connections, dropout=c.dropout or 0.0)
 
     def batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Dynamic binarization draws fresh binary pixels from the grey levels every time."""
@@ -30,6 +31,8 @@ class MadeTask:
 
     def loss(self, model: FarmMADE, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
+        if c.dropout:
+            torch.manual_seed(c.seed * 1_000_003 + step)  # dropout masks: a function of (seed, step)
         model.set_mask(step % c.num_masks)
         weights = evidence_weights(model.ranks)
         if c.loss == "mc":

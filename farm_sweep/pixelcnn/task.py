@@ -94,9 +94,9 @@ class FarmPixelCNNWithEma(FarmPixelCNN):
 
 
 def pixelcnn_config(config: TrainConfig, channels: int) -> PixelCNNConfig:
+    dropout = PixelCNNConfig.dropout if config.dropout is None else config.dropout
     return PixelCNNConfig(channels=channels, filters=config.filters, resnets_per_stage=config.resnets_per_stage,
-                          stages=config.stages, mixtures=config.mixtures, dropout=config.dropout,
-                          causal=config.causal)
+                          stages=config.stages, mixtures=config.mixtures, dropout=dropout, causal=config.causal)
 
 
 @torch.no_grad()

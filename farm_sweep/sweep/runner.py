@@ -232,6 +232,7 @@ def trial_rows(grid: tune.ResultGrid, tracker: tracking.Tracker, output: Path) -
             "status": _status(result.error, metrics), "epochs": metrics.get("epoch", 0),
             "failure_reason": _reason(result.error),
             METRIC: metrics.get(METRIC), "train_loss": metrics.get("train_loss"),
+            **{key: metrics[key] for key in ("best_epoch", "stopped_early") if key in metrics},
             "mlflow_run_id": tracker.run_of(trial_id), "checkpoint": _relative(checkpoint, output),
             **{f"param.{k}": v for k, v in result.config.items() if k != OPTUNA_TRIAL_KEY},
             **{k: v for k, v in metrics.items() if k.startswith(("inpaint/", "sampling/"))}})

@@ -197,6 +197,12 @@ class Tracker:
     # ---------------------------------------------------------- logging
 
     @_journaled
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        run_id = self._resolve(run_id)
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    @_journaled
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         self.client.log_batch(self._resolve(run_id), params=_params(params))
 

@@ -69,15 +69,22 @@ def _train_and_report(train_config: TrainConfig, trial_dir: Path, context: Trial
 
 def _report_epochs(epochs: Iterator[dict[str, Any]], train_config: TrainConfig, trial_dir: Path,
                    context: TrialContext, run_id: str, logged: int) -> None:
+    """Log and report every epoch. The last one (`final`: the planned last epoch or an early stop) is
+    evaluated, and with early stopping it reports the best epoch's validation value, which is what its
+    checkpoint holds: Optuna's value, trials.csv and exports all see the best epoch."""
     for metrics in epochs:
-        epoch = metrics["epoch"]
-        if epoch == train_config.epochs and context.evaluation:
+        epoch, final = metrics["epoch"], metrics.get("final", False)
+        if final and context.evaluation:
             metrics |= _evaluate(Path(metrics["checkpoint"]), train_config, trial_dir / EVALUATION, context, run_id)
         numbers = {key: value for key, value in metrics.items() if key != "checkpoint"}
         if epoch > logged:
             context.tracker.log_metrics(run_id, numbers, step=epoch)
-        tune.report({**numbers, FINAL_STEP_KEY: train_config.epochs},
-                    checkpoint=tune.Checkpoint.from_directory(metrics["checkpoint"]))
+        report = {**numbers, FINAL_STEP_KEY: epoch if final else train_config.epochs}
+        if final and "best_epoch" in metrics:
+            report["nll_image"] = metrics["best_nll_image"]
+            context.tracker.set_tags(run_id, {"farm.stopped_early": metrics["stopped_early"],
+                                              "farm.best_epoch": metrics["best_epoch"]})
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(metrics["checkpoint"]))
 
 
 def _restored_checkpoint(trial_dir: Path) -> Path | None:

@@ -26,6 +26,7 @@ from farm_sweep.integrity import file_sha256
 log = logging.getLogger(__name__)
 
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "state.json")
+BEST = "best_model.safetensors"  # with early stopping: the best epoch's weights, when it is not this epoch
 KEEP = 2
 
 
@@ -33,8 +34,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder that is missing files or whose contents do not match its manifest."""
 
 
-def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
-    """Write `folder/epoch_NNNN` atomically (NNNN = state["epoch"]); keep the newest KEEP checkpoints."""
+def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+         best: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `folder/epoch_NNNN` atomically (NNNN = state["epoch"]), with `best` weights if given; keep the
+    newest KEEP checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"epoch_{state['epoch']:04d}"
     staging = folder / f".{final.name}.tmp-{os.getpid()}"
@@ -46,7 +49,11 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     save_file(tensors, staging / "optimizer.safetensors")
     _write_json(staging / "optimizer.json", rest)
     _write_json(staging / "state.json", state)
-    _write_json(staging / "manifest.json", {name: file_sha256(staging / name) for name in FILES})
+    files = FILES
+    if best is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, staging / BEST)
+        files = (*FILES, BEST)
+    _write_json(staging / "manifest.json", {name: file_sha256(staging / name) for name in files})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     for old in checkpoints(folder)[:-KEEP]:
@@ -66,7 +73,7 @@ def verify(checkpoint: Path) -> None:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({error})") from error
-    for name in FILES:
+    for name in (*FILES, BEST) if BEST in manifest else FILES:
         path = checkpoint / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing from the checkpoint")
@@ -93,6 +100,11 @@ def load(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         rest = json.loads((checkpoint / "optimizer.json").read_text())
         optimizer.load_state_dict(_join_optimizer_state(load_file(checkpoint / "optimizer.safetensors"), rest))
     return read_state(checkpoint)
+
+
+def load_best(checkpoint: Path) -> dict[str, torch.Tensor] | None:
+    """The best epoch's weights stored beside a verified checkpoint's own, if it has them."""
+    return load_file(checkpoint / BEST) if (checkpoint / BEST).is_file() else None
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -19,8 +20,37 @@ MODELS = ("made", "pixelcnn")
 COLOUR_DATASETS = ("cifar10",)  # the 3-channel datasets PixelCNN++ models
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop once validation nll_image has not improved by more than `min_delta` for `patience` epochs; the
+    run then keeps its best epoch's weights."""
+
+    patience: int
+    min_delta: float = 0.0
+
+    @classmethod
+    def from_value(cls, value: Any) -> EarlyStopping | None:
+        if value is None or isinstance(value, EarlyStopping):
+            return value
+        if not isinstance(value, dict) or not set(value) <= {"patience", "min_delta"} or "patience" not in value:
+            raise ConfigError("early_stopping: must be null or a mapping {patience: N, min_delta: D} "
+                              "(patience required, min_delta default 0)")
+        patience, min_delta = value["patience"], value.get("min_delta", 0.0)
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+            raise ConfigError(f"early_stopping.patience: {_short(patience)} must be an integer >= 1 (epochs "
+                              "without improvement before stopping)")
+        if (isinstance(min_delta, bool) or not isinstance(min_delta, int | float) or not math.isfinite(min_delta)
+                or min_delta < 0):
+            raise ConfigError(f"early_stopping.min_delta: {_short(min_delta)} must be a finite number >= 0 "
+                              "(nats an epoch must gain to count as an improvement)")
+        return cls(patience, float(min_delta))
 
 
 @dataclass(frozen=True)
@@ -34,6 +64,7 @@ class TrainConfig:
     num_orderings: int = 1
     ordering_family: str = "raster"
     weight_sharing: str = "shared"
+    direct_connections: bool = False
     num_masks: int = 1
     loss: str = "ensemble"
     resample_every: int = 20
@@ -44,21 +75,25 @@ class TrainConfig:
     resnets_per_stage: int = PixelCNNConfig.resnets_per_stage
     stages: int = PixelCNNConfig.stages
     mixtures: int = PixelCNNConfig.mixtures
-    dropout: float = PixelCNNConfig.dropout
+    dropout: float | None = None  # None: the model's own default (PixelCNN++ 0.5, MADE 0)
     causal: str = PixelCNNConfig.causal
     ema_decay: float = 0.0
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_warmup_epochs: int = 0
     batch_size: int = 100
     epochs: int = 10
+    early_stopping: EarlyStopping | None = None
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "early_stopping", EarlyStopping.from_value(self.early_stopping))
         self._check_types()
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         object.__setattr__(self, "lr", float(self.lr))
         object.__setattr__(self, "divergence_weight", float(self.divergence_weight))
-        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "dropout", None if self.dropout is None else float(self.dropout))
         object.__setattr__(self, "ema_decay", float(self.ema_decay))
         self._check_choices()
         self._check_ranges()
@@ -75,6 +110,7 @@ class TrainConfig:
         for name, allowed in (("dataset", DATASETS), ("model", MODELS), ("ordering_family", families),
                               ("weight_sharing", WEIGHT_SHARING), ("loss", LOSSES), ("causal", CAUSAL),
                               ("divergence", DIVERGENCES), ("binarize", ("static", "dynamic", "threshold")),
+                              ("lr_schedule", LR_SCHEDULES),
                               ("device", ("auto", "cpu", "cuda"))):
             value = getattr(self, name)
             if value not in allowed:
@@ -83,6 +119,14 @@ class TrainConfig:
         if self.binarize != "static" and self.dataset != "mnist":
             raise ConfigError(f"binarize: {self.binarize!r} applies to dataset mnist only ({self.dataset!r} "
                               f"is already binary or colour); leave binarize at 'static'")
+        if self.model == "pixelcnn" and (self.direct_connections or self.weight_sharing not in ("shared", "separate")):
+            raise ConfigError(f"weight_sharing: {self.weight_sharing!r} / direct_connections: "
+                              f"{self.direct_connections} are MADE options; model pixelcnn takes weight_sharing "
+                              "shared or separate and no direct connections")
+        if self.weight_sharing == "shared_hidden" and len(self.hidden_sizes) < 2:
+            raise ConfigError(f"weight_sharing: 'shared_hidden' shares the hidden-to-hidden layers, and "
+                              f"hidden_sizes {list(self.hidden_sizes)} has none (it would be 'separate'); give "
+                              "two or more hidden sizes, or choose separate")
         if self.model == "pixelcnn" and self.dataset not in COLOUR_DATASETS:
             raise ConfigError(f"dataset: {self.dataset!r} is not a colour dataset; model pixelcnn models 8-bit "
                               f"RGB images: choose {', '.join(COLOUR_DATASETS)} (or model made)")
@@ -107,8 +151,10 @@ class TrainConfig:
             raise ConfigError(f"divergence_weight: {self.divergence_weight} must be >= 0 (it weighs a "
                               f"divergence added to the loss)")
         for name in ("dropout", "ema_decay"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be in [0, 1)")
+        if not 0 <= self.lr_warmup_epochs <= self.epochs:
+            raise ConfigError(f"lr_warmup_epochs: {self.lr_warmup_epochs} must be in 0..epochs ({self.epochs})")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ConfigError(f"max_train_examples: {self.max_train_examples} must be positive or null")
 
@@ -127,7 +173,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["hidden_sizes"] = list(self.hidden_sizes)
-        return values
+        return values  # asdict turns early_stopping into its mapping, as from_dict reads it
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -22,8 +22,10 @@ import torch
 from farm_sweep.data import ImageDataset, load_dataset
 from farm_sweep.made.task import MadeTask
 from farm_sweep.pixelcnn.task import PixelCNNTask
-from farm_sweep.training import checkpoint, preflight
+from farm_sweep.training import checkpoint, early_stopping, preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.training.curve import write_curve
+from farm_sweep.training.schedule import learning_rate
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -85,10 +87,13 @@ def load_split(config: TrainConfig, split: str) -> ImageDataset:
 
 def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
           progress: Callable[[str], None] | None = print_progress) -> Iterator[dict[str, Any]]:
-    """Yield one metrics dict per epoch (epoch, train_loss, main_loss, divergence, nll_image, ...).
+    """Yield one metrics dict per epoch (epoch, train_loss, main_loss, divergence, nll_image, ...); the last
+    one has `final` (and `stopped_early`). With early stopping each also has `best_epoch` and
+    `best_nll_image`, and the run ends with its best epoch's weights in the model and the last checkpoint.
 
     Checkpoints go to `checkpoint_dir` after every epoch (the dict's "checkpoint" names the folder).
-    Training resumes from `resume_from`, or else from the newest valid checkpoint in `checkpoint_dir`."""
+    Training resumes from `resume_from`, or else from the newest valid checkpoint in `checkpoint_dir`; a run
+    that stopped early yields nothing more (one that ran its epochs continues if config.epochs grew)."""
     device = resolve_device(config.device)
     task = task_for(config)
     train_set, valid_set = load_split(config, "train"), load_split(config, "valid")
@@ -97,28 +102,66 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     start = resume_from or (checkpoint.latest_valid(checkpoint_dir) if checkpoint_dir else None)
-    history = checkpoint.load(start, model, optimizer)["history"] if start else []
+    state = checkpoint.load(start, model, optimizer) if start else {"history": []}
+    history, rule = state["history"], config.early_stopping
+    if state.get("stopped_early"):
+        return
+    best = _restored_best(start, model) if rule else None
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
     for epoch in range(len(history) + 1, config.epochs + 1):
         began = time.perf_counter()
         model.train()
-        sums = _train_epoch(task, model, optimizer, images, epoch, (epoch - 1) * steps_per_epoch, device)
+        sums = _train_epoch(task, model, optimizer, images, epoch, steps_per_epoch, device)
         model.eval()
         metrics = {"epoch": epoch, **sums, **task.evaluate(model, valid_set.images),
                    "seconds": time.perf_counter() - began}
-        history.append(metrics)
+        history.append(dict(metrics))  # the raw epoch; what is added below is about the run
+        final = epoch == config.epochs or early_stopping.should_stop(history, rule)
+        if rule:
+            best_epoch = early_stopping.best_epoch(history, rule.min_delta)
+            best = _weights(model) if best_epoch == epoch else best
+            if final and best_epoch != epoch:
+                model.load_state_dict(best)
+            metrics |= {"best_epoch": best_epoch, "best_nll_image": history[best_epoch - 1]["nll_image"]}
+        if final:
+            metrics |= {"final": True, "stopped_early": epoch < config.epochs}
         if checkpoint_dir is not None:
-            state = {"epoch": epoch, "config": config.to_dict(), "history": history}
-            metrics = {**metrics, "checkpoint": str(checkpoint.save(checkpoint_dir, model, optimizer, state))}
+            state = {"epoch": epoch, "config": config.to_dict(), "history": history,
+                     "stopped_early": metrics.get("stopped_early", False)}
+            kept_best = best if rule and not final and best_epoch != epoch else None
+            metrics["checkpoint"] = str(checkpoint.save(checkpoint_dir, model, optimizer, state, kept_best))
         if progress:
-            progress(f"epoch {epoch}/{config.epochs}  train_loss {metrics['train_loss']:.4f}  "
-                     f"valid nll_image {metrics['nll_image']:.2f} nats  ({metrics['seconds']:.1f}s)")
+            progress(_progress_line(metrics, config.epochs))
         yield metrics
+        if final:
+            return
+
+
+def _restored_best(start: Path | None, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The best epoch's weights when resuming: stored beside the checkpoint, or the checkpoint's own."""
+    if start is None:
+        return None
+    return checkpoint.load_best(start) or _weights(model)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def _progress_line(metrics: dict[str, Any], epochs: int) -> str:
+    line = (f"epoch {metrics['epoch']}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
+            f"valid nll_image {metrics['nll_image']:.2f} nats  ({metrics['seconds']:.1f}s)")
+    if "best_epoch" in metrics:
+        line += f"  best {metrics['best_nll_image']:.2f} at epoch {metrics['best_epoch']}"
+    if metrics.get("stopped_early"):
+        line += "  stopped early: no improvement"
+    return line
 
 
 def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                 epoch: int, step: int, device: torch.device) -> dict[str, float]:
+                 epoch: int, steps_per_epoch: int, device: torch.device) -> dict[str, float]:
     config = task.config
+    step = (epoch - 1) * steps_per_epoch
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     permutation = torch.randperm(len(images), generator=generator)
     totals: dict[str, torch.Tensor] = {}
@@ -126,6 +169,8 @@ def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Opti
     for start in range(0, len(images), config.batch_size):
         x = task.batch(images[permutation[start:start + config.batch_size]], generator)
         loss, parts = task.loss(model, x.to(device), step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step, steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,11 +186,7 @@ def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Opti
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train one FARM configuration without Ray.")
-    parser.add_argument("--config", type=json.loads, default={}, help='JSON, e.g. \'{"num_orderings": 8}\'')
-    parser.add_argument("--checkpoint-dir", type=Path, default=None)
-    parser.add_argument("--test", action="store_true", help="also report nll_image on the test split at the end")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         config = TrainConfig.from_dict(args.config)
         preflight.check(config)
@@ -155,15 +196,68 @@ def main(argv: list[str] | None = None) -> int:
     except preflight.PreflightError as error:
         print(f"error: --config: {error.field}: {error.reason}", file=sys.stderr)
         return 2
+    problem = _resume_problem(args.checkpoint_dir, args.resume)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.checkpoint_dir or Path(scratch)
-        *_, metrics = train(config, folder)
-        metrics["wall_seconds"] = time.perf_counter() - began
+        for metrics in train(config, folder):
+            if args.curve:
+                write_curve(checkpoint.read_state(Path(metrics["checkpoint"]))["history"], args.curve,
+                            _label(config))
+        last = checkpoint.latest_valid(folder)
+        history = checkpoint.read_state(last)["history"]
+        summary = {**history[-1], "epochs": len(history), "train_seconds": sum(h["seconds"] for h in history),
+                   "wall_seconds": time.perf_counter() - began, "checkpoint": str(last)}
+        if config.early_stopping:
+            best = early_stopping.best_epoch(history, config.early_stopping.min_delta)
+            summary |= {"best_epoch": best, "best_nll_image": history[best - 1]["nll_image"]}
         if args.test:
-            model, _ = load_model(Path(metrics["checkpoint"]), str(resolve_device(config.device)))
+            model, _ = load_model(last, str(resolve_device(config.device)))
             test = load_split(config, "test")
-            metrics.update({f"test_{k}": v for k, v in task_for(config).evaluate(model, test.images).items()})
-    print(json.dumps({k: v for k, v in metrics.items() if "nll_image_ordering" not in k}, indent=2))
+            summary.update({f"test_{k}": v for k, v in task_for(config).evaluate(model, test.images).items()})
+    print(json.dumps({k: v for k, v in summary.items() if "nll_image_ordering" not in k}, indent=2))
     return 0
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m farm_sweep.train",
+                                     description="Train one FARM configuration without Ray.")
+    parser.add_argument("--config", type=_config_json, default={},
+                        help='TrainConfig fields as JSON, e.g. \'{"num_orderings": 8}\'')
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="keep checkpoints here (default: a temporary folder); a run killed halfway "
+                             "continues with --resume")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")
+    parser.add_argument("--curve", type=Path, default=None,
+                        help="write the learning curve after every epoch: this CSV and a PNG beside it")
+    parser.add_argument("--test", action="store_true", help="also report nll_image on the test split at the end")
+    return parser
+
+
+def _config_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object of TrainConfig fields, e.g. '{\"epochs\": 5}'")
+    return value
+
+
+def _resume_problem(folder: Path | None, resume: bool) -> str | None:
+    """--resume needs a run to continue; without it, a folder holding one is refused, never overwritten."""
+    held = folder is not None and bool(checkpoint.checkpoints(folder))
+    if resume and not held:
+        return f"--resume: no checkpoint to continue in --checkpoint-dir {folder}; run without --resume"
+    if held and not resume:
+        return (f"--checkpoint-dir: {folder} holds checkpoints of an earlier run; pass --resume to continue it, "
+                "or choose another folder")
+    return None
+
+
+def _label(config: TrainConfig) -> str:
+    return (f"{config.model} k={config.num_orderings} {config.weight_sharing} hidden {list(config.hidden_sizes)}"
+            f"{' +direct' if config.direct_connections else ''}")

@@ -1,0 +1,44 @@
+"""A run's learning curve: every epoch's metrics as CSV, and validation nll_image per epoch as a figure."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from farm_sweep.figures import save_figure
+
+SKIPPED = ("nll_image_ordering_",)  # one column per ordering: in the checkpoint's history, not the curve
+
+
+def write_curve(history: Sequence[Mapping[str, Any]], path: Path, title: str) -> list[Path]:
+    """`path` (CSV, one row per epoch) and `path` with suffix .png; both rewritten whole, so always complete."""
+    columns = [key for key in dict.fromkeys(k for row in history for k in row) if not key.startswith(SKIPPED)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    with open(staging, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    staging.replace(path)
+    return [path, curve_figure({title: history}, path.with_suffix(".png"))]
+
+
+def curve_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+    """Validation nll_image per epoch for each named run, its best epoch marked."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label, history in curves.items():
+        epochs = [row["epoch"] for row in history]
+        values = [float(row["nll_image"]) for row in history]
+        best = min(range(len(values)), key=values.__getitem__)
+        line, = axes.plot(epochs, values, label=f"{label} (best {values[best]:.2f} at epoch {epochs[best]})")
+        axes.plot(epochs[best], values[best], "o", color=line.get_color())
+    axes.set(xlabel="epoch", ylabel="validation nll_image (nats)", title="Learning curves")
+    low = min(float(row["nll_image"]) for history in curves.values() for row in history)
+    axes.set_ylim(low - 1, low + 15)  # the first epochs are far above: show where runs end
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
