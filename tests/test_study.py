@@ -36,7 +36,8 @@ def error_of(folder: Path, study: dict | None = None, space: dict | None = None)
     return caught.value
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(ROOT / "studies")))
 def test_every_shipped_study_is_valid(path: Path) -> None:
     study = load_study(path)
     assert study.trials >= 1 and study.space.parameters

@@ -99,7 +99,7 @@ def shipped_study(path: Path) -> dict[str, Any]:
     return document
 
 
-SHIPPED = [shipped_study(path) for path in sorted((ROOT / "studies").glob("*.yaml"))]
+SHIPPED = [shipped_study(path) for path in sorted((ROOT / "studies").rglob("*.yaml"))]
 
 
 def paths(tree: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
