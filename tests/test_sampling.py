@@ -20,13 +20,14 @@ def random_model(k: int, height: int, width: int, scale: float) -> FarmMADE:
     return model.eval()
 
 
-class Spy:
+class Spy(torch.nn.Module):
     """Wraps a model and records the input of every network evaluation."""
 
     def __init__(self, model: FarmMADE) -> None:
+        super().__init__()
         self.model, self.orders, self.dim, self.k, self.inputs = model, model.orders, model.dim, model.k, []
 
-    def __call__(self, x: torch.Tensor, orderings: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, orderings: torch.Tensor) -> torch.Tensor:
         self.inputs.append(x.clone())
         return self.model(x, orderings)
 
@@ -72,17 +73,17 @@ def test_multi_order_fills_each_orderings_next_pixel_once_per_step():
     steps = [set(x[0].nonzero().flatten().tolist()) for x in [*spy.inputs, ones]]
     new = [sorted(after - before) for before, after in zip(steps, steps[1:])]
     assert new == [[0, 8], [1, 7], [2, 6], [3, 5], [4]]
-    assert evaluations == len(spy.inputs) == math.ceil(9 / 2)
+    assert evaluations == 2 * len(spy.inputs) and len(spy.inputs) == math.ceil(9 / 2)  # 2 orderings a step
 
 
 @pytest.mark.parametrize("knob", [1, 2, 4, 8])
 def test_multi_order_evaluations_scale_like_d_over_k(knob):
     spy = Spy(random_model(k=8, height=8, width=8, scale=1.0))
     samples, evaluations = sample(spy, "multi_order", 3, knob=knob, noise=torch.zeros(3, 64))
-    assert samples.eq(1).all() and evaluations == len(spy.inputs)
+    assert samples.eq(1).all() and evaluations == knob * len(spy.inputs)  # a step runs `knob` orderings
     filled = [int(x[0].sum()) for x in [*spy.inputs, samples]]
     assert all(0 < b - a <= knob for a, b in zip(filled, filled[1:]))  # at most one new pixel per ordering
-    assert math.ceil(64 / knob) <= evaluations <= 1.5 * math.ceil(64 / knob)
+    assert math.ceil(64 / knob) <= len(spy.inputs) <= 1.5 * math.ceil(64 / knob)
     if knob == 1:
         assert torch.equal(samples, sample(spy.model, "sequential", 3, noise=torch.zeros(3, 64))[0])
 
@@ -107,3 +108,15 @@ def test_speed_quality_curve_rows_and_files(tmp_path):
     table, plot = write_speed_quality(rows, tmp_path)
     assert table.read_text().splitlines()[0] == ",".join(CURVE_FIELDS)
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_samplers_run_in_eval_mode_and_restore_the_callers_mode():
+    """With dropout in training mode the network is random; samplers must use eval mode, so the exact fixed
+    point still equals sequential sampling, and hand the model back in the mode it came in."""
+    model = FarmMADE(make_orderings("raster", 2, 6, 6), (64,), dropout=0.5, seed=3)
+    model.train()
+    noise = torch.rand(20, 36, generator=torch.Generator().manual_seed(1))
+    sequential, _ = sample(model, "sequential", 20, noise=noise)
+    fixed, evaluations = sample(model, "fixed_point", 20, noise=noise)
+    assert torch.equal(fixed, sequential) and evaluations < 36
+    assert model.training

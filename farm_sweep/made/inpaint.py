@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from farm_sweep.figures import save_figure
+from farm_sweep.inference import inference
 from farm_sweep.losses import ensemble_log_probs
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.occlusions import fill_plan, make_occlusions
 
 matplotlib.use("Agg")
 
-@torch.no_grad()
+@inference
 def inpaint(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample the hole of every image (B, D), pixel by pixel in fill order, one batched forward each.
@@ -43,7 +44,7 @@ def inpaint(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill
     return x, nll
 
 
-@torch.no_grad()
+@inference
 def nll_exact(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str) -> torch.Tensor:
     """Teacher-forced -log p(true x_d | evidence, true earlier hole pixels) per pixel (B, D), zero
     outside the hole: one forward of the orderings the plan uses, on the true images."""

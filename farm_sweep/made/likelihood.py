@@ -6,11 +6,12 @@ import math
 
 import torch
 
+from farm_sweep.inference import inference
 from farm_sweep.losses import image_log_probs, mixture_nll
 from farm_sweep.made.network import FarmMADE
 
 
-@torch.no_grad()
+@inference
 def ordering_log_probs(model: FarmMADE, x: torch.Tensor) -> torch.Tensor:
     """log p_i(x) for every ordering i, (k, B). With several hidden-mask sets, p_i is the mask
     ensemble (1/M) sum_m p_i,m(x), as MADE averages masks at test time."""
@@ -23,7 +24,7 @@ def ordering_log_probs(model: FarmMADE, x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(model.num_masks)
 
 
-@torch.no_grad()
+@inference
 def nll_image(model: FarmMADE, images: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
     """Mean test NLL in nats per image: `nll_image` for the mixture -log (1/k) sum_i p_i(x), and
     `nll_image_ordering_<i>` for each ordering alone."""

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from farm_sweep.figures import save_figure
+from farm_sweep.inference import inference
 from farm_sweep.occlusions import FILLS, FillPlan, fill_plan, randint, side_range
 from farm_sweep.orderings import ranks
 from farm_sweep.pixelcnn.farm import FarmPixelCNN, ordering_log_probs
@@ -68,7 +69,7 @@ def plan_for(model: FarmPixelCNN, occlusion: torch.Tensor, fill: str) -> FillPla
     return fill_plan(strict, occlusion.flatten(), fill)
 
 
-@torch.no_grad()
+@inference
 def hole_nll_exact(model: FarmPixelCNN, x: torch.Tensor, occlusion: torch.Tensor, fill: str) -> torch.Tensor:
     """Teacher-forced -log p(true x_d | evidence, true earlier hole pixels) of every hole pixel, (B, n) in
     fill order, for images x (B, C, H, W) in [-1, 1]: one forward of each ordering the plan uses."""
@@ -79,7 +80,7 @@ def hole_nll_exact(model: FarmPixelCNN, x: torch.Tensor, occlusion: torch.Tensor
     return -torch.logsumexp(log_w + log_px, dim=0)
 
 
-@torch.no_grad()
+@inference
 def inpaint(model: FarmPixelCNN, x: torch.Tensor, occlusion: torch.Tensor, fill: str,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample the hole of every image x (B, C, H, W) in [-1, 1], pixel by pixel in the plan's order, one

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from farm_sweep.inference import inference
 from farm_sweep.pixelcnn.farm import FarmPixelCNN, transform_ranks
 from farm_sweep.pixelcnn.logistic_mixture import sample as draw
 from farm_sweep.speed_quality import CURVE_FIELDS, Scorer
@@ -49,7 +50,7 @@ def pixel_groups(model: FarmPixelCNN, sampler: str, knob: int, height: int, widt
     return groups
 
 
-@torch.no_grad()
+@inference
 def sample(model: FarmPixelCNN, sampler: str, num_samples: int, height: int, width: int, knob: int | None = None,
            *, ordering: int = 0, noise: torch.Tensor | None = None,
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
