@@ -1,10 +1,14 @@
 """Occlusions and fill plans for inpainting (paper 3.4, DESIGN 4), shared by every model family.
 
-Occlusions. An occlusion is a (D,) bool mask (True = hidden) of one axis-aligned rectangle. Its height
-is uniform over the integers [max(1, H//4), max(1, 3H//4)] and its width, independently, over the same
-range for W (MNIST: 7..21 pixels each side, so 1/16 to 9/16 of the image). `best` anchors it at the
-top-left corner, `worst` at the bottom-right corner, `average` places it uniformly anywhere it fits.
-The sizes depend only on the seed, so the three cases see the same sizes.
+Occlusions. An occlusion is a (D,) bool mask (True = hidden) of one axis-aligned rectangle. `best`
+anchors it at the top-left corner (worst for the canonical raster order, so best for FARM), `worst` at the
+bottom-right corner, `average` puts it anywhere. Two protocols draw them:
+- `ours`: height uniform over the integers [max(1, H//4), max(1, 3H//4)], width independently over the
+  same range for W (MNIST: 7..21 pixels each side, 1/16 to 9/16 of the image); `average` places the
+  rectangle uniformly where it fits. The sizes depend only on the seed, so the three cases share them.
+- `paper` (the FARM paper's code, DESIGN 4): per axis of n pixels draw a and b uniform over 0..n-1;
+  `best` sets a = 0, `worst` sets b = n - 1, `average` keeps both; the rectangle spans min(a, b)..max(a, b)
+  inclusive, so anything from one pixel to the whole image.
 
 Fill orders. A fill plan lists the hole's pixels in fill order and, for each, the mixture weight of
 every ordering: `single` uses ordering 0; `best_evidence` the ordering with the most observed pixels
@@ -22,6 +26,7 @@ import torch
 
 CASES = ("best", "average", "worst")
 FILLS = ("single", "best_evidence", "evidence_weighted")
+PROTOCOLS = ("ours", "paper")
 
 
 def side_range(n: int) -> tuple[int, int]:
@@ -30,20 +35,40 @@ def side_range(n: int) -> tuple[int, int]:
     return low, max(low, 3 * n // 4)
 
 
-def make_occlusions(case: str, count: int, height: int, width: int, seed: int) -> torch.Tensor:
+def make_occlusions(case: str, count: int, height: int, width: int, seed: int,
+                    protocol: str = "ours") -> torch.Tensor:
     """`count` seeded rectangular occlusions of an H x W image, (count, H*W) bool, True = hidden."""
     check_choice("case", case, CASES)
+    check_choice("protocol", protocol, PROTOCOLS)
     generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(count, height, width, dtype=torch.bool)
+    rectangle = _paper_rectangle if protocol == "paper" else _our_rectangle
     for mask in masks:
-        h, w = randint(*side_range(height), generator), randint(*side_range(width), generator)
-        top, left = 0, 0
-        if case == "worst":
-            top, left = height - h, width - w
-        elif case == "average":
-            top, left = randint(0, height - h, generator), randint(0, width - w, generator)
-        mask[top:top + h, left:left + w] = True
+        top, bottom, left, right = rectangle(case, height, width, generator)
+        mask[top:bottom + 1, left:right + 1] = True
     return masks.view(count, -1)
+
+
+def _our_rectangle(case: str, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """Inclusive (top, bottom, left, right), protocol `ours`: both sizes are drawn first, so every case sees
+    the same sizes for the same seed."""
+    h, w = randint(*side_range(height), generator), randint(*side_range(width), generator)
+    top, left = {"best": (0, 0), "worst": (height - h, width - w)}.get(case) or (
+        randint(0, height - h, generator), randint(0, width - w, generator))
+    return top, top + h - 1, left, left + w - 1
+
+
+def _paper_rectangle(case: str, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """Inclusive (top, bottom, left, right), protocol `paper`: per axis of n pixels a, b uniform over 0..n-1."""
+    (top, bottom), (left, right) = (_paper_span(case, n, generator) for n in (height, width))
+    return top, bottom, left, right
+
+
+def _paper_span(case: str, n: int, generator: torch.Generator) -> tuple[int, int]:
+    a, b = randint(0, n - 1, generator), randint(0, n - 1, generator)
+    a = 0 if case == "best" else a
+    b = n - 1 if case == "worst" else b
+    return min(a, b), max(a, b)
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,52 @@ def test_evaluate_inpainting_reports_every_metric_and_is_seeded():
         evaluate_inpainting(model, images, 4, 4, "best", "single", 10, 4)
 
 
+def rectangle(mask: torch.Tensor, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a rectangular hole, checking that it is one."""
+    rows, columns = mask.view(height, width).any(1).nonzero(), mask.view(height, width).any(0).nonzero()
+    top, bottom, left, right = int(rows.min()), int(rows.max()), int(columns.min()), int(columns.max())
+    assert mask.sum() == (bottom - top + 1) * (right - left + 1)
+    return top, bottom, left, right
+
+
+@pytest.mark.parametrize("height,width", [(28, 28), (6, 10)])
+def test_paper_protocol_extents_follow_its_definition(height, width):
+    """best: anchored top-left, any extent; worst: anchored bottom-right; average: two uniform corners, so
+    every pixel row can start or end a hole, and single pixels and the whole image both occur."""
+    spans = {case: [rectangle(m, height, width) for m in make_occlusions(case, 4000, height, width, 0, "paper")]
+             for case in CASES}
+    assert {(top, left) for top, _, left, _ in spans["best"]} == {(0, 0)}
+    assert {b for _, b, _, _ in spans["best"]} == set(range(height))
+    assert {r for _, _, _, r in spans["best"]} == set(range(width))
+    assert {(b, r) for _, b, _, r in spans["worst"]} == {(height - 1, width - 1)}
+    assert {t for t, _, _, _ in spans["worst"]} == set(range(height))
+    assert {t for t, _, _, _ in spans["average"]} == set(range(height))
+    assert {b for _, b, _, _ in spans["average"]} == set(range(height))
+    sizes = {(b - t + 1) * (r - left + 1) for t, b, left, r in spans["best"]}
+    assert 1 in sizes and height * width in sizes
+    assert torch.equal(make_occlusions("average", 5, height, width, 7, "paper"),
+                       make_occlusions("average", 5, height, width, 7, "paper"))
+
+
+def test_paper_protocol_averages_per_occlusion_and_ours_pools_pixels():
+    model = random_model(k=2, height=4, width=4)
+    images = torch.randint(0, 2, (12, 16), generator=torch.Generator().manual_seed(1)).float()
+    fill, seed = "best_evidence", 3
+    occlusions = make_occlusions("average", 3, 4, 4, seed, "paper")
+    assert len({int(o.sum()) for o in occlusions}) > 1  # unequal holes: the two averages differ
+    per_occlusion, sums = [], torch.zeros(2, dtype=torch.float64)
+    for occlusion, batch in zip(occlusions, images.split(4)):
+        exact = nll_exact(model, batch, occlusion, fill)[:, occlusion].double()
+        per_occlusion.append(exact.mean())
+        sums += torch.stack([exact.sum(), torch.tensor(exact.numel(), dtype=torch.float64)])
+    paper = evaluate_inpainting(model, images, 4, 4, "average", fill, 3, 4, seed=seed, protocol="paper")
+    assert paper["nll_exact"] == pytest.approx(float(torch.stack(per_occlusion).mean()))
+    pooled = float(sums[0] / sums[1])
+    assert paper["nll_exact"] != pytest.approx(pooled)
+    with pytest.raises(ValueError, match="unknown protocol 'theirs'"):
+        make_occlusions("best", 1, 4, 4, 0, "theirs")
+
+
 def test_inpainting_figure_writes_a_png(tmp_path):
     model = random_model(k=2, height=4, width=4)
     images = torch.randint(0, 2, (9, 16), generator=torch.Generator().manual_seed(1)).float()

@@ -13,6 +13,8 @@ A study file's `evaluation:` mapping selects what runs; every key is optional:
         images_per_occlusion: 10
         split: valid                # never choose hyperparameters on test
         seed: 0
+        protocol: ours              # or paper: the FARM paper's occlusions and per-occlusion averaging
+                                    #   (farm_sweep.occlusions; made only)
       sampling:                     # null skips the speed-quality curve
         num_samples: 100
         seed: 0
@@ -51,7 +53,7 @@ CURVES = {"made": sampling.speed_quality_curve, "pixelcnn": pixelcnn_sampling.sp
 def _defaults(cases: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Every setting's default, inpainting all of `cases`."""
     return {"inpaint": {"cases": list(cases), "fills": ["single", "evidence_weighted"], "num_occlusions": 10,
-                        "images_per_occlusion": 10, "split": "valid", "seed": 0},
+                        "images_per_occlusion": 10, "split": "valid", "seed": 0, "protocol": "ours"},
             "sampling": {"num_samples": 100, "seed": 0}}
 
 
@@ -121,6 +123,10 @@ def _check_value(where: str, key: str, value: Any, choices: dict[str, tuple[str,
         allowed = choices[key]
         if not isinstance(value, list | tuple) or not value or any(v not in allowed for v in value):
             raise ValueError(f"{where}: {value!r} must be a non-empty list drawn from {', '.join(allowed)}{scope}")
+    elif key == "protocol":
+        allowed = occlusions.PROTOCOLS if scope in ("", " (model made)") else ("ours",)
+        if value not in allowed:
+            raise ValueError(f"{where}: {value!r} is not a protocol{scope}; choose one of {', '.join(allowed)}")
     elif key == "split":
         if value not in SPLITS:
             raise ValueError(f"{where}: {value!r} is not a split; choose one of {', '.join(SPLITS)}")
@@ -157,7 +163,7 @@ def _inpaint_made(model: FarmMADE, data: ImageDataset, figure: Path,
         for fill in section["fills"]:
             found = inpaint.evaluate_inpainting(model, images, data.height, data.width, case, fill,
                                                 section["num_occlusions"], section["images_per_occlusion"],
-                                                section["seed"])
+                                                section["seed"], section["protocol"])
             metrics |= {f"inpaint/{case}/{fill}/{name}": value for name, value in found.items()}
     shown = _seeded_order(images, section["seed"])
     return metrics, inpaint.inpainting_figure(model, shown, data.height, data.width, figure, seed=section["seed"])
