@@ -12,6 +12,7 @@ from farm_sweep.pixelcnn.farm import (
     FarmPixelCNN,
     inverse_transform,
     ordering_log_probs,
+    same_conditionings,
     transform,
     transform_indices,
     transform_ranks,
@@ -35,6 +36,7 @@ from farm_sweep.pixelcnn.losses import (
     ordering_nll,
 )
 from farm_sweep.pixelcnn.network import PixelCNNConfig, build_pixelcnn
+from farm_sweep.training.config import ConfigError, TrainConfig
 
 CAUSAL = ("raster", "antidiagonal")
 
@@ -184,14 +186,15 @@ def test_network_sees_exactly_the_earlier_pixels(causal):
 @pytest.mark.parametrize("causal", CAUSAL)
 def test_every_transform_is_causal_on_the_original_grid(causal):
     torch.manual_seed(1)
-    model = FarmPixelCNN(tiny(causal), transforms=range(8)).eval()
     xs = (torch.rand(1, 3, 8, 8) * 2 - 1).expand(64, -1, -1, -1).clone().requires_grad_()
-    params = model.params(xs).flatten(3)  # (8, 64, P, 64)
-    for i, t in enumerate(model.transforms):
-        picked = params[i, torch.arange(64), :, torch.arange(64)]
-        (grad,) = torch.autograd.grad((picked * torch.randn_like(picked)).sum(), xs, retain_graph=True)
-        depends = grad.abs().sum(1).flatten(1) != 0
-        assert torch.equal(depends, before(transform_ranks(t, 8, 8, causal))), TRANSFORM_NAMES[t]
+    for group in ((0, 1, 6, 7), (2, 3, 4, 5)):  # the rotations, the reflections: each distinct for both variants
+        model = FarmPixelCNN(tiny(causal), transforms=group).eval()
+        params = model.params(xs).flatten(3)  # (4, 64, P, 64)
+        for i, t in enumerate(model.transforms):
+            picked = params[i, torch.arange(64), :, torch.arange(64)]
+            (grad,) = torch.autograd.grad((picked * torch.randn_like(picked)).sum(), xs, retain_graph=True)
+            depends = grad.abs().sum(1).flatten(1) != 0
+            assert torch.equal(depends, before(transform_ranks(t, 8, 8, causal))), TRANSFORM_NAMES[t]
 
 
 @pytest.mark.parametrize("causal", CAUSAL)
@@ -271,7 +274,7 @@ def test_evidence_weights_by_hand():
 @pytest.mark.parametrize("weight_sharing", ["shared", "separate"])
 def test_batched_forward_equals_the_loop_over_transforms(causal, weight_sharing):
     torch.manual_seed(4)
-    model = FarmPixelCNN(tiny(causal, resnets=1), transforms=(0, 7, 1, 2), weight_sharing=weight_sharing).eval()
+    model = FarmPixelCNN(tiny(causal, resnets=1), transforms=(0, 7, 1, 6), weight_sharing=weight_sharing).eval()
     x = grid_values((2, 3, 8, 8))
     with torch.no_grad():
         params, log_px = model.params(x), model(x)
@@ -341,3 +344,22 @@ def test_divergence_is_zero_for_equal_orderings_and_positive_otherwise(channels)
     assert torch.allclose(parts["divergence"], divergence(different, x, weights))
     mc, _ = farm_loss(different, x, weights, "mc")
     assert torch.allclose(mc, ordering_nll(ordering_log_probs(different, x)))
+
+
+@pytest.mark.parametrize("causal", ["raster", "antidiagonal"])
+def test_transforms_that_repeat_a_conditioning_are_refused_per_network_variant(causal):
+    config = PixelCNNConfig(channels=3, filters=4, resnets_per_stage=1, stages=1, mixtures=1, causal=causal)
+    ranks = {index: transform_ranks(index, 6, 6, causal) for index in range(8)}
+    repeated = [(a, b) for a in range(8) for b in range(a + 1, 8) if torch.equal(ranks[a], ranks[b])]
+    assert same_conditionings(range(8), causal) == repeated
+    if causal == "raster":
+        assert repeated == [] and FarmPixelCNN(config, range(8)).k == 8
+        return
+    names = {(TRANSFORM_NAMES[a], TRANSFORM_NAMES[b]) for a, b in repeated}
+    assert names == {("identity", "transpose"), ("rot180", "antitranspose"), ("flip_lr", "rot90_ccw"),
+                     ("flip_ud", "rot90_cw")}
+    with pytest.raises(ValueError, match="repeat orderings"):
+        FarmPixelCNN(config, PAPER_TRANSFORMS)
+    assert FarmPixelCNN(config, PAPER_TRANSFORMS[:4]).k == 4  # the four rotations are distinct
+    with pytest.raises(ConfigError, match="num_orderings: 8 paper transforms with causal 'antidiagonal'"):
+        TrainConfig(model="pixelcnn", dataset="cifar10", ordering_family="paper", num_orderings=8, causal=causal)

@@ -78,6 +78,15 @@ def transform_ranks(index: int, height: int, width: int, causal: str = "raster")
     return inverse_transform(grid, index)
 
 
+def same_conditionings(transforms: Sequence[int], causal: str = "raster") -> list[tuple[int, int]]:
+    """Pairs of transforms that give the same ordering, so the same conditioning. An anti-diagonal ordering
+    depends only on row + column: transpose = identity, antitranspose = rot180, flip_lr = rot90_ccw,
+    flip_ud = rot90_cw; every raster ordering is distinct."""
+    ranks = [transform_ranks(index, 4, 4, causal) for index in transforms]
+    return [(a, b) for i, a in enumerate(transforms) for j, b in enumerate(transforms)
+            if i < j and torch.equal(ranks[i], ranks[j])]
+
+
 class FarmPixelCNN(nn.Module):
     """k orderings of PixelCNN++ as image transforms; `params` runs them in one batched pass when shared."""
 
@@ -88,6 +97,11 @@ class FarmPixelCNN(nn.Module):
             raise ValueError(f"weight_sharing={weight_sharing!r}; choose one of {WEIGHT_SHARING}")
         if not transforms or len(set(transforms)) < len(transforms) or not set(transforms) <= set(range(8)):
             raise ValueError(f"transforms={list(transforms)}: give distinct indices in 0..7")
+        same = same_conditionings(transforms, config.causal)
+        if same:
+            names = ", ".join(f"{TRANSFORM_NAMES[a]} = {TRANSFORM_NAMES[b]}" for a, b in same)
+            raise ValueError(f"transforms={list(transforms)} with the {config.causal} network repeat orderings "
+                             f"({names}): each would count twice in the mixture and the evidence weights")
         self.config = config
         self.transforms = tuple(transforms)
         self.weight_sharing = weight_sharing

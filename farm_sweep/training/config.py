@@ -13,7 +13,7 @@ from farm_sweep.data import DATASETS
 from farm_sweep.losses import DIVERGENCES, LOSSES
 from farm_sweep.made.network import WEIGHT_SHARING
 from farm_sweep.orderings import FAMILIES, SYMMETRIES, max_orderings
-from farm_sweep.pixelcnn.farm import TRANSFORM_FAMILIES
+from farm_sweep.pixelcnn.farm import TRANSFORM_FAMILIES, same_conditionings, transform_indices
 from farm_sweep.pixelcnn.network import CAUSAL, PixelCNNConfig
 
 MODELS = ("made", "pixelcnn")
@@ -133,6 +133,13 @@ class TrainConfig:
         if self.model == "pixelcnn" and self.num_orderings > len(SYMMETRIES):
             raise ConfigError(f"num_orderings: {self.num_orderings} is more than the {len(SYMMETRIES)} symmetry "
                               f"transforms model pixelcnn orders by; use at most 8")
+        if self.model == "pixelcnn" and self.num_orderings <= len(SYMMETRIES):
+            same = same_conditionings(transform_indices(self.num_orderings, self.ordering_family), self.causal)
+            if same:
+                raise ConfigError(f"num_orderings: {self.num_orderings} {self.ordering_family} transforms with causal "
+                                  f"{self.causal!r} repeat {len(same)} ordering(s) (an anti-diagonal ordering "
+                                  "depends only on row + column); use fewer orderings (paper family: at most 4) "
+                                  "or causal raster")
         limit = None if self.model == "pixelcnn" else max_orderings(self.ordering_family)
         if limit is not None and self.num_orderings > limit:
             raise ConfigError(f"num_orderings: {self.num_orderings} is more than ordering_family "
