@@ -21,6 +21,7 @@ from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.training import checkpoint
 from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.training.curve import main as curve_main
 from farm_sweep.training.early_stopping import best_epoch, should_stop
 from farm_sweep.training.loop import main as train_main
 from farm_sweep.training.loop import train
@@ -141,6 +142,8 @@ def test_train_command_writes_the_curve_and_resumes_only_when_asked(tmp_path, ca
     assert train_main(["--config", longer, "--checkpoint-dir", str(folder), "--resume", "--curve", str(curve)]) == 0
     assert json.loads(capsys.readouterr().out)["epochs"] == 4
     assert len(list(csv.DictReader(curve.open()))) == 4
+    assert curve_main([f"run a={curve}", f"run b={curve}", "--out", str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
     assert train_main(["--config", config, "--checkpoint-dir", str(tmp_path / "new"), "--resume"]) == 2
     with pytest.raises(SystemExit) as exit_:
         train_main(["--config", "[1, 2]"])

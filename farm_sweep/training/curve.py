@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,27 @@ def curve_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) 
         line, = axes.plot(epochs, values, label=f"{label} (best {values[best]:.2f} at epoch {epochs[best]})")
         axes.plot(epochs[best], values[best], "o", color=line.get_color())
     axes.set(xlabel="epoch", ylabel="validation nll_image (nats)", title="Learning curves")
-    low = min(float(row["nll_image"]) for history in curves.values() for row in history)
-    axes.set_ylim(low - 1, low + 15)  # the first epochs are far above: show where runs end
+    bests = [min(float(row["nll_image"]) for row in history) for history in curves.values()]
+    axes.set_ylim(min(bests) - 1, max(bests) + 12)  # the first epochs are far above: show where runs end
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m farm_sweep.training.curve --out FIGURE.png LABEL=curve.csv ...`: several runs in one figure."""
+    parser = argparse.ArgumentParser(prog="python -m farm_sweep.training.curve", description=main.__doc__)
+    parser.add_argument("runs", nargs="+", help="LABEL=path/to/curve.csv (written by train --curve)")
+    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = parser.parse_args(argv)
+    curves = {}
+    for run in args.runs:
+        label, _, path = run.rpartition("=")
+        with open(path, newline="") as handle:
+            curves[label or Path(path).parent.name] = list(csv.DictReader(handle))
+    print(curve_figure(curves, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
