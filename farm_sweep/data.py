@@ -1,7 +1,8 @@
-"""Load the project's image datasets: digits, binarized_mnist, mnist and cifar10.
+"""Load the project's image datasets: digits, binarized_mnist, mnist and cifar10, and your own images in
+an npz file described by a `DatasetSpec`.
 
-See docs/data.md for the splits, the binarization modes, the data folder and the checksums.
-Order of checks for every file: present -> sha256 (files with a known checksum) -> format.
+See docs/data.md for the splits, the binarization modes, the data folder, the checksums and the spec.
+Order of checks for every file: present -> sha256 (files with a known checksum, or the spec's) -> format.
 Parsed arrays are cached in-process, keyed by the file's resolved path, mtime and size;
 every call returns fresh tensors, so callers may modify them in place.
 """
@@ -12,10 +13,11 @@ import gzip
 import os
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,6 +101,107 @@ class ImageDataset:
     split: str
 
 
+SPEC_FIELDS = ("format", "path", "shape", "channels", "keys", "labels", "sha256")
+SPEC_FORMATS = ("npz",)
+SPEC_CHANNELS = {1: "binary images, 0 and 1 (MADE)", 3: "8-bit colour images, 0..255 (PixelCNN++)"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Your own images: an npz file holding one array per split, and optionally their labels (docs/data.md).
+
+    Build it with `from_value` from the mapping a study file or `--config` gives; `path` is then absolute.
+    `keys` and `labels` name the arrays of the train, valid and test splits, in that order."""
+
+    path: str
+    shape: tuple[int, int]  # height, width
+    channels: int = 1
+    keys: tuple[str, ...] = tuple(_NPZ_KEYS.values())
+    labels: tuple[str, ...] | None = None
+    sha256: str | None = None
+    format: str = "npz"
+
+    @classmethod
+    def from_value(cls, value: Any, base: str | os.PathLike[str] | None = None) -> DatasetSpec:
+        """The spec a mapping describes; a relative path starts at `base` (default: the working directory).
+        A wrong key or value raises DataError naming it (`FIELD: reason; fix`)."""
+        if not isinstance(value, dict):
+            raise DataError(f"{value!r:.60} is neither a dataset name nor a mapping; give one of "
+                            f"{', '.join(DATASETS)}, or a spec {{format: npz, path: ..., shape: [H, W]}} "
+                            "(docs/data.md)")
+        for key in value:
+            if key not in SPEC_FIELDS:
+                raise DataError(f"{key!r:.40}: unknown key of a dataset spec; allowed: {', '.join(SPEC_FIELDS)}")
+        for key in ("path", "shape"):
+            if key not in value:
+                raise DataError(f"{key}: required key of a dataset spec is missing; add it (docs/data.md)")
+        labels = value.get("labels")
+        return cls(path=_spec_path(value["path"], base), shape=_spec_shape(value["shape"]),
+                   channels=_spec_choice("channels", value.get("channels", 1), tuple(SPEC_CHANNELS)),
+                   keys=_split_names("keys", value.get("keys", _NPZ_KEYS)),
+                   labels=None if labels is None else _split_names("labels", labels),
+                   sha256=_spec_sha256(value.get("sha256")),
+                   format=_spec_choice("format", value.get("format", "npz"), SPEC_FORMATS))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping `from_value` reads back (plain YAML and JSON values)."""
+        return {"format": self.format, "path": self.path, "shape": list(self.shape), "channels": self.channels,
+                "keys": dict(zip(SPLITS, self.keys)),
+                "labels": None if self.labels is None else dict(zip(SPLITS, self.labels)), "sha256": self.sha256}
+
+
+def _spec_path(value: Any, base: str | os.PathLike[str] | None) -> str:
+    if not isinstance(value, str) or not value:
+        raise DataError(f"path: {value!r:.40} must be the npz file's path (relative to the study file, or to the "
+                        "working directory for farm_sweep.train)")
+    path = Path(value).expanduser()
+    return str((Path(base or Path.cwd()) / path).resolve())
+
+
+def _spec_shape(value: Any) -> tuple[int, int]:
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)):
+        raise DataError(f"shape: {value!r:.40} must be the images' [height, width], two positive integers, "
+                        "e.g. [28, 28]")
+    return int(value[0]), int(value[1])
+
+
+def _spec_choice(field: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+    if type(value) is not type(allowed[0]) or value not in allowed:
+        raise DataError(f"{field}: {value!r:.40} is not supported; choose one of "
+                        f"{', '.join(map(str, allowed))}")
+    return value
+
+
+def _split_names(field: str, value: Any) -> tuple[str, ...]:
+    """The array names of the three splits from {train: NAME, valid: NAME, test: NAME}."""
+    if (not isinstance(value, dict) or set(value) != set(SPLITS)
+            or not all(isinstance(name, str) and name for name in value.values())):
+        suffix = "data" if field == "keys" else field
+        raise DataError(f"{field}: {value!r:.60} must map train, valid and test to array names in the file, "
+                        f"e.g. {{train: train_{suffix}, valid: valid_{suffix}, test: test_{suffix}}}")
+    return tuple(value[split] for split in SPLITS)
+
+
+def _spec_sha256(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise DataError(f"sha256: {value!r:.40} must be 64 hexadecimal digits (`sha256sum FILE` prints them), "
+                        "or leave it out")
+    return value.lower()
+
+
+def dataset_label(dataset: str | DatasetSpec) -> str:
+    """How messages name a dataset: its name, or its spec's file."""
+    return dataset if isinstance(dataset, str) else dataset.path
+
+
+def spec_sha256(spec: DatasetSpec) -> str:
+    """The sha256 of the spec's file as it is now (hashed once per version of the file and process)."""
+    return _sha256(*_stamp(_spec_file(spec)))
+
+
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data folder: explicit argument > env var FARM_DATA_DIR > ./data in the working directory."""
     if data_dir is None:
@@ -107,7 +210,7 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_dataset(
-    name: str,
+    name: str | DatasetSpec,
     split: str,
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -115,14 +218,20 @@ def load_dataset(
     seed: int = 0,
     verify: bool | None = None,
 ) -> ImageDataset:
-    """Load one split ("train", "valid" or "test") of a dataset in DATASETS.
+    """Load one split ("train", "valid" or "test") of a dataset in DATASETS, or of a DatasetSpec's file.
 
-    binarize ("static", "dynamic", "threshold") and seed apply to mnist only. verify=None checks
-    known sha256 sums unless FARM_SKIP_CHECKSUMS=1; verify=False checks format only.
+    binarize ("static", "dynamic", "threshold") and seed apply to mnist only; data_dir not to a spec.
+    verify=None checks known sha256 sums (and a spec's) unless FARM_SKIP_CHECKSUMS=1; verify=False checks
+    format only.
     """
-    _check_choice("dataset", name, DATASETS)
     _check_choice("split", split, SPLITS)
     _check_choice("binarize", binarize, BINARIZE_MODES)
+    if isinstance(name, DatasetSpec):
+        if binarize != "static":
+            raise DataError(f"binarize={binarize!r} applies only to 'mnist'; a dataset spec's images are used as "
+                            "they are (binary, or 8-bit colour)")
+        return _load_spec(name, split, _verify_enabled(verify))
+    _check_choice("dataset", name, DATASETS)
     if name != "mnist" and binarize != "static":
         raise DataError(
             f"binarize={binarize!r} applies only to 'mnist'; {name!r} has a fixed representation "
@@ -259,7 +368,11 @@ def _load_binarized_mnist(source: _Source, split: str) -> ImageDataset:
 @lru_cache(maxsize=8)
 def _npz_bits(path: str, mtime_ns: int, size: int, key: str) -> np.ndarray:
     """One validated (N, 784) {0,1} array of the npz, stored compactly as read-only uint8."""
-    array = _read_npz_key(path, key)
+    arrays, found = _read_npz(path, [key], f"Replace it: {_HOW_TO_GET['binarized_mnist']}.")
+    if key not in arrays:
+        raise _not_standard(path, f"key {key!r} is missing (found: {', '.join(found) or 'none'}; "
+                            f"expected {', '.join(_NPZ_KEYS.values())})", "binarized_mnist")
+    array = arrays[key]
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != 784:
         raise _not_standard(path, f"{key} has shape {array.shape}, expected (N, 784) with N > 0 (28x28 images)",
                             "binarized_mnist")
@@ -273,20 +386,18 @@ def _npz_bits(path: str, mtime_ns: int, size: int, key: str) -> np.ndarray:
     return bits
 
 
-def _read_npz_key(path: str, key: str) -> np.ndarray:
+def _read_npz(path: str, keys: Iterable[str], fix: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays `keys` that the npz holds, and the names of all it holds; never unpickles. An unreadable
+    file raises DataError ending with `fix`."""
     try:
-        npz = np.load(path)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with npz:
-            if key not in npz.files:
-                raise _not_standard(path, f"key {key!r} is missing (found: {', '.join(npz.files) or 'none'}; "
-                                    f"expected {', '.join(_NPZ_KEYS.values())})", "binarized_mnist")
-            return npz[key]
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a zip archive, as every .npz is")
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in keys if key in npz.files}, list(npz.files)
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, zlib.error) as error:
         raise DataError(
-            f"{path} is not a readable .npz archive ({type(error).__name__}: {error}); it is probably "
-            f"truncated or corrupt. Replace it: {_HOW_TO_GET['binarized_mnist']}."
+            f"{path} is not a readable .npz archive ({type(error).__name__}: {str(error)[:200]}); it is probably "
+            f"truncated or corrupt, or not an npz. {fix}"
         ) from error
 
 
@@ -354,6 +465,17 @@ def _idx_array(path: str, mtime_ns: int, size: int) -> np.ndarray:
     if len(raw) != header + expected:
         raise DataError(f"{path}: IDX dims {dims} need {expected} bytes of data, found {len(raw) - header}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """The read-only uint8 array of a gzipped IDX file (any dims), after checking its magic number and size."""
+    return _idx_array(*_stamp(Path(path)))
+
+
+def binarize_idx(path: str | os.PathLike[str], seed: int, stream: int) -> np.ndarray:
+    """Static binarization of a whole IDX image file, as load_dataset("mnist", binarize="static") draws it
+    (`stream` 0 for the training file, 1 for the test file): read-only bool, the file's dims."""
+    return _static_bits(_stamp(Path(path)), seed, stream)
 
 
 @lru_cache(maxsize=4)
@@ -430,3 +552,89 @@ def _concat_range(parts: Sequence[np.ndarray], start: int, stop: int) -> np.ndar
             pieces.append(part[lo:hi])
         offset += len(part)
     return np.concatenate(pieces)
+
+
+# ---------------------------------------------------------------- your own data (DatasetSpec)
+
+
+def _spec_file(spec: DatasetSpec) -> Path:
+    path = Path(spec.path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (the dataset spec's path); correct the path (relative to the study "
+                        "file, or to the working directory for farm_sweep.train), or create the file (docs/data.md)")
+    return path
+
+
+def _load_spec(spec: DatasetSpec, split: str, verify: bool) -> ImageDataset:
+    path = _spec_file(spec)
+    if verify and spec.sha256 is not None:
+        actual = _sha256(*_stamp(path))
+        if actual != spec.sha256:
+            raise DataError(
+                f"checksum mismatch for {path}:\n  expected sha256 {spec.sha256} (the dataset spec's sha256)\n"
+                f"  actual   sha256 {actual}\nThe file changed since its sum was written down, or the sum is "
+                "another file's. To fix: restore the file; if it changed on purpose, set sha256 to the actual sum.")
+    images, labels = _spec_arrays(*_stamp(path), spec)[SPLITS.index(split)]
+    return ImageDataset(
+        images=torch.from_numpy(images.astype(np.float32) if spec.channels == 1 else images.copy()),
+        labels=None if labels is None else torch.from_numpy(labels.copy()),
+        height=spec.shape[0], width=spec.shape[1], channels=spec.channels, binary=spec.channels == 1,
+        name=path.name, split=split,
+    )
+
+
+@lru_cache(maxsize=4)
+def _spec_arrays(path: str, mtime_ns: int, size: int,
+                 spec: DatasetSpec) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(images, labels or None) of every split, in SPLITS order, validated and read-only: images (N, H*W)
+    uint8 in {0,1} for one channel, (N, 3, H, W) uint8 for colour; labels int64."""
+    fields = {f"keys.{split}": key for split, key in zip(SPLITS, spec.keys)}
+    fields |= {f"labels.{split}": key for split, key in zip(SPLITS, spec.labels or ())}
+    arrays, found = _read_npz(path, fields.values(), "Save the arrays with numpy.savez or numpy.savez_compressed "
+                              "(docs/data.md).")
+    for field, key in fields.items():
+        if key not in arrays:
+            raise DataError(f"{path}: {field}: the file holds no array {key!r:.40} (it holds: "
+                            f"{', '.join(found)[:200] or 'none'}); set {field} to one of those names")
+    splits = []
+    for split in SPLITS:
+        images = _spec_images(path, f"keys.{split}", arrays[fields[f'keys.{split}']], spec)
+        label_field = f"labels.{split}"
+        labels = _spec_labels(path, label_field, arrays[fields[label_field]], len(images)) if spec.labels else None
+        splits.append((images, labels))
+    return splits
+
+
+def _spec_images(path: str, field: str, array: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    height, width = spec.shape
+    accepted = [(height, width), (height * width,)] if spec.channels == 1 else [(3, height, width)]
+    if array.ndim < 2 or len(array) == 0 or array.shape[1:] not in accepted:
+        needed = " or ".join(str(("N", *dims)).replace("'", "") for dims in accepted)
+        raise DataError(f"{path}: {field}: images of shape {array.shape}; shape {list(spec.shape)} with channels "
+                        f"{spec.channels} needs {needed}, N > 0, and every split images of that one size. Correct "
+                        "the spec's shape or channels, or the array")
+    if spec.channels == 1:
+        bad = ~((array == 0) | (array == 1))
+        rule = ("must hold only 0 and 1 (MADE models binary pixels): binarize the images first "
+                "(python -m farm_sweep.convert_idx shows how), or give 8-bit colour images with channels: 3")
+    else:
+        bad = ~((array >= 0) & (array <= 255) & (array == np.round(array)))
+        rule = "must hold 8-bit levels, whole numbers 0..255 (PixelCNN++ models 256 levels per channel)"
+    if bad.any():
+        examples = ", ".join(str(v) for v in np.unique(array[bad])[:3])
+        raise DataError(f"{path}: {field}: {int(bad.sum())} values other than allowed (e.g. {examples}); the "
+                        f"images {rule}")
+    images = array.reshape(len(array), -1) if spec.channels == 1 else array
+    images = images.astype(np.uint8)
+    images.flags.writeable = False
+    return images
+
+
+def _spec_labels(path: str, field: str, array: np.ndarray, count: int) -> np.ndarray:
+    if array.shape != (count,) or array.dtype.kind not in "iu" or (count and array.min() < 0):
+        raise DataError(f"{path}: {field}: labels of shape {array.shape} and dtype {array.dtype}; labels must be "
+                        f"whole numbers >= 0, one per image of the split ({count}). Correct the array, or leave "
+                        "labels out of the spec")
+    labels = array.astype(np.int64)
+    labels.flags.writeable = False
+    return labels

@@ -15,6 +15,7 @@ import torch
 
 from farm_sweep import data
 from farm_sweep.data import DataError, load_dataset, resolve_data_dir
+from farm_sweep.integrity import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = np.zeros((3, 784), np.float32)
@@ -312,3 +313,111 @@ def test_bad_idx_magic_and_truncated_gzip(tmp_path: Path, data_dir: Path) -> Non
 def test_bad_requests(kwargs: dict, pattern: str) -> None:
     with pytest.raises(DataError, match=pattern):
         load_dataset(**kwargs)
+
+
+# ------------------------------------------------------------------ your own data (DatasetSpec)
+
+
+LABELS = {"train": "train_labels", "valid": "valid_labels", "test": "test_labels"}
+
+
+def _own_npz(folder: Path, name: str = "mine.npz", **changes: np.ndarray) -> Path:
+    """A small valid npz of binary 10x12 images with labels; `changes` replace or add arrays."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 30), ("valid", 10), ("test", 10)):
+        arrays[f"{split}_data"] = rng.integers(0, 2, (n, 10, 12), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 3, n)
+    path = folder / name
+    np.savez(path, **{**arrays, **changes})
+    return path
+
+
+def _spec(folder: Path, **fields: object) -> data.DatasetSpec:
+    return data.DatasetSpec.from_value({"path": "mine.npz", "shape": [10, 12], **fields}, folder)
+
+
+def test_spec_reads_every_split_with_labels_and_round_trips(tmp_path: Path) -> None:
+    path = _own_npz(tmp_path, valid_data=np.ones((10, 120), np.float32))  # flattened rows work too
+    spec = _spec(tmp_path, labels=LABELS)
+    assert spec.path == str(path) and data.DatasetSpec.from_value(spec.to_dict()) == spec
+    with np.load(path) as arrays:
+        for split in data.SPLITS:
+            ds = load_dataset(spec, split)
+            assert ds.images.shape == (len(arrays[f"{split}_data"]), 120) and ds.images.dtype == torch.float32
+            assert np.array_equal(ds.images.numpy(), arrays[f"{split}_data"].reshape(len(ds.images), -1))
+            assert ds.labels.tolist() == arrays[f"{split}_labels"].tolist()
+            assert (ds.height, ds.width, ds.channels, ds.binary, ds.name) == (10, 12, 1, True, "mine.npz")
+    assert load_dataset(_spec(tmp_path), "test").labels is None
+    assert data.spec_sha256(spec) == file_sha256(path)
+
+
+def test_spec_path_is_relative_to_its_base_or_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert data.DatasetSpec.from_value({"path": "mine.npz", "shape": [1, 1]}).path == str(tmp_path / "mine.npz")
+    assert _spec(tmp_path / "studies").path == str(tmp_path / "studies" / "mine.npz")
+
+
+def test_spec_colour_images_stay_8_bit(tmp_path: Path) -> None:
+    colour = np.random.default_rng(1).integers(0, 256, (4, 3, 10, 12), dtype=np.uint8)
+    _own_npz(tmp_path, train_data=colour, valid_data=colour, test_data=colour)
+    ds = load_dataset(_spec(tmp_path, channels=3), "valid")
+    assert ds.images.dtype == torch.uint8 and np.array_equal(ds.images.numpy(), colour) and not ds.binary
+
+
+def test_spec_checksum_is_checked_when_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _own_npz(tmp_path)
+    assert load_dataset(_spec(tmp_path, sha256=file_sha256(path).upper()), "train").images.shape == (30, 120)
+    wrong = _spec(tmp_path, sha256="0" * 64)
+    with pytest.raises(DataError, match=r"(?s)checksum mismatch for .*mine\.npz.*0{64}.*set sha256 to the actual"):
+        load_dataset(wrong, "train")
+    monkeypatch.setenv(data.SKIP_CHECKSUMS_ENV, "1")
+    assert load_dataset(wrong, "train").images.shape == (30, 120)
+
+
+@pytest.mark.parametrize("fields,pattern", [
+    ({"shape": [28]}, r"^shape: \[28\] must be the images' \[height, width\]"),
+    ({"channels": 2}, r"^channels: 2 is not supported; choose one of 1, 3"),
+    ({"format": "png"}, r"^format: 'png' is not supported; choose one of npz"),
+    ({"keys": {"train": "a", "valid": "b"}}, r"^keys: .* must map train, valid and test"),
+    ({"labels": ["y"]}, r"^labels: \['y'\] must map train, valid and test .*train_labels"),
+    ({"sha256": "abc"}, r"^sha256: 'abc' must be 64 hexadecimal digits"),
+    ({"chanels": 3}, r"^'chanels': unknown key of a dataset spec; allowed: format, path"),
+    ({"path": ""}, r"^path: '' must be the npz file's path"),
+])
+def test_spec_fields_are_checked(fields: dict, pattern: str, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=pattern):
+        _spec(tmp_path, **fields)
+
+
+@pytest.mark.parametrize("changes,fields,pattern", [
+    ({"valid_data": np.zeros((10, 10, 14))}, {},
+     r"keys\.valid: images of shape \(10, 10, 14\); shape \[10, 12\] with channels 1 needs \(N, 10, 12\) or "
+     r"\(N, 120\).*every split images of that one size"),
+    ({"test_data": np.full((10, 10, 12), 0.5)}, {}, r"keys\.test: 1200 values other than allowed \(e\.g\. 0\.5\).*"
+     r"only 0 and 1 \(MADE models binary pixels\)"),
+    ({}, {"keys": {"train": "train_data", "valid": "valid", "test": "test_data"}},
+     r"keys\.valid: the file holds no array 'valid' \(it holds: train_data, train_labels.*set keys\.valid"),
+    ({"valid_labels": np.zeros(9, np.int64)}, {"labels": LABELS},
+     r"labels\.valid: labels of shape \(9,\).*one per image of the split \(10\)"),
+    ({}, {"channels": 3}, r"keys\.train: images of shape \(30, 10, 12\); shape \[10, 12\] with channels 3 needs "
+     r"\(N, 3, 10, 12\)"),
+])
+def test_spec_file_contents_are_checked(changes: dict, fields: dict, pattern: str, tmp_path: Path) -> None:
+    path = _own_npz(tmp_path, **changes)
+    with pytest.raises(DataError, match=pattern) as info:
+        load_dataset(_spec(tmp_path, **fields), "train")  # any split: the whole file is checked at once
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_spec_file_missing_or_not_an_npz(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"mine\.npz: no such file \(the dataset spec's path\); correct the path"):
+        load_dataset(_spec(tmp_path), "train")
+    (tmp_path / "mine.npz").write_text("pixels,label\n0,1\n")
+    with pytest.raises(DataError, match=r"mine\.npz is not a readable \.npz archive \(ValueError: not a zip.*savez"):
+        load_dataset(_spec(tmp_path), "train")
+    np.save(tmp_path / "mine.npy", GOOD)
+    (tmp_path / "mine.npy").rename(tmp_path / "mine.npz")
+    with pytest.raises(DataError, match=r"not a readable \.npz archive"):
+        load_dataset(_spec(tmp_path), "train")
