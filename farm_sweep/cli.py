@@ -1,4 +1,4 @@
-"""The `farm-sweep` console script: `farm-sweep run|export|evaluate|train|table1 ARGS...`, each subcommand
+"""The `farm-sweep` console script: `farm-sweep run|export|evaluate|train|table1|convert_idx ARGS...`, each subcommand
 the same as `python -m farm_sweep.<subcommand> ARGS...`."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ COMMANDS = {
     "evaluate": ("farm_sweep.export.evaluate", "evaluate an exported model"),
     "train": ("farm_sweep.training.loop", "train one configuration without Ray"),
     "table1": ("farm_sweep.evaluation.table1", "the paper's Table 1"),
+    "convert_idx": ("farm_sweep.convert_idx", "convert MNIST-format IDX files to a binary dataset npz"),
 }
 
 
