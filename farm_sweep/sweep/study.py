@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from farm_sweep.data import DataError, DatasetSpec
 from farm_sweep.sweep.search_space import DISTRIBUTIONS, Parameter, SearchSpace
 from farm_sweep.training import preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
@@ -393,7 +394,13 @@ def _condition(reader: _Reader, at: str, value: Any, earlier: list[Parameter],
 
 
 def _config_value(reader: _Reader, at: str, name: str, value: Any) -> Any:
-    """A value for TrainConfig field `name`: floats may be YAML numeric strings; lists stay lists."""
+    """A value for TrainConfig field `name`: floats may be YAML numeric strings; lists stay lists; a dataset
+    spec's mapping comes back checked, its path made absolute from the folder of the file that holds it."""
+    if name == "dataset" and isinstance(value, dict):
+        try:
+            return DatasetSpec.from_value(value, reader.path.parent).to_dict()
+        except DataError as error:
+            raise StudyError(reader.path, at, str(error)) from None
     if name in _FIELD_CHECKS:
         return reader.check(at, value, _FIELD_CHECKS[name])
     hint = typing.get_type_hints(TrainConfig)[name]

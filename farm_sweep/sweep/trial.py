@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow.fs
 from ray import tune
 
+from farm_sweep.data import DatasetSpec, spec_sha256
 from farm_sweep.sweep.reports import FINAL_STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 from farm_sweep.sweep.tracking import Tracker
@@ -49,13 +50,22 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     train_config = TrainConfig.from_dict({**context.fixed, **params})
     trial_dir = Path(tune.get_context().get_trial_dir())
     run_id = context.tracker.child_run(
-        tune.get_context().get_trial_id(), tune.get_context().get_trial_name(), train_config.to_dict(),
+        tune.get_context().get_trial_id(), tune.get_context().get_trial_name(), _params(train_config),
         tags={"farm.optuna_trial": config[OPTUNA_TRIAL_KEY], "farm.sampled": ",".join(sorted(params))})
     try:
         _train_and_report(train_config, trial_dir, context, run_id)
     except NonFiniteLossError as error:  # a retry resumes before the divergence and diverges again: one epoch
         context.tracker.end_trial(run_id, "failed", reason=f"NonFiniteLossError: {error}")
         raise
+
+
+def _params(train_config: TrainConfig) -> dict[str, Any]:
+    """The trial's MLflow parameters: its configuration, and the sha256 of a dataset spec's file as the trial
+    finds it (so the run says exactly which data it saw, whether or not the spec pins a checksum)."""
+    params = train_config.to_dict()
+    if isinstance(train_config.dataset, DatasetSpec):
+        params["dataset_sha256"] = spec_sha256(train_config.dataset)
+    return params
 
 
 def _train_and_report(train_config: TrainConfig, trial_dir: Path, context: TrialContext, run_id: str) -> None:

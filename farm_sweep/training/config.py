@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from farm_sweep.data import DATASETS
+from farm_sweep.data import DATASETS, DataError, DatasetSpec, dataset_label
 from farm_sweep.losses import DIVERGENCES, LOSSES
 from farm_sweep.made.network import WEIGHT_SHARING
 from farm_sweep.orderings import FAMILIES, SYMMETRIES, max_orderings
@@ -55,7 +55,7 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "digits"
+    dataset: str | DatasetSpec = "digits"  # a name, or your own data (a spec's mapping is read into a spec)
     data_dir: str | None = None
     binarize: str = "static"
     max_train_examples: int | None = None
@@ -89,6 +89,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "early_stopping", EarlyStopping.from_value(self.early_stopping))
+        object.__setattr__(self, "dataset", _dataset(self.dataset))
         self._check_types()
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         object.__setattr__(self, "lr", float(self.lr))
@@ -107,18 +108,23 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         families = TRANSFORM_FAMILIES if self.model == "pixelcnn" else FAMILIES
-        for name, allowed in (("dataset", DATASETS), ("model", MODELS), ("ordering_family", families),
-                              ("weight_sharing", WEIGHT_SHARING), ("loss", LOSSES), ("causal", CAUSAL),
-                              ("divergence", DIVERGENCES), ("binarize", ("static", "dynamic", "threshold")),
-                              ("lr_schedule", LR_SCHEDULES),
-                              ("device", ("auto", "cpu", "cuda"))):
+        choices = [("model", MODELS), ("ordering_family", families), ("weight_sharing", WEIGHT_SHARING),
+                   ("loss", LOSSES), ("causal", CAUSAL), ("divergence", DIVERGENCES),
+                   ("binarize", ("static", "dynamic", "threshold")), ("lr_schedule", LR_SCHEDULES),
+                   ("device", ("auto", "cpu", "cuda"))]
+        if isinstance(self.dataset, str):
+            choices.insert(0, ("dataset", DATASETS))
+        for name, allowed in choices:
             value = getattr(self, name)
             if value not in allowed:
                 scope = f" for model {self.model}" if name == "ordering_family" else ""
-                raise ConfigError(f"{name}: {value!r} is not allowed{scope}; choose one of {', '.join(allowed)}")
+                more = ", or your own data: a mapping {format: npz, path: ...} (docs/data.md)"
+                more = more if name == "dataset" else ""
+                raise ConfigError(f"{name}: {value!r} is not allowed{scope}; choose one of {', '.join(allowed)}{more}")
         if self.binarize != "static" and self.dataset != "mnist":
-            raise ConfigError(f"binarize: {self.binarize!r} applies to dataset mnist only ({self.dataset!r} "
-                              f"is already binary or colour); leave binarize at 'static'")
+            raise ConfigError(f"binarize: {self.binarize!r} applies to dataset mnist only "
+                              f"({dataset_label(self.dataset)!r} is already binary or colour); leave binarize at "
+                              "'static'")
         if self.model == "pixelcnn" and (self.direct_connections or self.weight_sharing not in ("shared", "separate")):
             raise ConfigError(f"weight_sharing: {self.weight_sharing!r} / direct_connections: "
                               f"{self.direct_connections} are MADE options; model pixelcnn takes weight_sharing "
@@ -127,9 +133,10 @@ class TrainConfig:
             raise ConfigError(f"weight_sharing: 'shared_hidden' shares the hidden-to-hidden layers, and "
                               f"hidden_sizes {list(self.hidden_sizes)} has none (it would be 'separate'); give "
                               "two or more hidden sizes, or choose separate")
-        if self.model == "pixelcnn" and self.dataset not in COLOUR_DATASETS:
-            raise ConfigError(f"dataset: {self.dataset!r} is not a colour dataset; model pixelcnn models 8-bit "
-                              f"RGB images: choose {', '.join(COLOUR_DATASETS)} (or model made)")
+        if self.model == "pixelcnn" and not self._colour():
+            raise ConfigError(f"dataset: {dataset_label(self.dataset)!r} is not a colour dataset; model pixelcnn "
+                              f"models 8-bit RGB images: choose {', '.join(COLOUR_DATASETS)} or a spec with "
+                              "channels: 3 (or model made)")
         if self.model == "pixelcnn" and self.num_orderings > len(SYMMETRIES):
             raise ConfigError(f"num_orderings: {self.num_orderings} is more than the {len(SYMMETRIES)} symmetry "
                               f"transforms model pixelcnn orders by; use at most 8")
@@ -145,6 +152,11 @@ class TrainConfig:
             raise ConfigError(f"num_orderings: {self.num_orderings} is more than ordering_family "
                               f"{self.ordering_family!r} offers ({limit}); use at most {limit} or the "
                               f"'random' family")
+
+    def _colour(self) -> bool:
+        if isinstance(self.dataset, DatasetSpec):
+            return self.dataset.channels == 3
+        return self.dataset in COLOUR_DATASETS
 
     def _check_ranges(self) -> None:
         positive = ("num_orderings", "num_masks", "resample_every", "batch_size", "epochs", "lr", "filters",
@@ -180,7 +192,19 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["hidden_sizes"] = list(self.hidden_sizes)
+        if isinstance(self.dataset, DatasetSpec):
+            values["dataset"] = self.dataset.to_dict()
         return values  # asdict turns early_stopping into its mapping, as from_dict reads it
+
+
+def _dataset(value: Any) -> Any:
+    """A dataset spec's mapping read into a DatasetSpec (a relative path starts at the working directory)."""
+    if not isinstance(value, dict):
+        return value
+    try:
+        return DatasetSpec.from_value(value)
+    except DataError as error:
+        raise ConfigError(f"dataset: {error}") from None
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from farm_sweep.data import ImageDataset, load_dataset
+from farm_sweep.data import DatasetSpec, ImageDataset, load_dataset, spec_sha256
 from farm_sweep.made.task import MadeTask
 from farm_sweep.pixelcnn.task import PixelCNNTask
 from farm_sweep.training import checkpoint, early_stopping, preflight
@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         history = checkpoint.read_state(last)["history"]
         summary = {**history[-1], "epochs": len(history), "train_seconds": sum(h["seconds"] for h in history),
                    "wall_seconds": time.perf_counter() - began, "checkpoint": str(last)}
+        if isinstance(config.dataset, DatasetSpec):
+            summary["dataset_sha256"] = spec_sha256(config.dataset)
         if config.early_stopping:
             best = early_stopping.best_epoch(history, config.early_stopping.min_delta)
             summary |= {"best_epoch": best, "best_nll_image": history[best - 1]["nll_image"]}
