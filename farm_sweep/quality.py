@@ -7,8 +7,9 @@ features (the penultimate layer) feed the Frechet distance: on MNIST binarized l
 for the 8x8 digits. It is cached in FARM_CACHE_DIR (default ~/.cache/farm_sweep) as
 classifier_<data>.safetensors plus a JSON holding its training settings, test accuracy and the
 weights' sha256; a cache whose checksum or settings do not match is retrained. CIFAR-10 samples are
-scored by farm_sweep.evaluation.cifar_classifier's CNN through the same cache (`cached_classifier`), training loop
-(`train_classifier`) and scorer (`QualityScorer.over`).
+scored by farm_sweep.evaluation.cifar_classifier's CNN, and samples of your own labelled data by the same MLP
+trained on its labels (farm_sweep.evaluation.spec_classifier), through the same cache (`cached_classifier`),
+training loop (`train_classifier`) and scorer (`QualityScorer.over`).
 
 classifier_score = exp(E_x KL(p(y|x) || p(y))), p(y) = E_x p(y|x): 1 for blank or meaningless
 images, 10 for confident and class-balanced ones. frechet_distance = |mu - mu_ref|^2 +
@@ -51,11 +52,14 @@ TRAINING = {  # per classifier dataset; stored beside the weights, a change retr
 
 
 class DigitClassifier(nn.Module):
-    def __init__(self, dim: int, hidden: list[int]) -> None:
+    """The MLP dim -> hidden... -> classes; `flatten` first flattens images of any shape to vectors."""
+
+    def __init__(self, dim: int, hidden: list[int], classes: int = 10, flatten: bool = False) -> None:
         super().__init__()
         sizes = [dim, *hidden]
-        self.features = nn.Sequential(*(m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())))
-        self.head = nn.Linear(sizes[-1], 10)
+        layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+        self.features = nn.Sequential(*([nn.Flatten()] if flatten else []), *layers)
+        self.head = nn.Linear(sizes[-1], classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -73,7 +77,7 @@ def load_classifier(data: str, data_dir: str | os.PathLike[str] | None = None,
 
     def train(classifier: DigitClassifier) -> float:
         train_set = load_dataset(data, "train", data_dir, binarize=settings["binarize"])
-        with _one_thread():
+        with one_thread():
             train_classifier(classifier, train_set.images, train_set.labels, settings)
         test_set = load_dataset(data, "test", data_dir, binarize=settings["binarize"])
         return accuracy(classifier, test_set.images, test_set.labels)
@@ -83,7 +87,7 @@ def load_classifier(data: str, data_dir: str | os.PathLike[str] | None = None,
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """One torch thread inside the block: for a model as small as the MLP, more threads only add
     synchronisation (10x slower on a busy 2-core machine)."""
     threads = torch.get_num_threads()

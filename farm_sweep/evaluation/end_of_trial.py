@@ -22,13 +22,15 @@ A study file's `evaluation:` mapping selects what runs; every key is optional:
 Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits;
 pixelcnn: bpd_exact, the teacher-forced bits/dim of the hole; both: occluded_fraction) and
 `sampling/<sampler>/<knob>/<field>` (network_evaluations, wall_seconds, speedup, evaluation_speedup,
-classifier_score, frechet_distance; pixelcnn samples are scored by the CIFAR-10 classifier).
+classifier_score, frechet_distance; pixelcnn samples are scored by the CIFAR-10 classifier, samples of your own
+data by a classifier of its labels, and without labels the two quality metrics are left out, with a warning).
 Artifacts: inpainting.png, speed_quality.csv, speed_quality.png. A PixelCNN++ with a weight average is
 evaluated with its averaged weights, as its validation is.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -190,5 +192,6 @@ def _sampling(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_di
     rows = CURVES[config.model](model, scorer.height, scorer.width, scorer, section["num_samples"],
                                 section["seed"])
     metrics = {f"sampling/{row['sampler']}/{row['knob']}/{field}": float(value)
-               for row in rows for field, value in row.items() if field not in ("sampler", "knob")}
+               for row in rows for field, value in row.items()
+               if field not in ("sampler", "knob") and not math.isnan(value)}  # NaN: not scored
     return metrics, write_speed_quality(rows, out_dir)
