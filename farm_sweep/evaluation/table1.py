@@ -13,7 +13,9 @@ code: farm_sweep.occlusions) for the three cases, on the test
 split (headline) and the valid split (what the paper's code used), with the FARM rows filling with
 --fill (default evidence_weighted) and MADE k=1 with its only ordering. The training budget (hidden
 sizes, epochs, examples) is an argument; the paper's models had two hidden layers of 1000 units.
-Training checkpoints every epoch under --work-dir and resumes there if interrupted.
+Training checkpoints every epoch under --work-dir and resumes there if interrupted. `--dataset` runs the same
+table on other binary images: a dataset name, or your own data as a JSON dataset spec (docs/data.md; a
+relative path starts at the working directory); the paper's values are then left out.
 
     python -m farm_sweep.table1 --out table1.md                       # the reproduction (GPU advised)
     python -m farm_sweep.table1 --out /tmp/t.md --hidden-sizes 32 --epochs 1 \\
@@ -24,17 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from farm_sweep.data import load_dataset
+from farm_sweep.data import DATASETS, DataError, DatasetSpec, dataset_label, load_dataset
 from farm_sweep.made.inpaint import evaluate_inpainting, inpainting_figure
 from farm_sweep.made.likelihood import nll_image
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.occlusions import CASES, FILLS, PROTOCOLS
-from farm_sweep.training import checkpoint
+from farm_sweep.training import checkpoint, preflight
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import build_model, resolve_device, train
 
@@ -52,6 +55,7 @@ PAPER = {
     "FARM + MADE (k = 8) + FARM loss + KL": ((0.0734, 0.1761), (0.1567, 0.3394), (0.0966, 0.2482)),
 }
 SPLITS = (("test", "headline"), ("valid", "the split the paper's code used"))
+PAPER_DATASET = "binarized_mnist"
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,22 @@ def table_rows(ks: list[int]) -> list[Row]:
     return rows
 
 
+def row_config(row: Row, args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(dataset=args.dataset, data_dir=args.data_dir, max_train_examples=args.max_train_examples,
+                       hidden_sizes=tuple(args.hidden_sizes), num_orderings=row.k, ordering_family="raster",
+                       loss=row.loss, divergence=row.divergence,
+                       divergence_weight=args.kl_weight if row.divergence == "kl" else 0.0,
+                       lr=args.lr, epochs=args.epochs, seed=args.seed, device=args.device)
+
+
 def train_row(row: Row, args: argparse.Namespace) -> FarmMADE:
     """Train (or resume) one row's model and return it loaded from its last checkpoint."""
-    config = TrainConfig(dataset="binarized_mnist", data_dir=args.data_dir, max_train_examples=args.max_train_examples,
-                         hidden_sizes=tuple(args.hidden_sizes), num_orderings=row.k, ordering_family="raster",
-                         loss=row.loss, divergence=row.divergence,
-                         divergence_weight=args.kl_weight if row.divergence == "kl" else 0.0,
-                         lr=args.lr, epochs=args.epochs, seed=args.seed, device=args.device)
+    config = row_config(row, args)
     folder = args.work_dir / f"k{row.k}_{row.loss}_{row.divergence}"
     print(f"== {row.label}: training into {folder}")
     for _ in train(config, folder):
         pass
-    model = build_model(config, 28, 28)
+    model = build_model(config, *preflight.check(config))
     checkpoint.load(checkpoint.latest_valid(folder), model)
     return model.to(resolve_device(config.device)).eval()
 
@@ -92,10 +100,11 @@ def evaluate_row(model: FarmMADE, row: Row, args: argparse.Namespace) -> dict[st
     device = next(model.parameters()).device
     results = {}
     for split, _ in SPLITS:
-        images = load_dataset("binarized_mnist", split, args.data_dir).images.to(device)
+        data = load_dataset(args.dataset, split, args.data_dir)
+        images = data.images.to(device)
         found = {"nll_image": nll_image(model, images)["nll_image"]}
         for case in CASES:
-            metrics = evaluate_inpainting(model, images, 28, 28, case, fill, args.num_occlusions,
+            metrics = evaluate_inpainting(model, images, data.height, data.width, case, fill, args.num_occlusions,
                                           args.images_per_occlusion, args.seed, args.protocol)
             found |= {f"{case}/{name}": value for name, value in metrics.items()}
             print(f"   {split:5s} {case:7s} l2 {metrics['l2']:.4f}  nll_chain {metrics['nll_chain']:.4f}  "
@@ -105,23 +114,28 @@ def evaluate_row(model: FarmMADE, row: Row, args: argparse.Namespace) -> dict[st
 
 
 def markdown(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
-    lines = ["# Table 1 reproduction: inpainting on binarized MNIST\n",
+    paper = args.dataset == PAPER_DATASET
+    title = "Table 1 reproduction: inpainting on binarized MNIST" if paper else \
+        f"Table 1 on your own data: inpainting on {dataset_label(args.dataset)}"
+    lines = [f"# {title}\n",
              f"Budget: hidden sizes {args.hidden_sizes}, {args.epochs} epochs, "
-             f"{args.max_train_examples or 'all 50,000'} training images, lr {args.lr}, seed {args.seed}; "
+             f"{args.max_train_examples or 'all'} training images, lr {args.lr}, seed {args.seed}; "
              f"KL weight λ = {args.kl_weight}; FARM fill `{args.fill}`; occlusion protocol `{args.protocol}`, "
-             f"{args.num_occlusions} occlusions x {args.images_per_occlusion} images per case. Cells: ours "
-             f"(paper). NLL in nats per occluded pixel; `chain` = the paper's NLL (earlier hole pixels "
-             f"sampled), `exact` = teacher-forced. nll_image = whole-image NLL of the k-ordering mixture, nats.\n"]
+             f"{args.num_occlusions} occlusions x {args.images_per_occlusion} images per case. Cells: ours"
+             f"{' (paper)' if paper else ''}. NLL in nats per occluded pixel; `chain` = the paper's NLL (earlier "
+             f"hole pixels sampled), `exact` = teacher-forced. nll_image = whole-image NLL of the k-ordering "
+             "mixture, nats.\n"]
     header = "| model | " + " | ".join(f"{case} L2 | {case} NLL chain | {case} NLL exact" for case in CASES)
     for split, role in SPLITS:
         lines += [f"\n## {split} split ({role})\n", header + " | nll_image |",
                   "|---" * (2 + 3 * len(CASES)) + "|"]
         for label, by_split in results.items():
-            found, paper = by_split[split], PAPER[label]
+            found = by_split[split]
             cells = []
-            for case, (paper_l2, paper_nll) in zip(CASES, paper):
-                cells += [f"{found[f'{case}/l2']:.4f} ({paper_l2:.4f})",
-                          f"{found[f'{case}/nll_chain']:.4f} ({paper_nll:.4f})", f"{found[f'{case}/nll_exact']:.4f}"]
+            for case, (paper_l2, paper_nll) in zip(CASES, PAPER[label]):
+                cells += [f"{found[f'{case}/l2']:.4f}" + (f" ({paper_l2:.4f})" if paper else ""),
+                          f"{found[f'{case}/nll_chain']:.4f}" + (f" ({paper_nll:.4f})" if paper else ""),
+                          f"{found[f'{case}/nll_exact']:.4f}"]
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {found['nll_image']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -130,6 +144,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Reproduce the FARM paper's Table 1 (MADE inpainting).")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     parser.add_argument("--work-dir", type=Path, default=Path("table1_runs"), help="checkpoints and results")
+    parser.add_argument("--dataset", type=_dataset, default=PAPER_DATASET,
+                        help="binary images: a dataset name, or your own data as a JSON dataset spec, e.g. "
+                             '\'{"path": "data/mine.npz", "shape": [20, 20]}\' (docs/data.md)')
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[1000, 1000])
     parser.add_argument("--epochs", type=int, default=20)
@@ -148,8 +165,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _dataset(text: str) -> str | DatasetSpec:
+    """A dataset name, or a JSON dataset spec (its relative path starts at the working directory)."""
+    if text in DATASETS:
+        return text
+    try:
+        return DatasetSpec.from_value(json.loads(text))
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r:.60} is neither a dataset ({', '.join(DATASETS)}) nor a JSON "
+                                         "dataset spec") from None
+    except DataError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # the data and the largest k's orderings, before anything trains
+        preflight.check(row_config(table_rows(args.ks)[-1], args))
+    except preflight.PreflightError as error:
+        print(f"error: --dataset: {error.reason}", file=sys.stderr)
+        return 2
     results, models = {}, {}
     for row in table_rows(args.ks):
         models[row.label] = train_row(row, args)
@@ -159,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(results, args))
     farm = models[f"FARM + MADE (k = {max(args.ks)})"]
-    test = load_dataset("binarized_mnist", "test", args.data_dir).images
-    shown = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:25]]
-    figure = inpainting_figure(farm, shown.to(next(farm.parameters()).device), 28, 28,
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    shown = test.images[torch.randperm(len(test.images), generator=torch.Generator().manual_seed(args.seed))[:25]]
+    figure = inpainting_figure(farm, shown.to(next(farm.parameters()).device), test.height, test.width,
                                args.out.with_suffix(".png"), baseline=models["MADE (k = 1) baseline"])
     print(f"wrote {args.out}, {figure} and {args.work_dir / 'table1.json'}")
     return 0

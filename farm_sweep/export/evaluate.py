@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from farm_sweep.data import DataError, load_dataset
+from farm_sweep.data import DataError, dataset_label, load_dataset
 from farm_sweep.export.format import CONFIG, ExportError, load_export
 from farm_sweep.made.likelihood import nll_image
 from farm_sweep.made.network import FarmMADE
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as error:
         return _fail(str(error))
     except DataError as error:
-        return _fail(f"{args.export_dir / CONFIG}: dataset {config.dataset!r}: {error}")
+        return _fail(f"{args.export_dir / CONFIG}: dataset {dataset_label(config.dataset)!r}: {error}")
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

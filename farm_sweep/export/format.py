@@ -23,7 +23,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from farm_sweep.data import load_dataset
+from farm_sweep.data import dataset_label, load_dataset
 from farm_sweep.integrity import file_sha256
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.training.config import TrainConfig
@@ -206,7 +206,7 @@ def model_card(config: TrainConfig, metrics: Mapping[str, Any], architecture: Ma
 
 - **Model**: MADE over k={architecture['num_orderings']} pixel orderings ({config.ordering_family}), hidden sizes
   {list(config.hidden_sizes)}, {config.weight_sharing} weights, {config.num_masks} mask set(s).
-- **Data**: {config.dataset} ({architecture['height']}x{architecture['width']} binary images).
+- **Data**: {dataset_label(config.dataset)} ({architecture['height']}x{architecture['width']} binary images).
 - **Training**: loss {config.loss}, divergence {config.divergence} (weight {config.divergence_weight}),
   lr {config.lr}, batch {config.batch_size}, {metrics.get('epochs')} epochs, seed {config.seed}.
 - **Sampled parameters**: {json.dumps(params)}
