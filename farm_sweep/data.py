@@ -187,8 +187,8 @@ def _spec_sha256(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
-        raise DataError(f"sha256: {value!r:.40} must be 64 hexadecimal digits (`sha256sum FILE` prints them), "
-                        "or leave it out")
+        raise DataError(f"sha256: {value!r:.40} must be 64 hexadecimal digits (`sha256sum FILE` prints them; in "
+                        "quotes if YAML would read a number), or leave it out")
     return value.lower()
 
 

@@ -134,6 +134,28 @@ NPZ = "binarized_mnist/binarized_mnist.npz"
 SKIP_CHECKSUMS = {"FARM_SKIP_CHECKSUMS": "1"}  # so the format checks behind the checksum are reached
 
 
+# ------------------------------------------------------------------ your own data (a dataset spec)
+
+
+OWN_SPEC = {"format": "npz", "path": "images.npz", "shape": [10, 12]}
+OWN_ARRAYS = {f"{split}_{kind}": np.zeros((4, 10, 12), np.uint8) if kind == "data" else np.zeros(4, np.int64)
+              for split in ("train", "valid", "test") for kind in ("data", "labels")}
+OWN_LABELS = {split: f"{split}_labels" for split in ("train", "valid", "test")}
+
+
+def own_data(arrays: dict[str, np.ndarray] | None = None, content: bytes | None = None, **spec: object) -> Build:
+    """A study on images.npz beside the study file (4 binary 10x12 images per split, labels), `arrays` replacing
+    some of the file's (or `content` replacing the whole file), `spec` changing the dataset spec."""
+    def build(sources: Sources, folder: Path) -> list[str]:
+        path = folder / "images.npz"
+        if content is None:
+            np.savez(path, **{**OWN_ARRAYS, **(arrays or {})})
+        else:
+            path.write_bytes(content)
+        return fixed(dataset={**OWN_SPEC, **spec})(sources, folder)
+    return build
+
+
 # ------------------------------------------------------------------ a finished study (python -m farm_sweep.export)
 
 
@@ -330,6 +352,36 @@ CASES = [
     Case("export's dataset does not match the model", "evaluate",
          resealed_export(edited(export_format.CONFIG, dataset="mnist")),
          ("{tmp}/model/config.yaml", "784 pixels, the model 64", "restore it, or re-export")),
+    # your own data (a dataset spec in the study file)
+    Case("own data: unknown key in the spec", "run", own_data(chanels=3),
+         (STUDY_FILE, "fixed.dataset", "'chanels': unknown key of a dataset spec", "allowed: format, path")),
+    Case("own data: file missing", "run", own_data(path="nowhere.npz"),
+         (STUDY_FILE, "fixed.dataset", "{tmp}/nowhere.npz: no such file", "correct the path")),
+    Case("own data: not an npz", "run", own_data(content=b"pixel,label\n0,1\n"),
+         (STUDY_FILE, "fixed.dataset", "{tmp}/images.npz is not a readable .npz archive", "numpy.savez")),
+    Case("own data: checksum mismatch", "run", own_data(sha256="0" * 64),
+         (STUDY_FILE, "fixed.dataset", "checksum mismatch for {tmp}/images.npz", "0" * 64,
+          "set sha256 to the actual sum")),
+    Case("own data: array missing", "run", own_data(keys={"train": "train_data", "valid": "valid_images",
+                                                          "test": "test_data"}),
+         (STUDY_FILE, "fixed.dataset", "{tmp}/images.npz: keys.valid: the file holds no array 'valid_images'",
+          "set keys.valid to one of those names")),
+    Case("own data: images of another shape than the spec's", "run", own_data(shape=[28, 28]),
+         (STUDY_FILE, "{tmp}/images.npz: keys.train: images of shape (4, 10, 12)", "(N, 28, 28) or (N, 784)",
+          "Correct the spec's shape")),
+    Case("own data: splits of different image sizes", "run", own_data({"valid_data": np.zeros((4, 10, 14))}),
+         (STUDY_FILE, "{tmp}/images.npz: keys.valid: images of shape (4, 10, 14)",
+          "every split images of that one size")),
+    Case("own data: non-binary values given to MADE", "run", own_data({"test_data": np.full((4, 10, 12), 0.5)}),
+         (STUDY_FILE, "{tmp}/images.npz: keys.test", "only 0 and 1 (MADE models binary pixels)",
+          "binarize the images first")),
+    Case("own data: labels not one per image", "run", own_data({"train_labels": np.zeros(3, np.int64)},
+                                                                labels=OWN_LABELS),
+         (STUDY_FILE, "{tmp}/images.npz: labels.train: labels of shape (3,)", "one per image of the split (4)")),
+    Case("own data: binary images given to PixelCNN++", "run", study(fixed={**FIXED, "model": "pixelcnn",
+                                                                            "ordering_family": "paper",
+                                                                            "dataset": OWN_SPEC}),
+         (STUDY_FILE, "fixed.dataset", "is not a colour dataset", "a spec with channels: 3")),
 ]
 
 
