@@ -103,7 +103,7 @@ class ImageDataset:
 
 SPEC_FIELDS = ("format", "path", "shape", "channels", "keys", "labels", "sha256")
 SPEC_FORMATS = ("npz",)
-SPEC_CHANNELS = {1: "binary images, 0 and 1 (MADE)", 3: "8-bit colour images, 0..255 (PixelCNN++)"}
+SPEC_CHANNELS = (1, 3)  # binary images, 0 and 1 (MADE); 8-bit colour images, 0..255 (PixelCNN++)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class DatasetSpec:
                 raise DataError(f"{key}: required key of a dataset spec is missing; add it (docs/data.md)")
         labels = value.get("labels")
         return cls(path=_spec_path(value["path"], base), shape=_spec_shape(value["shape"]),
-                   channels=_spec_choice("channels", value.get("channels", 1), tuple(SPEC_CHANNELS)),
+                   channels=_spec_choice("channels", value.get("channels", 1), SPEC_CHANNELS),
                    keys=_split_names("keys", value.get("keys", _NPZ_KEYS)),
                    labels=None if labels is None else _split_names("labels", labels),
                    sha256=_spec_sha256(value.get("sha256")),
@@ -613,6 +613,8 @@ def _spec_images(path: str, field: str, array: np.ndarray, spec: DatasetSpec) ->
         raise DataError(f"{path}: {field}: images of shape {array.shape}; shape {list(spec.shape)} with channels "
                         f"{spec.channels} needs {needed}, N > 0, and every split images of that one size. Correct "
                         "the spec's shape or channels, or the array")
+    if array.dtype.kind not in "buif":
+        raise DataError(f"{path}: {field}: images of dtype {array.dtype}; they must be numbers (e.g. uint8)")
     if spec.channels == 1:
         bad = ~((array == 0) | (array == 1))
         rule = ("must hold only 0 and 1 (MADE models binary pixels): binarize the images first "

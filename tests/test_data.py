@@ -403,6 +403,7 @@ def test_spec_fields_are_checked(fields: dict, pattern: str, tmp_path: Path) -> 
      r"labels\.valid: labels of shape \(9,\).*one per image of the split \(10\)"),
     ({}, {"channels": 3}, r"keys\.train: images of shape \(30, 10, 12\); shape \[10, 12\] with channels 3 needs "
      r"\(N, 3, 10, 12\)"),
+    ({"train_data": np.full((30, 10, 12), "1")}, {}, r"keys\.train: images of dtype <U1; they must be numbers"),
 ])
 def test_spec_file_contents_are_checked(changes: dict, fields: dict, pattern: str, tmp_path: Path) -> None:
     path = _own_npz(tmp_path, **changes)
