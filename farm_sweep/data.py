@@ -154,8 +154,10 @@ def _spec_path(value: Any, base: str | os.PathLike[str] | None) -> str:
     if not isinstance(value, str) or not value:
         raise DataError(f"path: {value!r:.40} must be the npz file's path (relative to the study file, or to the "
                         "working directory for farm_sweep.train)")
-    path = Path(value).expanduser()
-    return str((Path(base or Path.cwd()) / path).resolve())
+    try:
+        return str((Path(base or Path.cwd()) / Path(value).expanduser()).resolve())
+    except (ValueError, RuntimeError, OSError) as error:  # a NUL byte, an unknown ~user, a name too long
+        raise DataError(f"path: {value!r:.40} is not a usable path ({error}); give the npz file's path") from None
 
 
 def _spec_shape(value: Any) -> tuple[int, int]:
@@ -559,7 +561,11 @@ def _concat_range(parts: Sequence[np.ndarray], start: int, stop: int) -> np.ndar
 
 def _spec_file(spec: DatasetSpec) -> Path:
     path = Path(spec.path)
-    if not path.is_file():
+    try:
+        present = path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        present = False
+    if not present:
         raise DataError(f"{path}: no such file (the dataset spec's path); correct the path (relative to the study "
                         "file, or to the working directory for farm_sweep.train), or create the file (docs/data.md)")
     return path

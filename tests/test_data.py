@@ -385,6 +385,7 @@ def test_spec_checksum_is_checked_when_given(tmp_path: Path, monkeypatch: pytest
     ({"sha256": "abc"}, r"^sha256: 'abc' must be 64 hexadecimal digits"),
     ({"chanels": 3}, r"^'chanels': unknown key of a dataset spec; allowed: format, path"),
     ({"path": ""}, r"^path: '' must be the npz file's path"),
+    ({"path": "mine\x00.npz"}, r"^path: 'mine\\x00\.npz' is not a usable path \(embedded null byte\)"),
 ])
 def test_spec_fields_are_checked(fields: dict, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=pattern):
