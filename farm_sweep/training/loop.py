@@ -24,6 +24,7 @@ from farm_sweep.made.task import MadeTask
 from farm_sweep.pixelcnn.task import PixelCNNTask
 from farm_sweep.training import checkpoint, preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.untrusted import InputError, parse_json
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,12 +67,16 @@ def task_for(config: TrainConfig) -> Task:
 
 
 def build_model(config: TrainConfig, height: int, width: int, channels: int = 1) -> torch.nn.Module:
+    """The configuration's untrained model; PreflightError, before anything is allocated, when it cannot fit."""
+    preflight.check_memory(config, (height, width, channels))
     torch.manual_seed(config.seed)
     return task_for(config).build(height, width, channels)
 
 
 def load_model(checkpoint_folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """The trained model and its config from a checkpoint folder (epoch_NNNN), verified, in eval mode."""
+    """The trained model and its config from a checkpoint folder (epoch_NNNN), verified before anything in it
+    is used, in eval mode."""
+    checkpoint.verify(checkpoint_folder)
     config = TrainConfig.from_dict(checkpoint.read_state(checkpoint_folder)["config"])
     shape = load_split(config, "valid")
     model = build_model(config, shape.height, shape.width, shape.channels)
@@ -140,9 +145,21 @@ def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Opti
     return means
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = parse_json(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(f"{error}; give a JSON object") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object {{\"field\": value, ...}} is needed, not "
+                                         f"{type(value).__name__}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one FARM configuration without Ray.")
-    parser.add_argument("--config", type=json.loads, default={}, help='JSON, e.g. \'{"num_orderings": 8}\'')
+    parser.add_argument("--config", type=_json_object, default={},
+                        help='a JSON object of TrainConfig fields, e.g. \'{"num_orderings": 8}\'')
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--test", action="store_true", help="also report nll_image on the test split at the end")
     args = parser.parse_args(argv)
