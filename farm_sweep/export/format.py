@@ -69,7 +69,11 @@ def write_manifest(folder: Path) -> Path:
     """manifest.json: file name -> sha256 of every file of the export; written last and renamed into place,
     so an export that stopped halfway (even while writing the manifest) has none."""
     path, staging = folder / MANIFEST, folder / f".{MANIFEST}.tmp"
-    staging.write_text(json.dumps({name: file_sha256(folder / name) for name in FILES}, indent=2) + "\n")
+    try:
+        staging.write_text(json.dumps({name: file_sha256(folder / name) for name in FILES}, indent=2) + "\n")
+    except OSError:
+        staging.unlink(missing_ok=True)
+        raise
     os.replace(staging, path)
     return path
 

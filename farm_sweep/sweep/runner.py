@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
@@ -175,6 +176,7 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
                       make_pruner(study.pruner.type, study.pruner.options, study.epochs))
     experiment = output / RAY_FOLDER / study.name
     if resume:
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(AlreadyDeletedCheckpoint())
         tracker = tracking.reopen(output)
         tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(study, tracker, trainable))
     else:
@@ -191,6 +193,18 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
     else:
         _finish(study, output, link, tracker, rows)
     return rows
+
+
+class AlreadyDeletedCheckpoint(logging.Filter):
+    """Drops Tune's traceback for deleting an older checkpoint of a trial that is already gone.
+
+    After a killed driver, --resume restores Tune's bookkeeping from its last snapshot, which can still list
+    a checkpoint Tune deleted after that snapshot; deleting it again fails with FileNotFoundError, which Tune
+    logs with a traceback although the new checkpoint is registered all the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, FileNotFoundError) and "Error handling checkpoint" in str(record.msg))
 
 
 def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) -> Any:

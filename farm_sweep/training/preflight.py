@@ -69,6 +69,7 @@ FLOAT = 4  # bytes
 COPIES = 4  # of every weight during training: the weight, its gradient and Adam's two moments
 MEMORY_CEILING = 2**40  # 1 TiB: no trial needs more (the limit when trials run on a cluster's nodes)
 GIB = 2**30
+_SIZES = {"evaluation": "evaluation.inpaint.images_per_occlusion or evaluation.sampling.num_samples"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def check_memory(config: TrainConfig, shape: tuple[int, int, int], evaluation_ba
     where = "this machine has" if limit != MEMORY_CEILING else "the most a trial may use is"
     culprit = _largest_driver(config, shape, evaluation_batch)
     raise PreflightError(culprit, f"this configuration needs about {_gib(need.total)} of memory ({need.describe()}); "
-                         f"{where} {_gib(limit)}; make {culprit} smaller")
+                         f"{where} {_gib(limit)}; make {_SIZES.get(culprit, culprit)} smaller")
 
 
 def _largest_driver(config: TrainConfig, shape: tuple[int, int, int], evaluation_batch: int) -> str:
