@@ -23,7 +23,8 @@ _received: list[int] = []  # module state: Tune keeps StopOnSignal in its pickle
 
 
 def catch() -> None:
-    """Handle SIGINT and SIGTERM from now on (in the main thread)."""
+    """Handle SIGINT and SIGTERM from now on (in the main thread; after Ray has started, whose core replaces
+    the SIGTERM handler with one that aborts)."""
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's SIGINT handler would hide the signal from us
     for signum in SIGNALS:
         signal.signal(signum, _on_signal)

@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output(study, output, args.resume)
             print("\n".join(plan(study, output, uri, args.address)), flush=True)
             tracking.check_reachable(uri)
-            interrupts.catch()
+            cluster.connect(args.address)
+            interrupts.catch()  # after Ray's start: its core installs a SIGTERM handler of its own
             rows = run_study(study, output, tracking_uri=uri, address=args.address, resume=args.resume)
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
