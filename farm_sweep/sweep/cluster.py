@@ -1,5 +1,5 @@
 """The Ray a study runs on: an embedded one on this machine, or a running cluster (`--address`), and
-whether a trial's resource request can ever be granted there.
+whether a trial's resource request can be granted by one of its live nodes.
 
 The embedded Ray listens on 127.0.0.1 only, when LOOPBACK_ENV is set before Ray is imported (Ray reads it
 once): Ray then takes 127.0.0.1 as this node's address, and its GCS, raylet, object manager, runtime-env
@@ -48,9 +48,9 @@ def connect(address: str | None) -> None:
 
 
 def check_resources(cpus: float, gpus: float, custom: dict[str, float]) -> None:
-    """ResourcesUnavailable when no live node could ever run one trial: a trial asking for more CPUs, GPUs or
-    custom resources than the largest node has would wait forever. GPUs count only on a cluster with GPUs
-    (elsewhere trials run on the CPU)."""
+    """ResourcesUnavailable when no live node can run one trial: a trial asking for more CPUs, GPUs or custom
+    resources than the largest node has waits until a node that has them joins (forever, on a cluster that
+    cannot grow). GPUs count only on a cluster with GPUs (elsewhere trials run on the CPU)."""
     nodes = _node_resources()
     wanted = {"CPU": ("resources.cpus", cpus), **{name: (f"resources.custom.{name}", amount)
                                                   for name, amount in custom.items()}}

@@ -54,7 +54,6 @@ Trainable = Callable[[dict[str, Any], TrialContext], None]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    began = time.perf_counter()
     try:
         study = load_study(args.study, runs_here=args.address is None)
         output = (args.output or Path("results") / study.name).resolve()
@@ -69,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracking.check_reachable(uri)
             cluster.connect(args.address)
             interrupts.catch()  # after Ray's start: its core installs a SIGTERM handler of its own
+            began = time.perf_counter()
             rows = run_study(study, output, tracking_uri=uri, address=args.address, resume=args.resume)
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -164,14 +164,11 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
               resume: bool = False, trainable: Trainable = run_trial) -> list[dict[str, Any]]:
     """Run (or resume) the study; returns one row per trial (also written to <output>/trials.csv). When a
     signal stops it (farm_sweep.sweep.interrupts), unfinished trials are `interrupted` and the MLflow parent run
-    is KILLED until --resume finishes them. StudyError when no node could ever run a trial."""
+    is KILLED until --resume finishes them. StudyError when no node of the embedded Ray could run a trial."""
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
     cluster.connect(address)
-    try:
-        cluster.check_resources(study.resources.cpus, study.resources.gpus, study.resources.custom)
-    except cluster.ResourcesUnavailable as error:
-        raise StudyError(study.path, error.field, error.reason) from None
+    _check_resources(study, address)
     uri = tracking_uri or tracking.default_uri(output)
     link = OptunaLink(f"sqlite:///{output / OPTUNA_FILE}", study.name,
                       make_pruner(study.pruner.type, study.pruner.options, study.epochs))
@@ -194,6 +191,18 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
     else:
         _finish(study, output, link, tracker, rows)
     return rows
+
+
+def _check_resources(study: Study, address: str | None) -> None:
+    """StudyError when no node of the embedded Ray could run a trial; a warning with --address, where an
+    autoscaler may still add a node that can (docs/cluster.md's cluster starts without workers)."""
+    try:
+        cluster.check_resources(study.resources.cpus, study.resources.gpus, study.resources.custom)
+    except cluster.ResourcesUnavailable as error:
+        if address is None:
+            raise StudyError(study.path, error.field, error.reason) from None
+        print(f"warning: {study.path}: {error.field}: {error.reason}; until an autoscaler adds a node that can, "
+              "the trials wait", file=sys.stderr, flush=True)
 
 
 class AlreadyDeletedCheckpoint(logging.Filter):
