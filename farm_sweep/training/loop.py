@@ -68,7 +68,7 @@ def task_for(config: TrainConfig) -> Task:
 
 def build_model(config: TrainConfig, height: int, width: int, channels: int = 1) -> torch.nn.Module:
     """The configuration's untrained model; PreflightError, before anything is allocated, when it cannot fit."""
-    preflight.check_memory(config, (height, width, channels))
+    preflight.check_memory(config, (height, width, channels), training=False)
     torch.manual_seed(config.seed)
     return task_for(config).build(height, width, channels)
 

@@ -76,24 +76,27 @@ _SIZES = {"evaluation": "evaluation.inpaint.images_per_occlusion or evaluation.s
 class MemoryNeed:
     """An estimate of the bytes one run needs (within a factor of about two), in parts."""
 
-    parameters: int  # weights, gradients and Adam's moments
+    parameters: int  # weights, and to train also their gradients and Adam's moments
     masks: int  # MADE's masks, orderings, and the masked weight copies a forward pass makes
     batch: int  # one training batch's activations, kept for the backward pass
     evaluation: int  # one evaluation batch (no gradients)
+    training: bool = True
 
     @property
     def total(self) -> int:
         return self.parameters + self.masks + self.batch + self.evaluation
 
     def describe(self) -> str:
-        parts = {"weights, gradients and Adam's moments": self.parameters, "masks and orderings": self.masks,
+        weights = "weights, gradients and Adam's moments" if self.training else "weights"
+        parts = {weights: self.parameters, "masks and orderings": self.masks,
                  "one batch's activations": self.batch, "the evaluation batch": self.evaluation}
         return "; ".join(f"{name} {_gib(size)}" for name, size in parts.items() if size)
 
 
-def memory_need(config: TrainConfig, shape: tuple[int, int, int], evaluation_batch: int = 0) -> MemoryNeed:
-    """What training `config` on images of `shape` (height, width, channels) needs, computed from the sizes
-    alone (nothing is allocated, so absurd sizes are cheap to refuse)."""
+def memory_need(config: TrainConfig, shape: tuple[int, int, int], evaluation_batch: int = 0,
+                training: bool = True) -> MemoryNeed:
+    """What training `config` on images of `shape` (height, width, channels) needs, or only building its model
+    (training False), computed from the sizes alone: nothing is allocated, so absurd sizes are cheap to refuse."""
     height, width, channels = shape
     k, sets = config.num_orderings, config.num_orderings if config.weight_sharing == "separate" else 1
     if config.model == "made":
@@ -110,8 +113,9 @@ def memory_need(config: TrainConfig, shape: tuple[int, int, int], evaluation_bat
         parameters = sets * config.filters ** 2 * config.stages * (140 * config.resnets_per_stage + 50)
         masks = 0
         per_image = FLOAT * k * config.filters * height * width * (30 * config.resnets_per_stage + 10)
-    return MemoryNeed(parameters=COPIES * FLOAT * parameters, masks=masks, batch=config.batch_size * per_image,
-                      evaluation=evaluation_batch * per_image // 2)
+    return MemoryNeed(parameters=(COPIES if training else 1) * FLOAT * parameters, masks=masks,
+                      batch=config.batch_size * per_image if training else 0,
+                      evaluation=evaluation_batch * per_image // 2, training=training)
 
 
 def physical_memory() -> int:
@@ -120,26 +124,26 @@ def physical_memory() -> int:
 
 
 def check_memory(config: TrainConfig, shape: tuple[int, int, int], evaluation_batch: int = 0,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, training: bool = True) -> None:
     """PreflightError, naming the field that makes the need largest, when `config` needs more than `limit`
-    bytes (default: this machine's memory)."""
-    need = memory_need(config, shape, evaluation_batch)
+    bytes (default: this machine's memory) for training (or, training False, for building its model)."""
+    need = memory_need(config, shape, evaluation_batch, training)
     limit = physical_memory() if limit is None else limit
     if need.total <= limit:
         return
     where = "this machine has" if limit != MEMORY_CEILING else "the most a trial may use is"
-    culprit = _largest_driver(config, shape, evaluation_batch)
+    culprit = _largest_driver(config, shape, evaluation_batch, training)
     raise PreflightError(culprit, f"this configuration needs about {_gib(need.total)} of memory ({need.describe()}); "
                          f"{where} {_gib(limit)}; make {_SIZES.get(culprit, culprit)} smaller")
 
 
-def _largest_driver(config: TrainConfig, shape: tuple[int, int, int], evaluation_batch: int) -> str:
+def _largest_driver(config: TrainConfig, shape: tuple[int, int, int], evaluation_batch: int, training: bool) -> str:
     """The size field whose reduction to its least value shrinks the need most."""
     size = {"hidden_sizes": (1,)} if config.model == "made" else {"filters": 1}
     least = {**size, "num_orderings": 1, "num_masks": 1, "batch_size": 1}
-    remaining = {name: memory_need(dataclasses.replace(config, **{name: value}), shape, evaluation_batch).total
-                 for name, value in least.items()}
-    remaining["evaluation"] = memory_need(config, shape, 0).total
+    remaining = {name: memory_need(dataclasses.replace(config, **{name: value}), shape, evaluation_batch,
+                                   training).total for name, value in least.items()}
+    remaining["evaluation"] = memory_need(config, shape, 0, training).total
     return min(remaining, key=remaining.__getitem__)
 
 
