@@ -92,7 +92,7 @@ class StateRecorder(Callback):
         self._staging: Path | None = None
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        if trials and self._staging is None:
+        if trials:  # each run (and --resume) stages in a folder of its own
             self._staging = Path(trials[0].local_path).parent  # the driver's staging copy of the experiment
 
     def get_state(self) -> dict | None:
