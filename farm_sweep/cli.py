@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from farm_sweep.sweep.cluster import keep_embedded_ray_local
+
 COMMANDS = {
     "run": ("farm_sweep.sweep.runner", "run a study file on Ray Tune with Optuna and MLflow"),
     "export": ("farm_sweep.export.command", "export a study's best trials"),
@@ -33,4 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     sys.argv[0] = f"farm-sweep {command}"
+    if command == "run":
+        keep_embedded_ray_local(rest)  # before the runner imports Ray
     return importlib.import_module(COMMANDS[command][0]).main(rest)

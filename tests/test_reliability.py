@@ -1,10 +1,16 @@
-"""Faults inside trials and around them, on a real local Ray, real Optuna and real MLflow:
-a diverging trial, a corrupt latest checkpoint, a tracking server that is missing or goes away."""
+"""Faults inside trials and around them, on a real local Ray, real Optuna and real MLflow: a diverging trial, a
+corrupt latest checkpoint, a tracking server that is missing or goes away, a full disk; and around the driver:
+Ctrl-C, SIGTERM, SIGKILL and --resume, a second run on the same folder, resource requests no node can grant."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import optuna
 import pytest
 import ray
 import yaml
@@ -21,11 +28,12 @@ from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
 import farm_sweep.sweep.trial as trial_module
-from farm_sweep.sweep import tracking
+from farm_sweep.sweep import output_lock, tracking
+from farm_sweep.sweep.results_table import read_table, write_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
-from tests.processes import free_port, start_mlflow_server, stop
+from tests.processes import descendants, free_port, kill, start_mlflow_server, stop, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = {"dataset": "digits", "hidden_sizes": [32], "batch_size": 50}
@@ -168,3 +176,216 @@ def _stop_when_epoch_reported(output: Path, name: str, epoch: int, server: subpr
                 stop(server)
                 return
         time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ the driver: signals, a second run, resume
+# Real drivers (`python -m farm_sweep.run` with its embedded Ray), real signals, real second runs.
+
+
+def start_driver(path: Path, output: Path, *options: str) -> subprocess.Popen:
+    """The run command in a process group of its own (a terminal's Ctrl-C signals the whole group)."""
+    return subprocess.Popen([sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), *options],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def read_until(driver: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        lines.append(line)
+        if marker in line:
+            return lines
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"no {marker!r} from the driver:\n" + "".join(lines[-40:]))
+
+
+def finish(driver: subprocess.Popen, timeout: float = 300) -> str:
+    """The driver's remaining output, once it has exited."""
+    output, _ = driver.communicate(timeout=timeout)
+    return output
+
+
+def table_rows(output: Path) -> list[dict[str, str]]:
+    return read_table(output / "trials.csv")
+
+
+def optuna_states(output: Path, name: str) -> dict[int, str]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{output / 'optuna.db'}")
+    return {trial.number: trial.state.name for trial in study.trials}
+
+
+def parent_run(output: Path, name: str) -> Any:
+    client = MlflowClient(tracking.default_uri(output))
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    (parent,) = [run for run in runs if tracking.TRIAL_TAG not in run.data.tags]
+    return parent
+
+
+def listening_addresses(pids: list[int]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses the processes' listening TCP sockets are bound to (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(descriptor)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word reversed
+                addresses.add(ipaddress.ip_address(words))
+    return addresses
+
+
+def is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def test_ctrl_c_stops_the_study_and_resume_finishes_each_trial_once(tmp_path: Path) -> None:
+    """One trial runs and the next waits for the CPUs (each asks for all of them) when Ctrl-C reaches the
+    driver's process group. Before that, a second run and a --resume on the same folder are refused at once,
+    and the embedded Ray listens on the loopback address only."""
+    epochs = 12
+    path = study_file(tmp_path, "ctrl_c", [2e-2, 1e-2, 5e-3], epochs=epochs, max_concurrent_trials=2,
+                      resources={"cpus": os.cpu_count()})
+    output = tmp_path / "out"
+    driver = start_driver(path, output)
+    try:
+        read_until(driver, f"epoch 2/{epochs}")
+        others = [start_driver(path, output), start_driver(path, output, "--resume")]
+        for other in others:
+            message = finish(other, timeout=120)
+            assert other.returncode == 2 and "Traceback" not in message, message
+            assert f"{output}: --output: in use by the run of host" in message and f"pid {driver.pid} " in message
+        addresses = listening_addresses([driver.pid, *descendants(driver.pid)])
+        assert addresses and all(is_loopback(address) for address in addresses), addresses
+        os.killpg(driver.pid, signal.SIGINT)
+        said = finish(driver)
+    finally:
+        stop_tree(driver)
+    assert driver.returncode == 130, said
+    assert f"python -m farm_sweep.run {path} --output {output.resolve()} --resume" in said
+
+    rows = table_rows(output)
+    finished = {int(row["optuna_trial"]) for row in rows if row["status"] == "completed"}
+    interrupted = [row for row in rows if row["status"] == "interrupted"]
+    assert len(interrupted) == 2 and len(finished) == len(rows) - 2, rows
+    assert all(row["epochs"] == str(epochs) for row in rows if row["status"] == "completed")
+    assert any(row["epochs"] == "0" and row["mlflow_run_id"] == "" for row in interrupted)  # it was waiting
+    client = MlflowClient(tracking.default_uri(output))
+    for row in interrupted:
+        if row["mlflow_run_id"]:
+            child = client.get_run(row["mlflow_run_id"])
+            assert child.info.status == "KILLED" and child.data.tags[tracking.STATUS_TAG] == "interrupted"
+    parent = parent_run(output, "ctrl_c")
+    assert parent.info.status == "KILLED" and parent.data.tags[tracking.STATUS_TAG] == "interrupted"
+    assert optuna_states(output, "ctrl_c") == {  # the unfinished ones stay RUNNING: --resume finishes them
+        int(row["optuna_trial"]): "COMPLETE" if row["status"] == "completed" else "RUNNING" for row in rows}
+
+    resumed = subprocess.run([sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output),
+                              "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = table_rows(output)
+    assert [(row["status"], row["epochs"]) for row in rows] == [("completed", str(epochs))] * 3
+    reported = reported_epochs(output, "ctrl_c")
+    assert sorted(reported) == sorted(row["trial_id"] for row in rows)  # no Ray trial twice
+    assert all(trial_epochs[-1] == epochs for trial_epochs in reported.values())
+    assert optuna_states(output, "ctrl_c") == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
+    runs = child_runs(tracking.default_uri(output), "ctrl_c")
+    assert sorted(runs) == sorted(row["trial_id"] for row in rows)  # one MLflow run per trial
+    for run in runs.values():
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "nll_image"))
+        assert steps == list(range(1, epochs + 1)) and client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert parent_run(output, "ctrl_c").info.status == "FINISHED"
+    assert not (output / output_lock.LOCK_FILE).exists()
+
+
+def test_sigterm_stops_the_study_with_exit_status_143(tmp_path: Path) -> None:
+    path = study_file(tmp_path, "sigterm", [2e-2, 1e-2], epochs=6)
+    output = tmp_path / "out"
+    driver = start_driver(path, output)
+    try:
+        read_until(driver, "epoch 2/6")
+        driver.send_signal(signal.SIGTERM)  # the driver alone, as `kill PID` or a service manager does
+        said = finish(driver)
+    finally:
+        stop_tree(driver)
+    assert driver.returncode == 143 and "stopped by SIGTERM" in said and "--resume" in said, said
+    assert "completed" not in {row["status"] for row in table_rows(output)}
+    assert parent_run(output, "sigterm").info.status == "KILLED"
+
+
+def test_resume_after_sigkill_takes_over_the_lock_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """After a SIGKILL of the driver: the lock file still names the dead driver; Tune deleted a checkpoint
+    after its last snapshot (done here by deleting every checkpoint older than the one its state names); the
+    searcher had asked Optuna for a trial Tune never recorded (done here with study.ask()). --resume takes
+    the lock over, logs no FileNotFoundError, and fails the orphaned Optuna trial."""
+    path = study_file(tmp_path, "sigkill", [2e-2, 1e-2], epochs=6)
+    output = tmp_path / "out"
+    driver = start_driver(path, output)
+    try:
+        read_until(driver, "epoch 4/6")
+    finally:
+        family = descendants(driver.pid)
+        kill(driver)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert f"pid {driver.pid} " in (output / output_lock.LOCK_FILE).read_text()
+    for trial in tune.ExperimentAnalysis(str(output / "ray" / "sigkill")).trials:
+        if trial.checkpoint is not None:
+            for older in Path(trial.checkpoint.path).parent.glob("checkpoint_*"):
+                if older.name < Path(trial.checkpoint.path).name:
+                    shutil.rmtree(older)
+    orphan = optuna.load_study(study_name="sigkill", storage=f"sqlite:///{output / 'optuna.db'}").ask().number
+
+    resumed = subprocess.run([sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output),
+                              "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    said = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "FileNotFoundError" not in said, said[-4000:]
+    assert [row["status"] for row in table_rows(output)] == ["completed", "completed"]
+    states = optuna_states(output, "sigkill")
+    assert states.pop(orphan) == "FAIL" and set(states.values()) == {"COMPLETE"}
+    assert not (output / output_lock.LOCK_FILE).exists()
+
+
+def test_a_resource_request_no_node_can_grant_exits_2_at_start(tmp_path: Path) -> None:
+    """Ray would keep such trials waiting forever, warning every minute."""
+    requests = {"cpus": {"cpus": 1e9}, "custom": {"custom": {"gpu_node": 1}}}
+    drivers = {}
+    for name, resources in requests.items():
+        drivers[name] = start_driver(study_file(tmp_path, name, [2e-2], epochs=1, resources=resources),
+                                     tmp_path / name)
+    said = {name: finish(driver, timeout=300) for name, driver in drivers.items()}
+    for name, driver in drivers.items():
+        assert driver.returncode == 2 and "Traceback" not in said[name], said[name]
+        assert not (tmp_path / name).exists()  # the output folder the run had locked is gone again
+    assert "cpus.yaml: resources.cpus: 1e+09 per trial, but the largest node of the Ray cluster has" in said["cpus"]
+    assert "custom.yaml: resources.custom.gpu_node: no node of the Ray cluster has the resource 'gpu_node'" in \
+        said["custom"]
+
+
+def test_a_journal_on_a_full_disk_does_not_stop_the_study(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tracking server is gone and the disk is full (/dev/full fails every write with ENOSPC): the call is
+    lost with an error in the log, and the caller goes on; a table rewritten onto a full disk keeps the old."""
+    monkeypatch.setattr(tracking, "BACKOFF_S", 0.0)
+    tracker = tracking.Tracker(f"http://127.0.0.1:{free_port()}", "1", "parent", journal="/dev/full")
+    tracker.log_metrics("run", {"nll_image": 1.0}, step=1)
+    assert "log_metrics is lost: the journal /dev/full cannot be written either (No space left on device)" in \
+        caplog.text
+    table = tmp_path / "trials.csv"
+    write_table([{"trial_id": "a", "status": "completed"}], table)
+    (tmp_path / ".trials.csv.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space left"):
+        write_table([{"trial_id": "a", "status": "failed"}], table)
+    assert read_table(table) == [{"trial_id": "a", "status": "completed"}]

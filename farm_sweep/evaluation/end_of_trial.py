@@ -47,6 +47,7 @@ from farm_sweep.pixelcnn import sampling as pixelcnn_sampling
 from farm_sweep.pixelcnn.task import FarmPixelCNNWithEma
 from farm_sweep.speed_quality import write_speed_quality
 from farm_sweep.training.config import TrainConfig
+from farm_sweep.untrusted import quote
 
 CASES = {"made": occlusions.CASES, "pixelcnn": pixelcnn_inpaint.CASES}  # the inpainting cases of each model
 CURVES = {"made": sampling.speed_quality_curve, "pixelcnn": pixelcnn_sampling.speed_quality_curve}
@@ -96,13 +97,20 @@ def validate_settings(settings: dict[str, Any] | None,
             sections[name] = None
             continue
         if not isinstance(given, dict):
-            raise ValueError(f"evaluation.{name}: expected a mapping or null, got {given!r}")
+            raise ValueError(f"evaluation.{name}: expected a mapping or null, got {quote(given)}")
         _check_keys(f"evaluation.{name}", given, section_defaults)
         section = section_defaults | given
         for key, value in section.items():
             _check_value(f"evaluation.{name}.{key}", key, value, choices, scope)
         sections[name] = section
     return sections
+
+
+def largest_batch(settings: dict[str, Any] | None) -> int:
+    """The most images the evaluation pushes through the model at once (for the memory estimate)."""
+    sections = validate_settings(settings)
+    inpaint_section, sampling_section = sections["inpaint"] or {}, sections["sampling"] or {}
+    return max(inpaint_section.get("images_per_occlusion", 0), sampling_section.get("num_samples", 0))
 
 
 def _cases(model: str | None) -> tuple[str, ...]:
@@ -117,26 +125,26 @@ def _cases(model: str | None) -> tuple[str, ...]:
 def _check_keys(where: str, given: dict[str, Any], allowed: dict[str, Any]) -> None:
     for key in given:
         if key not in allowed:
-            raise ValueError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"{where}: unknown key {quote(key)}; allowed: {', '.join(allowed)}")
 
 
 def _check_value(where: str, key: str, value: Any, choices: dict[str, tuple[str, ...]], scope: str) -> None:
     if key in choices:
         allowed = choices[key]
         if not isinstance(value, list | tuple) or not value or any(v not in allowed for v in value):
-            raise ValueError(f"{where}: {value!r} must be a non-empty list drawn from {', '.join(allowed)}{scope}")
+            raise ValueError(f"{where}: {quote(value)} must be a non-empty list drawn from {', '.join(allowed)}{scope}")
     elif key == "protocol":
         allowed = occlusions.PROTOCOLS if scope in ("", " (model made)") else ("ours",)
         if value not in allowed:
             raise ValueError(f"{where}: {value!r} is not a protocol{scope}; choose one of {', '.join(allowed)}")
     elif key == "split":
         if value not in SPLITS:
-            raise ValueError(f"{where}: {value!r} is not a split; choose one of {', '.join(SPLITS)}")
+            raise ValueError(f"{where}: {quote(value)} is not a split; choose one of {', '.join(SPLITS)}")
     elif key == "seed":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{where}: {value!r} must be a non-negative integer")
+            raise ValueError(f"{where}: {quote(value)} must be a non-negative integer")
     elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {value!r} must be a positive integer")
+        raise ValueError(f"{where}: {quote(value)} must be a positive integer")
 
 
 def _eval_split(config: TrainConfig, split: str) -> ImageDataset:

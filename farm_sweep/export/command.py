@@ -23,9 +23,11 @@ from farm_sweep.sweep import tracking
 from farm_sweep.sweep.results_table import METRIC, TABLE_FILE, read_table
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import load_model
+from farm_sweep.untrusted import is_plain_name, quote
 
 TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint")
 REQUIRED_COLUMNS = ("trial_id", "status", METRIC, "checkpoint")
+RESTORE_TABLE = "restore the table from the study's MLflow parent run (artifact study/trials.csv)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,8 +81,7 @@ def best_rows(output: Path, top: int) -> list[dict[str, str]]:
     rows = read_table(table)
     missing = [column for column in REQUIRED_COLUMNS if rows and column not in rows[0]]
     if missing:
-        raise ExportError(f"{table}: column(s) {', '.join(missing)} missing; restore the table from the study's "
-                          "MLflow parent run (artifact study/trials.csv)")
+        raise ExportError(f"{table}: column(s) {', '.join(missing)} missing; {RESTORE_TABLE}")
     completed = [row for row in rows if row["status"] == "completed" and row["checkpoint"]]
     if not completed:
         raise ExportError(f"{table}: no completed trial to export; run the study (or --resume it) until one "
@@ -88,8 +89,7 @@ def best_rows(output: Path, top: int) -> list[dict[str, str]]:
     try:
         return sorted(completed, key=lambda row: float(row[METRIC]))[:top]
     except (TypeError, ValueError) as error:
-        raise ExportError(f"{table}: a {METRIC} value is not a number ({error}); restore the table from the "
-                          "study's MLflow parent run (artifact study/trials.csv)") from None
+        raise ExportError(f"{table}: a {METRIC} value is not a number ({quote(str(error))}); {RESTORE_TABLE}") from None
 
 
 def export_study(output: Path, top: int, out: Path) -> list[Path]:
@@ -98,19 +98,39 @@ def export_study(output: Path, top: int, out: Path) -> list[Path]:
     study = output.resolve().name
     planned = []
     for rank, row in enumerate(best_rows(output, top), start=1):
+        folder = out / f"{rank:02d}_{_trial_name(output, row)}"
         model, config = _load_trial(output, row)
         metrics = {"study": study, "rank": rank,
                    **{k: v if k in TEXT_COLUMNS else _number(v) for k, v in row.items() if v != ""}}
-        folder = out / f"{rank:02d}_{row['trial_id']}"
         if folder.exists():
             raise ExportError(f"{folder}: already exists (an earlier export?); choose another --out, or move it "
                               "away first")
         planned.append((model, config, metrics, folder))
-    return [export_model(*export) for export in planned]
+    return [_write(*export) for export in planned]
+
+
+def _trial_name(output: Path, row: Mapping[str, str]) -> str:
+    """The trial id, which names its export folder: a plain name, so the folder stays inside --out."""
+    if not is_plain_name(row["trial_id"]):
+        raise ExportError(f"{output / TABLE_FILE}: trial_id {quote(row['trial_id'])} is not a plain name (letters, "
+                          f"digits, '_', '-', '.'), so it cannot name an export folder; {RESTORE_TABLE}")
+    return row["trial_id"]
+
+
+def _write(model: FarmMADE, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
+    try:
+        return export_model(model, config, metrics, folder)
+    except OSError as error:
+        raise ExportError(f"{folder}: cannot write the export ({error.strerror or error}); choose a writable --out "
+                          "with free space (a folder left half-written has no manifest.json, so evaluate refuses "
+                          "it: remove it)") from None
 
 
 def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[FarmMADE, TrainConfig]:
     checkpoint = output / row["checkpoint"]
+    if not checkpoint.resolve().is_relative_to(output.resolve()):
+        raise ExportError(f"{output / TABLE_FILE}: trial {row['trial_id']}'s checkpoint "
+                          f"{quote(row['checkpoint'])} is outside the study folder; {RESTORE_TABLE}")
     try:
         model, config = load_model(checkpoint)
     except DataError as error:

@@ -14,6 +14,7 @@ build_model and checks every mask and ordering.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from farm_sweep.integrity import file_sha256
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import build_model
+from farm_sweep.untrusted import load_json, load_yaml, quote, read_text
 
 FORMAT = "farm-made/2"
 TENSORS, ARCHITECTURE, CONFIG, METRICS, CARD = ("model.safetensors", "architecture.json", "config.yaml",
@@ -64,10 +66,15 @@ def export_model(model: torch.nn.Module, config: TrainConfig, metrics: Mapping[s
 
 
 def write_manifest(folder: Path) -> Path:
-    """manifest.json: file name -> sha256 of every file of the export; written last, so an export that
-    stopped halfway has none."""
-    path = folder / MANIFEST
-    path.write_text(json.dumps({name: file_sha256(folder / name) for name in FILES}, indent=2) + "\n")
+    """manifest.json: file name -> sha256 of every file of the export; written last and renamed into place,
+    so an export that stopped halfway (even while writing the manifest) has none."""
+    path, staging = folder / MANIFEST, folder / f".{MANIFEST}.tmp"
+    try:
+        staging.write_text(json.dumps({name: file_sha256(folder / name) for name in FILES}, indent=2) + "\n")
+    except OSError:
+        staging.unlink(missing_ok=True)
+        raise
+    os.replace(staging, path)
     return path
 
 
@@ -148,8 +155,8 @@ def load_export(folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfi
     architecture = _read(folder / ARCHITECTURE, _json)
     if not isinstance(architecture, dict) or architecture.get("format") != FORMAT:
         found = architecture.get("format") if isinstance(architecture, dict) else architecture
-        raise ExportError(f"{folder / ARCHITECTURE}: format {found!r}, expected {FORMAT!r}; {REEXPORT}")
-    config = _read(folder / CONFIG, lambda path: TrainConfig.from_dict(yaml.safe_load(path.read_text())))
+        raise ExportError(f"{folder / ARCHITECTURE}: format {quote(found)}, expected {FORMAT!r}; {REEXPORT}")
+    config = _read(folder / CONFIG, lambda path: TrainConfig.from_dict(load_yaml(read_text(path))))
     model, expected = _rebuild(folder / ARCHITECTURE, architecture, config)
     tensors = _read(folder / TENSORS, load_file)
     _check_tensors(folder / TENSORS, tensors, expected)
@@ -158,7 +165,7 @@ def load_export(folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfi
 
 
 def _json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return load_json(path)
 
 
 def _read(path: Path, parse: Callable[[Path], Any]) -> Any:

@@ -5,7 +5,10 @@ The study is validated first (exit status 2 on a bad file, nothing written). The
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
 on a stored Optuna study) and prunes them (farm_sweep.sweep.pruning), MLflow tracks them (farm_sweep.sweep.tracking).
 Everything lands in the output folder (default results/<study name>/): trials.csv, figures, optuna.db,
-mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storage folder ray/.
+mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storage folder ray/. One run at a
+time holds the folder (farm_sweep.sweep.output_lock). Ctrl-C or SIGTERM stops the study (exit status 130 or
+143) and `--resume` continues it; `--resume` trusts only Tune state whose checksums the study's own run
+recorded in the folder (farm_sweep.sweep.tune_state), as Tune's state holds pickles, which run code.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
+import signal
 import sys
 import time
 import warnings
@@ -29,7 +32,7 @@ from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
 from farm_sweep import figures
-from farm_sweep.sweep import tracking
+from farm_sweep.sweep import cluster, interrupts, output_lock, tracking, tune_state
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -37,7 +40,7 @@ from farm_sweep.sweep.pruning import (
     PruningOptunaSearch,
     make_pruner,
 )
-from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY
+from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
 from farm_sweep.sweep.study import Study, StudyError, load_study
@@ -53,47 +56,81 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         study = load_study(args.study, runs_here=args.address is None)
-        output = check_output(study, args.output or Path("results") / study.name, args.resume)
+        output = (args.output or Path("results") / study.name).resolve()
+        uri = args.tracking_uri or tracking.default_uri(output)
+        if args.dry_run:
+            check_output(study, output, args.resume)
+            print("\n".join(plan(study, output, uri, args.address)))
+            return 0
+        with output_lock.hold(output):
+            check_output(study, output, args.resume)
+            print("\n".join(plan(study, output, uri, args.address)), flush=True)
+            tracking.check_reachable(uri)
+            cluster.connect(args.address)
+            interrupts.catch()  # after Ray's start: its core installs a SIGTERM handler of its own
+            began = time.perf_counter()
+            rows = run_study(study, output, tracking_uri=uri, address=args.address, resume=args.resume)
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    uri = args.tracking_uri or tracking.default_uri(output)
-    print("\n".join(plan(study, output, uri, args.address)))
-    if args.dry_run:
-        return 0
-    try:
-        tracking.check_reachable(uri)
+    except (output_lock.OutputBusy, output_lock.OutputUnusable) as error:
+        print(f"error: {output}: --output: {error}", file=sys.stderr)
+        return 2
     except tracking.TrackingUnavailable as error:
         print(f"error: --tracking-uri: {error}", file=sys.stderr)
         return 2
-    began = time.perf_counter()
-    rows = run_study(study, output, tracking_uri=uri, address=args.address, resume=args.resume)
+    except KeyboardInterrupt:  # Ctrl-C before the study started: nothing to resume
+        print("interrupted before the study started", file=sys.stderr)
+        return 128 + signal.SIGINT
     unlogged = tracking.load(output).unlogged()
     print("\n".join(summary(rows, time.perf_counter() - began, output, uri, len(unlogged))))
-    return 0
+    return _exit_status(rows, study, output)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m farm_sweep.run", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m farm_sweep.run", description=__doc__.split("\n\n")[1],
+                                     allow_abbrev=False)  # `--address` is looked for before Ray is imported
     parser.add_argument("study", type=Path, help="the study file (studies/*.yaml)")
     parser.add_argument("--output", type=Path, help="results folder (default: results/<study name>)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output>/mlflow.db)")
     parser.add_argument("--address", help="join a running Ray cluster ('auto' or host:port)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted study in --output")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted study in --output; it trusts Tune's state there only if "
+                             f"every file matches a checksum the study's own run recorded ({tune_state.RECORD_FILE}),"
+                             " as that state holds pickles, which run code when loaded")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and start nothing")
     return parser
 
 
-def check_output(study: Study, output: Path, resume: bool) -> Path:
-    """The output folder must be new (or empty) for a new study and hold a restorable one for --resume."""
-    output = output.resolve()
-    if resume and not (tune.Tuner.can_restore(output / RAY_FOLDER / study.name)
-                       and (output / tracking.STATE_FILE).is_file()):
-        raise StudyError(output, "--resume", "no interrupted study to resume here; run without --resume")
-    if not resume and output.exists() and any(output.iterdir()):
+def check_output(study: Study, output: Path, resume: bool) -> None:
+    """The output folder must be new (or empty) for a new study, and hold a restorable one for --resume whose
+    Tune state the study's own run recorded."""
+    experiment = output / RAY_FOLDER / study.name
+    if output.exists() and not output.is_dir():
+        raise StudyError(output, "--output", "is not a folder; choose a folder for --output")
+    if resume:
+        if not (tune.Tuner.can_restore(experiment) and (output / tracking.STATE_FILE).is_file()):
+            raise StudyError(output, "--resume", "no interrupted study to resume here; run without --resume")
+        try:
+            tune_state.verify(experiment, output)
+        except tune_state.UntrustedState as error:
+            raise StudyError(output, "--resume", f"{error}; --resume loads only Tune state that the study's own "
+                             "run recorded (it holds pickles, which run code when loaded): start the study again "
+                             "with a new --output") from None
+    elif output.exists() and any(path.name != output_lock.LOCK_FILE for path in output.iterdir()):
         raise StudyError(output, "--output", "already holds a study; pass --resume to continue it, or choose "
                          "another --output")
-    return output
+
+
+def _exit_status(rows: Sequence[Mapping[str, Any]], study: Study, output: Path) -> int:
+    """0, or 128 + the signal that stopped the study, saying how to continue it."""
+    signum = interrupts.received()
+    if signum is None:
+        return 0
+    unfinished = sum(row["status"] == "interrupted" for row in rows)
+    print(f"stopped by {signal.Signals(signum).name}: {unfinished} trial(s) unfinished; continue the study with\n"
+          f"  python -m farm_sweep.run {study.path} --output {output} --resume", file=sys.stderr)
+    return 128 + signum
 
 
 def plan(study: Study, output: Path, uri: str, address: str | None) -> list[str]:
@@ -125,33 +162,59 @@ def _custom_text(custom: Mapping[str, float]) -> str:
 
 def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, address: str | None = None,
               resume: bool = False, trainable: Trainable = run_trial) -> list[dict[str, Any]]:
-    """Run (or resume) the study; returns one row per trial (also written to <output>/trials.csv)."""
+    """Run (or resume) the study; returns one row per trial (also written to <output>/trials.csv). When a
+    signal stops it (farm_sweep.sweep.interrupts), unfinished trials are `interrupted` and the MLflow parent run
+    is KILLED until --resume finishes them. StudyError when no node of the embedded Ray could run a trial."""
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
-    _connect(address)
+    cluster.connect(address)
+    _check_resources(study, address)
     uri = tracking_uri or tracking.default_uri(output)
     link = OptunaLink(f"sqlite:///{output / OPTUNA_FILE}", study.name,
                       make_pruner(study.pruner.type, study.pruner.options, study.epochs))
+    experiment = output / RAY_FOLDER / study.name
     if resume:
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(AlreadyDeletedCheckpoint())
         tracker = tracking.reopen(output)
-        tuner = tune.Tuner.restore(str(output / RAY_FOLDER / study.name),
-                                   trainable=_trainable(study, tracker, trainable))
+        tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(study, tracker, trainable))
     else:
         tracker = tracking.start(study.name, output, uri, _settings(study),
                                  [p for p in (study.path, study.search_space_path) if p and p.is_file()])
         tuner = _new_tuner(study, output, link, tracker, trainable)
-    rows = trial_rows(tuner.fit(), tracker, output)
-    _finish(study, output, link, tracker, rows)
+    tune_state.record(experiment, output)
+    tuner.fit()
+    tune_state.record(experiment, output)
+    rows = trial_rows(experiment, tracker, output)
+    _fail_orphans(link, rows)
+    if any(row["status"] == "interrupted" for row in rows):
+        _interrupt(output, tracker, rows)
+    else:
+        _finish(study, output, link, tracker, rows)
     return rows
 
 
-def _connect(address: str | None) -> None:
-    # --resume restarts from Tune's last experiment snapshot: take one every second (default: every 10s or
-    # more), so a killed driver loses at most a second of trial bookkeeping; and do not warn about it.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+def _check_resources(study: Study, address: str | None) -> None:
+    """StudyError when no node of the embedded Ray could run a trial; a warning with --address, where an
+    autoscaler may still add a node that can (docs/cluster.md's cluster starts without workers)."""
+    try:
+        cluster.check_resources(study.resources.cpus, study.resources.gpus, study.resources.custom)
+    except cluster.ResourcesUnavailable as error:
+        if address is None:
+            raise StudyError(study.path, error.field, error.reason) from None
+        print(f"warning: {study.path}: {error.field}: {error.reason}; until an autoscaler adds a node that can, "
+              "the trials wait", file=sys.stderr, flush=True)
+
+
+class AlreadyDeletedCheckpoint(logging.Filter):
+    """Drops Tune's traceback for deleting an older checkpoint of a trial that is already gone.
+
+    After a killed driver, --resume restores Tune's bookkeeping from its last snapshot, which can still list
+    a checkpoint Tune deleted after that snapshot; deleting it again fails with FileNotFoundError, which Tune
+    logs with a traceback although the new checkpoint is registered all the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, FileNotFoundError) and "Error handling checkpoint" in str(record.msg))
 
 
 def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) -> Any:
@@ -180,7 +243,8 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
             name=study.name, storage_path=str(output / RAY_FOLDER), verbose=0,
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[PrunedFlag(link), tracking.TrackingCallback(tracker), ProgressPrinter()]))
+            callbacks=[PrunedFlag(link), tracking.TrackingCallback(tracker), ProgressPrinter(),
+                       interrupts.StopOnSignal(), tune_state.StateRecorder(output)]))
 
 
 def trial_name(trial: Trial) -> str:
@@ -220,21 +284,25 @@ def _params_text(config: Mapping[str, Any]) -> str:
                     for k, v in config.items() if k != OPTUNA_TRIAL_KEY)
 
 
-def trial_rows(grid: tune.ResultGrid, tracker: tracking.Tracker, output: Path) -> list[dict[str, Any]]:
-    """One flat row per trial: ids, status, epochs, last metrics, parameters, checkpoint, MLflow run."""
+def trial_rows(experiment: Path, tracker: tracking.Tracker, output: Path) -> list[dict[str, Any]]:
+    """One flat row per trial: ids, status, epochs, last metrics, parameters, checkpoint, MLflow run.
+
+    Read from the experiment state Tune saved last: it keeps the trials a signal stopped unfinished (in
+    memory Tune marks them terminated as it cleans up), and the configuration of a trial that never started."""
+    analysis = tune.ExperimentAnalysis(str(experiment))
     rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or Path(result.path).name
+    for trial, result in zip(analysis.trials, tune.ResultGrid(analysis)):
+        metrics = trial.last_result or {}
+        status = _status(trial)
         checkpoint = result.checkpoint.path if result.checkpoint else ""
         rows.append({
-            "trial_id": trial_id, "optuna_trial": result.config.get(OPTUNA_TRIAL_KEY),
-            "status": _status(result.error, metrics), "epochs": metrics.get("epoch", 0),
-            "failure_reason": _reason(result.error),
+            "trial_id": trial.trial_id, "optuna_trial": trial.config.get(OPTUNA_TRIAL_KEY),
+            "status": status, "epochs": metrics.get(STEP_KEY, 0),
+            "failure_reason": _reason(result.error) if status == "failed" else "",
             METRIC: metrics.get(METRIC), "train_loss": metrics.get("train_loss"),
             **{key: metrics[key] for key in ("best_epoch", "stopped_early") if key in metrics},
-            "mlflow_run_id": tracker.run_of(trial_id), "checkpoint": _relative(checkpoint, output),
-            **{f"param.{k}": v for k, v in result.config.items() if k != OPTUNA_TRIAL_KEY},
+            "mlflow_run_id": tracker.run_of(trial.trial_id), "checkpoint": _relative(checkpoint, output),
+            **{f"param.{k}": v for k, v in trial.config.items() if k != OPTUNA_TRIAL_KEY},
             **{k: v for k, v in metrics.items() if k.startswith(("inpaint/", "sampling/"))}})
     return sorted(rows, key=lambda row: (row["optuna_trial"] is None, row["optuna_trial"] or 0))
 
@@ -246,12 +314,17 @@ def _reason(error: Exception | None) -> str:
     return "" if error is None else f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
 
 
-def _status(error: Exception | None, metrics: Mapping[str, Any]) -> str:
-    if error is not None:
+def _status(trial: Trial) -> str:
+    """completed, pruned, failed, interrupted (unfinished when a signal stopped the study: --resume continues
+    it), or incomplete (ended without an error before its last epoch, which no trial here does)."""
+    if trial.status == Trial.ERROR:
         return "failed"
-    if metrics.get(PRUNED_KEY):
+    if trial.last_result.get(PRUNED_KEY):
         return "pruned"
-    return "completed" if metrics and metrics.get("epoch") == metrics.get(FINAL_STEP_KEY) else "incomplete"
+    if trial.status != Trial.TERMINATED:
+        return "interrupted"
+    epoch = trial.last_result.get(STEP_KEY)
+    return "completed" if epoch is not None and epoch == trial.last_result.get(FINAL_STEP_KEY) else "incomplete"
 
 
 def _relative(path: str, output: Path) -> str:
@@ -273,6 +346,25 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
                          files, {s: counts.get(s, 0) for s in STATUSES})
     tracker.replay()
+
+
+def _interrupt(output: Path, tracker: tracking.Tracker, rows: list[dict[str, Any]]) -> None:
+    """trials.csv as it stands; the MLflow runs of unfinished trials and the parent run KILLED."""
+    table = write_table(rows, output / TABLE_FILE)
+    for row in rows:
+        if row["status"] == "interrupted" and row["mlflow_run_id"]:
+            tracker.end_trial(row["mlflow_run_id"], "interrupted")
+    tracker.interrupt_study([table])
+    tracker.replay()
+
+
+def _fail_orphans(link: OptunaLink, rows: Sequence[Mapping[str, Any]]) -> None:
+    """FAIL the Optuna trials left RUNNING without an unfinished Tune trial: the searcher asked for them just
+    before a driver was killed, before Tune recorded their trial, so no trial will ever tell their outcome."""
+    unfinished = {row["optuna_trial"] for row in rows if row["status"] == "interrupted"}
+    for trial in link.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.number not in unfinished:
+            link.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import optuna
 
+from farm_sweep.untrusted import quote
+
 DISTRIBUTIONS = ("categorical", "int", "float", "log_float")
 SAMPLERS = ("tpe", "random", "grid")
 OPTUNA_TRIAL_KEY = "optuna_trial"  # the Optuna trial number, added to every Tune trial's config
@@ -56,7 +58,7 @@ class Parameter:
 
     def describe(self) -> str:
         if self.distribution == "categorical":
-            text = f"{self.name}: categorical {list(self.choices)}"
+            text = f"{self.name}: categorical {quote(list(self.choices), 300)}"
         else:
             step = f" step {self.step}" if self.step else ""
             text = f"{self.name}: {self.distribution} [{self.low}, {self.high}]{step}"

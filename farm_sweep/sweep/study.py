@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-import re
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -20,17 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from farm_sweep.data import DataError, DatasetSpec
 from farm_sweep.sweep.search_space import DISTRIBUTIONS, Parameter, SearchSpace
 from farm_sweep.training import preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.untrusted import (
+    MAX_NAME_LENGTH,
+    QUOTE_CHARS,
+    InputError,
+    is_plain_name,
+    load_yaml,
+    quote,
+    read_text,
+)
 
 MAX_CHECKED_COMBINATIONS = 2000  # corner configurations checked against TrainConfig before a study starts
 MAX_GRID_SIZE = 100_000  # the grid sampler lists every configuration up front
 MAX_SEED = 2**32 - 1  # NumPy's (and so Optuna's) seed range
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class StudyError(ValueError):
@@ -92,7 +98,7 @@ Check = Callable[[Any], Any]
 def _integer(minimum: int, maximum: int | None = None) -> Check:
     def check(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise _Invalid(f"{value!r} must be an integer")
+            raise _Invalid(f"{quote(value)} must be an integer")
         if value < minimum or (maximum is not None and value > maximum):
             bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
             raise _Invalid(f"{value} must be {bound}")
@@ -113,15 +119,15 @@ def _number(minimum: float, maximum: float | None = None, exclusive: bool = Fals
 def _as_float(value: Any) -> float:
     """A finite YAML number; numeric strings are accepted because YAML 1.1 reads `1e-3` (no dot) as a string."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _Invalid(f"{value!r} must be a number")
+        raise _Invalid(f"{quote(value)} must be a number")
     try:
         number = float(value)
     except OverflowError:  # an integer beyond float's range
         number = math.inf
     except ValueError:
-        raise _Invalid(f"{value!r} must be a number") from None
+        raise _Invalid(f"{quote(value)} must be a number") from None
     if not math.isfinite(number):
-        raise _Invalid(f"{value!r} must be a finite number, not infinity or NaN")
+        raise _Invalid(f"{quote(value)} must be a finite number, not infinity or NaN")
     return number
 
 
@@ -133,19 +139,19 @@ def _either(check: Check, literal: str) -> Check:
 
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _Invalid(f"{value!r} must be true or false")
+        raise _Invalid(f"{quote(value)} must be true or false")
     return value
 
 
 def _text(value: Any) -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"{value!r} must be a string")
+        raise _Invalid(f"{quote(value)} must be a string")
     return value
 
 
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _Invalid(f"expected a mapping (key: value entries), got {type(value).__name__} {value!r}")
+        raise _Invalid(f"expected a mapping (key: value entries), got {type(value).__name__} {quote(value)}")
     return value
 
 
@@ -172,27 +178,6 @@ _FIELD_CHECKS: dict[str, Check] = {"seed": _integer(0, MAX_SEED)}  # TrainConfig
 # ------------------------------------------------------------------ reading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's SafeLoader, except that a key given twice in one mapping is an error (safe_load keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys: list[Any] = []
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key_node.tag != "tag:yaml.org,2002:merge" and key in keys:
-                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}",
-                                                        key_node.start_mark)
-            keys.append(key)
-        return super().construct_mapping(node, deep)
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """Where and what, without yaml's multi-line context (`line L, column C: problem`)."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None)
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark and problem else str(error)
-
-
 class _Reader:
     """Checks the keys and values of one YAML file, raising StudyError(file, field, reason)."""
 
@@ -200,22 +185,18 @@ class _Reader:
         self.path = path
 
     def load(self) -> dict[str, Any]:
+        """The file's top-level mapping (read within farm_sweep.untrusted's bounds; its content is never quoted:
+        a search_space that names another kind of file must not print it)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise StudyError(self.path, "(file)", f"cannot read the file ({error.strerror or error}); "
-                             "check the path") from error
-        except UnicodeDecodeError as error:
-            raise StudyError(self.path, "(file)", f"not UTF-8 text (byte {error.object[error.start]:#04x} at "
-                             f"offset {error.start}); save it as a UTF-8 YAML file") from None
-        try:
-            document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
-        except yaml.YAMLError as error:
-            raise StudyError(self.path, "(file)", f"not valid YAML ({_yaml_problem(error)}); correct the file "
-                             "there") from None
+            document = load_yaml(read_text(self.path))
+        except InputError as error:
+            raise StudyError(self.path, "(file)", str(error)) from None
         if document is None:
             raise StudyError(self.path, "(file)", "the file is empty; write the keys docs/studies.md describes")
-        return self.check("(top level)", document, _mapping)
+        if not isinstance(document, dict):
+            raise StudyError(self.path, "(top level)", f"expected a mapping (key: value entries), got "
+                             f"{type(document).__name__}; write the keys docs/studies.md describes")
+        return document
 
     def check(self, where: str, value: Any, check: Check) -> Any:
         try:
@@ -228,9 +209,9 @@ class _Reader:
         allowed = list(allowed)
         for key in mapping:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
+                close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
                 guess = f"did you mean {close[0]!r}? " if close else ""
-                raise StudyError(self.path, _join(where, str(key)),
+                raise StudyError(self.path, _join(where, str(key)[:QUOTE_CHARS]),
                                  f"unknown key; {guess}allowed here: {', '.join(allowed) or 'none'}")
         for key in required:
             if key not in mapping:
@@ -243,7 +224,8 @@ class _Reader:
         value = self.check(where, value, _mapping)
         kind = value.get("type", default)
         if not isinstance(kind, str) or kind not in options:
-            raise StudyError(self.path, f"{where}.type", f"{kind!r} is not known; choose one of {', '.join(options)}")
+            raise StudyError(self.path, f"{where}.type", f"{quote(kind)} is not known; choose one of "
+                             f"{', '.join(options)}")
         self.keys(where, value, ["type", *options[kind]], REQUIRED_OPTIONS.get(kind, ()))
         checked = {key: self.check(f"{where}.{key}", v, options[kind][key]) for key, v in value.items()
                    if key != "type"}
@@ -272,8 +254,9 @@ def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
     document = reader.load()
     reader.keys("(top level)", document, STUDY_KEYS, ("name", "search_space"))
     name = reader.check("name", document["name"], _text)
-    if not _NAME.fullmatch(name):
-        raise StudyError(path, "name", f"{name!r} must be letters, digits, '_', '-', '.' (it names folders)")
+    if not is_plain_name(name):
+        raise StudyError(path, "name", f"{quote(name)} must be letters, digits, '_', '-', '.', at most "
+                         f"{MAX_NAME_LENGTH} characters (it names folders)")
     space_path, space = _load_space(reader, document["search_space"])
     study_fixed = _fixed(reader, document.get("fixed", {}), space)
     space_field = "parameters" if space_path else "search_space.parameters"
@@ -295,6 +278,7 @@ def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
         enqueue=_enqueue(reader, document.get("enqueue", []), space),
         evaluation=_evaluation(reader, document.get("evaluation")),
     )
+    origins["evaluation"] = (path, "evaluation")  # the memory check may blame the evaluation batch
     _check_configurations(study, lambda name: origins.get(name, (path, f"fixed.{name}")), runs_here)
     return study
 
@@ -308,9 +292,9 @@ def _load_space(study_reader: _Reader, value: Any) -> tuple[Path | None, SearchS
     """`search_space:` is a path (relative to the study file) or an inline mapping."""
     if isinstance(value, str):
         space_path = study_reader.path.parent / value
-        if not _is_file(space_path):
-            raise StudyError(study_reader.path, "search_space", f"file {space_path} does not exist; give a "
-                             "search-space file's path relative to the study file, or the space inline")
+        if not _exists(space_path):
+            raise StudyError(study_reader.path, "search_space", f"file {quote(str(space_path), 300)} does not "
+                             "exist; give a search-space file's path relative to the study file, or the space inline")
         space_path = space_path.resolve()
         reader = _Reader(space_path)
         return space_path, _space(reader, reader.load(), "")
@@ -318,9 +302,9 @@ def _load_space(study_reader: _Reader, value: Any) -> tuple[Path | None, SearchS
     return None, _space(study_reader, document, "search_space")
 
 
-def _is_file(path: Path) -> bool:
+def _exists(path: Path) -> bool:
     try:
-        return path.is_file()
+        return path.exists()
     except OSError:  # e.g. a name too long for the file system
         return False
 
@@ -346,7 +330,7 @@ def _parameter(reader: _Reader, at: str, name: str, entry: dict[str, Any], earli
     reader.keys(at, entry, PARAMETER_KEYS, ("distribution",))
     kind = entry["distribution"]
     if kind not in DISTRIBUTIONS:
-        raise StudyError(reader.path, f"{at}.distribution", f"{kind!r} is not known; choose one of "
+        raise StudyError(reader.path, f"{at}.distribution", f"{quote(kind)} is not known; choose one of "
                          f"{', '.join(DISTRIBUTIONS)}")
     when = _condition(reader, f"{at}.when", entry.get("when", {}), earlier, fixed)
     if kind == "categorical":
@@ -387,8 +371,8 @@ def _condition(reader: _Reader, at: str, value: Any, earlier: list[Parameter],
         possible = known[name].choices if name in known else (fixed[name],)
         for option in allowed:
             if name in known and option not in possible:
-                raise StudyError(reader.path, f"{at}.{name}", f"{option!r} is not one of its choices "
-                                 f"{list(possible)}")
+                raise StudyError(reader.path, f"{at}.{name}", f"{quote(option)} is not one of its choices "
+                                 f"{quote(list(possible))}")
         condition[name] = tuple(allowed)
     return condition
 
@@ -464,7 +448,7 @@ def _enqueue(reader: _Reader, value: Any, space: SearchSpace) -> tuple[dict[str,
             parameter = by_name[name]
             chosen = _config_value(reader, f"{at}.{name}", name, chosen)
             if not _within(parameter, chosen):
-                raise StudyError(reader.path, f"{at}.{name}", f"{chosen!r} is outside its distribution "
+                raise StudyError(reader.path, f"{at}.{name}", f"{quote(chosen)} is outside its distribution "
                                  f"({parameter.describe()})")
             point[name] = chosen
         points.append(point)
@@ -502,18 +486,29 @@ Locate = Callable[[str], tuple[Path, str]]
 
 def _check_configurations(study: Study, locate: Locate, runs_here: bool) -> None:
     """Every corner configuration (and every enqueued point) builds a TrainConfig, its data is present and
-    intact, (for MADE) its orderings exist on the dataset's image size, and (runs_here) its device exists."""
-    shapes: dict[tuple[Any, ...], tuple[int, int]] = {}
+    intact, (for MADE) its orderings exist on the dataset's image size, its memory need fits this machine
+    (runs_here) or a trial's ceiling (a cluster), and (runs_here) its device exists."""
+    shapes: dict[tuple[Any, ...], tuple[int, int, int]] = {}
+    evaluation_batch = _evaluation_batch(study.evaluation)
+    memory_limit = None if runs_here else preflight.MEMORY_CEILING
     for values in _configurations(study):
         config = _train_config(values, locate)
         try:
-            preflight.check(config, shapes)
+            preflight.check(config, shapes, evaluation_batch=evaluation_batch, memory_limit=memory_limit)
         except preflight.PreflightError as error:
             raise StudyError(*locate(error.field), error.reason) from error
         if runs_here and config.device == "cuda" and not torch.cuda.is_available():
             raise StudyError(*locate("device"), "'cuda' requested but this machine has no CUDA GPU; use device: "
                              "auto (the GPU when there is one, else the CPU) or cpu, or run on a GPU cluster "
                              "(--address)")
+
+
+def _evaluation_batch(settings: dict[str, Any]) -> int:
+    if not settings:
+        return 0
+    from farm_sweep.evaluation.end_of_trial import largest_batch  # imported by _evaluation already
+
+    return largest_batch(settings)
 
 
 def _configurations(study: Study) -> Iterator[dict[str, Any]]:
@@ -526,4 +521,4 @@ def _train_config(values: dict[str, Any], locate: Locate) -> TrainConfig:
         return TrainConfig.from_dict(values)
     except ConfigError as error:
         name = str(error).split(":", 1)[0]
-        raise StudyError(*locate(name), f"{error} (in the configuration {values})") from error
+        raise StudyError(*locate(name), f"{error} (in the configuration {quote(values, 400)})") from error

@@ -3,7 +3,7 @@
 The parent run holds the study's settings, its files, and at the end the best trial, the trials table,
 the speed-quality Pareto front and the parameter importances. A child run (tag `mlflow.parentRunId`)
 holds one trial's parameters, its per-epoch metrics (step = epoch), its evaluation metrics and
-artifacts, its checkpoint, and a `farm.status` tag: running, completed, pruned or failed.
+artifacts, its checkpoint, and a `farm.status` tag: running, completed, pruned, failed or interrupted.
 
 Every call goes through MlflowClient with an explicit run id (no fluent "active run" state), so the
 same code runs in the driver and inside Ray trial processes. A child run is found again by its
@@ -46,6 +46,7 @@ STUDY_TAG = "farm.study"
 STATE_FILE = "tracking.json"
 JOURNAL_FILE = "tracking_unlogged.jsonl"
 PENDING = "pending:"
+RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's status of a trial's run; else FINISHED
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 ATTEMPTS, BACKOFF_S = 3, 1.0
 # MLflow's own HTTP retries back off for minutes per call; ours are short and end in the journal instead.
@@ -119,12 +120,19 @@ class Tracker:
         return client(self.uri)
 
     def journal_call(self, name: str, args: tuple, kwargs: dict, error: Exception) -> None:
+        """Keep a call the store refused; if even the journal cannot be written (a full disk), say so and go on:
+        the study itself must not fail for its tracking."""
         log.warning("tracking: %s could not be logged (%s); kept in %s", name, error, self.journal)
-        if self.journal is not None:
-            line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": str(error)[:500]},
-                              default=str)
+        if self.journal is None:
+            return
+        line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": str(error)[:500]},
+                          default=str)
+        try:
             with open(self.journal, "a") as handle:
                 handle.write(line + "\n")
+        except OSError as failure:
+            log.error("tracking: %s is lost: the journal %s cannot be written either (%s)", name, self.journal,
+                      failure.strerror or failure)
 
     def unlogged(self) -> list[dict[str, Any]]:
         """The journaled calls that have not reached the store."""
@@ -187,12 +195,13 @@ class Tracker:
 
     @_journaled
     def end_trial(self, run_id: str, status: str, reason: str | None = None) -> None:
-        """status: completed, pruned or failed (the MLflow run itself ends FINISHED or FAILED)."""
+        """status: completed, pruned, failed or interrupted (the MLflow run ends FINISHED, FAILED or KILLED;
+        an interrupted trial's run is RUNNING again when --resume continues it)."""
         run_id = self._resolve(run_id)
         self.client.set_tag(run_id, STATUS_TAG, status)
         if reason:
             self.client.set_tag(run_id, "farm.failure_reason", reason[:5000])
-        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+        self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"))
 
     # ---------------------------------------------------------- logging
 
@@ -251,7 +260,15 @@ class Tracker:
             self.log_metrics(run, {"best_nll_image": best["nll_image"]}, step=0)
             self.client.log_dict(run, best, "best_trial.json")
         self.log_files(run, files, "study")
+        self.client.set_tag(run, STATUS_TAG, "finished")
         self.client.set_terminated(run, "FINISHED")
+
+    @_journaled
+    def interrupt_study(self, files: Iterable[Path]) -> None:
+        """A signal stopped the study: log the table as it stands on the parent run and end it KILLED."""
+        self.log_files(self.parent_run_id, files, "study")
+        self.client.set_tag(self.parent_run_id, STATUS_TAG, "interrupted")
+        self.client.set_terminated(self.parent_run_id, "KILLED")
 
 
 def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], files: Iterable[Path]) -> Tracker:

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from farm_sweep.made.network import WEIGHT_SHARING
 from farm_sweep.orderings import FAMILIES, SYMMETRIES, max_orderings
 from farm_sweep.pixelcnn.farm import TRANSFORM_FAMILIES, same_conditionings, transform_indices
 from farm_sweep.pixelcnn.network import CAUSAL, PixelCNNConfig
+from farm_sweep.untrusted import quote
 
 MODELS = ("made", "pixelcnn")
 COLOUR_DATASETS = ("cifar10",)  # the 3-channel datasets PixelCNN++ models
@@ -104,7 +106,7 @@ class TrainConfig:
         for name, hint in hints.items():
             value = getattr(self, name)
             if not _matches(value, hint):
-                raise ConfigError(f"{name}: {value!r} has type {type(value).__name__}, expected {hint}")
+                raise ConfigError(f"{name}: {quote(value)} has type {type(value).__name__}, expected {hint}")
 
     def _check_choices(self) -> None:
         families = TRANSFORM_FAMILIES if self.model == "pixelcnn" else FAMILIES
@@ -120,9 +122,10 @@ class TrainConfig:
                 scope = f" for model {self.model}" if name == "ordering_family" else ""
                 more = ", or your own data: a mapping {format: npz, path: ...} (docs/data.md)"
                 more = more if name == "dataset" else ""
-                raise ConfigError(f"{name}: {value!r} is not allowed{scope}; choose one of {', '.join(allowed)}{more}")
+                raise ConfigError(f"{name}: {quote(value)} is not allowed{scope}; choose one of "
+                                  f"{', '.join(allowed)}{more}")
         if self.binarize != "static" and self.dataset != "mnist":
-            raise ConfigError(f"binarize: {self.binarize!r} applies to dataset mnist only "
+            raise ConfigError(f"binarize: {quote(self.binarize)} applies to dataset mnist only "
                               f"({dataset_label(self.dataset)!r} is already binary or colour); leave binarize at "
                               "'static'")
         if self.model == "pixelcnn" and (self.direct_connections or self.weight_sharing not in ("shared", "separate")):
@@ -159,13 +162,16 @@ class TrainConfig:
         return self.dataset in COLOUR_DATASETS
 
     def _check_ranges(self) -> None:
+        for name in ("lr", "divergence_weight", "dropout", "ema_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}: {getattr(self, name)} must be a finite number, not infinity or NaN")
         positive = ("num_orderings", "num_masks", "resample_every", "batch_size", "epochs", "lr", "filters",
                     "resnets_per_stage", "stages", "mixtures")
         for name in positive:
             if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: {getattr(self, name)!r} must be positive")
+                raise ConfigError(f"{name}: {quote(getattr(self, name))} must be positive")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ConfigError(f"hidden_sizes: {list(self.hidden_sizes)} must be one or more positive sizes")
+            raise ConfigError(f"hidden_sizes: {quote(list(self.hidden_sizes))} must be one or more positive sizes")
         if self.divergence_weight < 0:
             raise ConfigError(f"divergence_weight: {self.divergence_weight} must be >= 0 (it weighs a "
                               f"divergence added to the loss)")
@@ -180,10 +186,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from plain values (a study's fixed and sampled parameters); unknown keys are errors."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"expected a mapping of field names to values, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(name) for name in set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown parameter(s) {quote(', '.join(unknown))}; known: {', '.join(sorted(known))}")
         try:
             return cls(**values)
         except TypeError as error:

@@ -26,6 +26,7 @@ from farm_sweep.training import checkpoint, early_stopping, preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
 from farm_sweep.training.curve import write_curve
 from farm_sweep.training.schedule import learning_rate
+from farm_sweep.untrusted import InputError, parse_json
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,12 +69,16 @@ def task_for(config: TrainConfig) -> Task:
 
 
 def build_model(config: TrainConfig, height: int, width: int, channels: int = 1) -> torch.nn.Module:
+    """The configuration's untrained model; PreflightError, before anything is allocated, when it cannot fit."""
+    preflight.check_memory(config, (height, width, channels), training=False)
     torch.manual_seed(config.seed)
     return task_for(config).build(height, width, channels)
 
 
 def load_model(checkpoint_folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """The trained model and its config from a checkpoint folder (epoch_NNNN), verified, in eval mode."""
+    """The trained model and its config from a checkpoint folder (epoch_NNNN), verified before anything in it
+    is used, in eval mode."""
+    checkpoint.verify(checkpoint_folder)
     config = TrainConfig.from_dict(checkpoint.read_state(checkpoint_folder)["config"])
     shape = load_split(config, "valid")
     model = build_model(config, shape.height, shape.width, shape.channels)
@@ -185,6 +190,17 @@ def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Opti
     return means
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = parse_json(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(f"{error}; give a JSON object") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object {{\"field\": value, ...}} is needed, not "
+                                         f"{type(value).__name__}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m farm_sweep.train",
                                      description="Train one FARM configuration without Ray.")
-    parser.add_argument("--config", type=_config_json, default={},
+    parser.add_argument("--config", type=_json_object, default={},
                         help='TrainConfig fields as JSON, e.g. \'{"num_orderings": 8}\'')
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
                         help="keep checkpoints here (default: a temporary folder); a run killed halfway "
@@ -237,16 +253,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="write the learning curve after every epoch: this CSV and a PNG beside it")
     parser.add_argument("--test", action="store_true", help="also report nll_image on the test split at the end")
     return parser
-
-
-def _config_json(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object of TrainConfig fields, e.g. '{\"epochs\": 5}'")
-    return value
 
 
 def _resume_problem(folder: Path | None, resume: bool) -> str | None:
