@@ -163,7 +163,7 @@ class TrainConfig:
 
     def _check_ranges(self) -> None:
         for name in ("lr", "divergence_weight", "dropout", "ema_decay"):
-            if not math.isfinite(getattr(self, name)):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name}: {getattr(self, name)} must be a finite number, not infinity or NaN")
         positive = ("num_orderings", "num_masks", "resample_every", "batch_size", "epochs", "lr", "filters",
                     "resnets_per_stage", "stages", "mixtures")
