@@ -46,11 +46,11 @@ class EarlyStopping:
                               "(patience required, min_delta default 0)")
         patience, min_delta = value["patience"], value.get("min_delta", 0.0)
         if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-            raise ConfigError(f"early_stopping.patience: {_short(patience)} must be an integer >= 1 (epochs "
+            raise ConfigError(f"early_stopping.patience: {quote(patience)} must be an integer >= 1 (epochs "
                               "without improvement before stopping)")
         if (isinstance(min_delta, bool) or not isinstance(min_delta, int | float) or not math.isfinite(min_delta)
                 or min_delta < 0):
-            raise ConfigError(f"early_stopping.min_delta: {_short(min_delta)} must be a finite number >= 0 "
+            raise ConfigError(f"early_stopping.min_delta: {quote(min_delta)} must be a finite number >= 0 "
                               "(nats an epoch must gain to count as an improvement)")
         return cls(patience, float(min_delta))
 
@@ -213,11 +213,6 @@ def _dataset(value: Any) -> Any:
         return DatasetSpec.from_value(value)
     except DataError as error:
         raise ConfigError(f"dataset: {error}") from None
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _matches(value: Any, hint: Any) -> bool:
