@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from farm_sweep.data import DataError
 from farm_sweep.export.format import METRICS, ExportError, export_model, require_made
 from farm_sweep.made.network import FarmMADE
-from farm_sweep.sweep import tracking
+from farm_sweep.sweep import stores, tracking
 from farm_sweep.sweep.results_table import METRIC, TABLE_FILE, read_table
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import load_model
@@ -66,10 +66,16 @@ def _positive(text: str) -> int:
 
 
 def _check_registry(output: Path) -> None:
+    """The study's tracking state is there and its store answers (the password of a database comes from
+    PGPASSWORD or ~/.pgpass: the study does not keep it)."""
     state = output / tracking.STATE_FILE
     if not state.is_file():
         raise ExportError(f"{state}: missing, so --register cannot find the study's MLflow runs; pass the output "
                           "folder of a study run by python -m farm_sweep.run, or export without --register")
+    try:
+        stores.check_tracking(tracking.load(output).uri)
+    except stores.StoreUnavailable as error:
+        raise ExportError(f"{state}: uri: {error}") from None
 
 
 def best_rows(output: Path, top: int) -> list[dict[str, str]]:

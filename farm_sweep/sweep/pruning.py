@@ -12,8 +12,9 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
   overwrite the PRUNED state of a pruned trial with COMPLETE.
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
-(`optuna_trial`). The Optuna study lives in storage (SQLite by default), the single source of truth, so
-all three objects are stateless and survive Tune's pickling on `--resume`.
+(`optuna_trial`). The Optuna study lives in storage (SQLite by default, or a database server:
+farm_sweep.sweep.stores), the single source of truth, so all three objects are stateless and survive Tune's
+pickling on `--resume`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from farm_sweep.sweep import stores
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 
@@ -46,10 +48,11 @@ def make_pruner(kind: str, options: dict[str, Any], max_epochs: int) -> optuna.p
 
 
 class OptunaLink:
-    """A lazily opened handle on one Optuna study in storage; pickles as (storage URL, study name, pruner)."""
+    """A lazily opened handle on one Optuna study in storage; pickles as (storage URL without its password,
+    study name, pruner)."""
 
     def __init__(self, storage_url: str, study_name: str, pruner: optuna.pruners.BasePruner | None = None) -> None:
-        self.storage_url, self.study_name, self.pruner = storage_url, study_name, pruner
+        self.storage_url, self.study_name, self.pruner = stores.remember(storage_url), study_name, pruner
         self._storage: optuna.storages.RDBStorage | None = None
         self._study: optuna.Study | None = None
 
@@ -62,7 +65,7 @@ class OptunaLink:
 
     def _open(self) -> tuple[optuna.storages.RDBStorage, optuna.Study]:
         if self._storage is None or self._study is None:
-            self._storage = optuna.storages.RDBStorage(self.storage_url)
+            self._storage = stores.optuna_storage(self.storage_url)
             self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
                                             pruner=self.pruner or optuna.pruners.NopPruner())
         return self._storage, self._study

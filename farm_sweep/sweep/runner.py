@@ -1,14 +1,17 @@
-"""Run a study: `python -m farm_sweep.run STUDY.yaml [--output DIR] [--tracking-uri URI] [--address ADDR]
-[--resume] [--dry-run]`.
+"""Run a study: `python -m farm_sweep.run STUDY.yaml [--output DIR] [--tracking-uri URI] [--optuna-storage URL]
+[--address ADDR] [--resume] [--dry-run]`.
 
 The study is validated first (exit status 2 on a bad file, nothing written). Then Ray Tune runs the trials
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
 on a stored Optuna study) and prunes them (farm_sweep.sweep.pruning), MLflow tracks them (farm_sweep.sweep.tracking).
-Everything lands in the output folder (default results/<study name>/): trials.csv, figures, optuna.db,
-mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storage folder ray/. One run at a
-time holds the folder (farm_sweep.sweep.output_lock). Ctrl-C or SIGTERM stops the study (exit status 130 or
-143) and `--resume` continues it; `--resume` trusts only Tune state whose checksums the study's own run
-recorded in the folder (farm_sweep.sweep.tune_state), as Tune's state holds pickles, which run code.
+Everything lands in the output folder (default results/<study name>/): trials.csv, figures, optuna.db (unless
+--optuna-storage names a database), mlflow.db + mlartifacts (unless --tracking-uri names a server or a
+database), and Ray's storage folder ray/. The stores are checked before anything starts, and their passwords
+are never written or printed (farm_sweep.sweep.stores). One run at a time holds the folder
+(farm_sweep.sweep.output_lock). Ctrl-C or SIGTERM stops the study (exit status 130 or 143), so does an Optuna
+storage that stops answering (exit status 1), and `--resume` continues it; `--resume` trusts only Tune state
+whose checksums the study's own run recorded in the folder (farm_sweep.sweep.tune_state), as Tune's state
+holds pickles, which run code.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 import ray
@@ -32,7 +35,7 @@ from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
 from farm_sweep import figures
-from farm_sweep.sweep import cluster, interrupts, output_lock, tracking, tune_state
+from farm_sweep.sweep import cluster, interrupts, output_lock, stores, tracking, tune_state
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -48,6 +51,7 @@ from farm_sweep.sweep.trial import TrialContext, run_trial
 
 MODE = "min"
 RAY_FOLDER, OPTUNA_FILE = "ray", "optuna.db"
+OPTUNA_RECORD = "optuna_storage.json"  # the Optuna storage's public URL and study name, for --resume
 
 Trainable = Callable[[dict[str, Any], TrialContext], None]
 
@@ -57,28 +61,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         study = load_study(args.study, runs_here=args.address is None)
         output = (args.output or Path("results") / study.name).resolve()
-        uri = args.tracking_uri or tracking.default_uri(output)
         if args.dry_run:
             check_output(study, output, args.resume)
-            print("\n".join(plan(study, output, uri, args.address)))
+            uri, storage = study_stores(output, args.tracking_uri, args.optuna_storage, args.resume)
+            print("\n".join(plan(study, output, uri, storage, args.address)))
             return 0
         with output_lock.hold(output):
             check_output(study, output, args.resume)
-            print("\n".join(plan(study, output, uri, args.address)), flush=True)
-            tracking.check_reachable(uri)
+            uri, storage = study_stores(output, args.tracking_uri, args.optuna_storage, args.resume)
+            print("\n".join(plan(study, output, uri, storage, args.address)), flush=True)
+            check_stores(study, uri, storage, args.resume)
             cluster.connect(args.address)
             interrupts.catch()  # after Ray's start: its core installs a SIGTERM handler of its own
             began = time.perf_counter()
-            rows = run_study(study, output, tracking_uri=uri, address=args.address, resume=args.resume)
+            rows = run_study(study, output, tracking_uri=uri, optuna_storage=storage, address=args.address,
+                             resume=args.resume)
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (output_lock.OutputBusy, output_lock.OutputUnusable) as error:
         print(f"error: {output}: --output: {error}", file=sys.stderr)
         return 2
-    except tracking.TrackingUnavailable as error:
-        print(f"error: --tracking-uri: {error}", file=sys.stderr)
+    except stores.StoreUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
+    except stores.StoreLost as error:
+        print(f"error: {error}:\n  python -m farm_sweep.run {study.path} --output {output} --resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C before the study started: nothing to resume
         print("interrupted before the study started", file=sys.stderr)
         return 128 + signal.SIGINT
@@ -92,7 +101,11 @@ def _parser() -> argparse.ArgumentParser:
                                      allow_abbrev=False)  # `--address` is looked for before Ray is imported
     parser.add_argument("study", type=Path, help="the study file (studies/*.yaml)")
     parser.add_argument("--output", type=Path, help="results folder (default: results/<study name>)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output>/mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI: a server (http://HOST:PORT) or a database "
+                                               "(postgresql://USER:PASSWORD@HOST:PORT/DB); default: "
+                                               "sqlite:///<output>/mlflow.db")
+    parser.add_argument("--optuna-storage", help="Optuna storage URL, a database (postgresql://USER:PASSWORD@HOST:"
+                                                 "PORT/DB); default: sqlite:///<output>/optuna.db")
     parser.add_argument("--address", help="join a running Ray cluster ('auto' or host:port)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted study in --output; it trusts Tune's state there only if "
@@ -122,6 +135,44 @@ def check_output(study: Study, output: Path, resume: bool) -> None:
                          "another --output")
 
 
+def study_stores(output: Path, tracking_uri: str | None, optuna_storage: str | None,
+                 resume: bool) -> tuple[str, str]:
+    """The public URLs of the study's MLflow store and Optuna storage: the options' (default: SQLite files in the
+    output folder), or for --resume the ones the study's run recorded, which the options may repeat to give
+    their passwords again."""
+    if not resume:
+        return (stores.remember(tracking_uri) if tracking_uri else tracking.default_uri(output),
+                stores.remember(optuna_storage) if optuna_storage else _default_optuna_storage(output))
+    recorded = {"--tracking-uri": tracking.load(output).uri, "--optuna-storage": _recorded_optuna_storage(output)}
+    for option, given in (("--tracking-uri", tracking_uri), ("--optuna-storage", optuna_storage)):
+        if given is not None and stores.public(given) != recorded[option]:
+            raise StudyError(output, option, f"{stores.shown(given)} is not the store of the study in this folder "
+                             f"({stores.shown(recorded[option])}); leave {option} out, or give that one")
+        if given is not None:
+            stores.remember(given)
+    return recorded["--tracking-uri"], recorded["--optuna-storage"]
+
+
+def _default_optuna_storage(output: Path) -> str:
+    return f"sqlite:///{output / OPTUNA_FILE}"
+
+
+def _recorded_optuna_storage(output: Path) -> str:
+    record = output / OPTUNA_RECORD
+    return json.loads(record.read_text())["storage"] if record.is_file() else _default_optuna_storage(output)
+
+
+def check_stores(study: Study, uri: str, storage: str, resume: bool) -> None:
+    """StoreUnavailable, naming the option, unless both stores can be used."""
+    checks = (("--tracking-uri", lambda: stores.check_tracking(uri)),
+              ("--optuna-storage", lambda: stores.check_optuna(storage, study.name, new=not resume)))
+    for option, check in checks:
+        try:
+            check()
+        except stores.StoreUnavailable as error:
+            raise stores.StoreUnavailable(f"{option}: {error}") from None
+
+
 def _exit_status(rows: Sequence[Mapping[str, Any]], study: Study, output: Path) -> int:
     """0, or 128 + the signal that stopped the study, saying how to continue it."""
     signum = interrupts.received()
@@ -130,10 +181,13 @@ def _exit_status(rows: Sequence[Mapping[str, Any]], study: Study, output: Path) 
     unfinished = sum(row["status"] == "interrupted" for row in rows)
     print(f"stopped by {signal.Signals(signum).name}: {unfinished} trial(s) unfinished; continue the study with\n"
           f"  python -m farm_sweep.run {study.path} --output {output} --resume", file=sys.stderr)
+    if stores.secrets():
+        print("  and the stores' passwords, which the study does not keep: the same --tracking-uri and "
+              "--optuna-storage again, or PGPASSWORD or ~/.pgpass", file=sys.stderr)
     return 128 + signum
 
 
-def plan(study: Study, output: Path, uri: str, address: str | None) -> list[str]:
+def plan(study: Study, output: Path, uri: str, storage: str, address: str | None) -> list[str]:
     pruner = ", ".join([study.pruner.type, *(f"{k}={v}" for k, v in study.pruner.options.items())])
     sampler = ", ".join([study.sampler.type, f"seed={study.seed}",
                          *(f"{k}={v}" for k, v in study.sampler.options.items())])
@@ -151,8 +205,8 @@ def plan(study: Study, output: Path, uri: str, address: str | None) -> list[str]
              f"max_failures: {study.max_failures}",
              f"  evaluation: {json.dumps(study.evaluation) if study.evaluation else 'none'}",
              f"  ray: {address or 'embedded local Ray'}; storage {output / RAY_FOLDER}",
-             f"  optuna: sqlite:///{output / OPTUNA_FILE} (study {study.name!r})",
-             f"  mlflow: {uri}",
+             f"  optuna: {stores.shown(storage)} (study {study.name!r})",
+             f"  mlflow: {stores.shown(uri)}",
              f"  output: {output}"]
 
 
@@ -160,29 +214,39 @@ def _custom_text(custom: Mapping[str, float]) -> str:
     return "".join(f", {amount} {name}" for name, amount in custom.items())
 
 
-def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, address: str | None = None,
-              resume: bool = False, trainable: Trainable = run_trial) -> list[dict[str, Any]]:
+def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, optuna_storage: str | None = None,
+              address: str | None = None, resume: bool = False,
+              trainable: Trainable = run_trial) -> list[dict[str, Any]]:
     """Run (or resume) the study; returns one row per trial (also written to <output>/trials.csv). When a
     signal stops it (farm_sweep.sweep.interrupts), unfinished trials are `interrupted` and the MLflow parent run
-    is KILLED until --resume finishes them. StudyError when no node of the embedded Ray could run a trial."""
+    is KILLED until --resume finishes them; so it is when the Optuna storage stops answering, and StoreLost says
+    so. StudyError when no node of the embedded Ray could run a trial, or when the Optuna storage holds a study of
+    this name already."""
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
+    uri, storage = study_stores(output, tracking_uri, optuna_storage, resume)
     cluster.connect(address)
     _check_resources(study, address)
-    uri = tracking_uri or tracking.default_uri(output)
-    link = OptunaLink(f"sqlite:///{output / OPTUNA_FILE}", study.name,
-                      make_pruner(study.pruner.type, study.pruner.options, study.epochs))
+    link = OptunaLink(storage, study.name, make_pruner(study.pruner.type, study.pruner.options, study.epochs))
     experiment = output / RAY_FOLDER / study.name
     if resume:
         logging.getLogger("ray.tune.execution.tune_controller").addFilter(AlreadyDeletedCheckpoint())
         tracker = tracking.reopen(output)
         tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(study, tracker, trainable))
     else:
-        tracker = tracking.start(study.name, output, uri, _settings(study),
+        _create_optuna_study(study, link)
+        (output / OPTUNA_RECORD).write_text(json.dumps({"storage": storage, "study": study.name}))
+        tracker = tracking.start(study.name, output, uri, _settings(study, storage),
                                  [p for p in (study.path, study.search_space_path) if p and p.is_file()])
         tuner = _new_tuner(study, output, link, tracker, trainable)
     tune_state.record(experiment, output)
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as error:
+        reason = stores.database_failure(error)
+        if reason is None:
+            raise
+        _stop_without_storage(experiment, output, tracker, link, reason)
     tune_state.record(experiment, output)
     rows = trial_rows(experiment, tracker, output)
     _fail_orphans(link, rows)
@@ -217,8 +281,20 @@ class AlreadyDeletedCheckpoint(logging.Filter):
         return not (isinstance(error, FileNotFoundError) and "Error handling checkpoint" in str(record.msg))
 
 
+def _create_optuna_study(study: Study, link: OptunaLink) -> None:
+    """The study's Optuna study, new: StudyError if the storage has one of that name (a second driver of a
+    study of the same name started at the same time: sharing it, the two would mix their trials)."""
+    try:
+        optuna.create_study(study_name=study.name, storage=stores.optuna_storage(link.storage_url),
+                            direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyError(study.path, "name", f"the Optuna storage {stores.shown(link.storage_url)} already holds a "
+                         f"study named {study.name!r}; rename the study, or continue that one with --resume "
+                         "on its --output folder") from None
+
+
 def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) -> Any:
-    context = TrialContext(dict(study.space.fixed), tracker, dict(study.evaluation))
+    context = TrialContext(dict(study.space.fixed), tracker, dict(study.evaluation), secrets=stores.secrets())
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus if has_gpu else 0,
                  **study.resources.custom}
@@ -227,12 +303,10 @@ def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) ->
 
 def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
                trainable: Trainable) -> tune.Tuner:
-    storage = optuna.storages.RDBStorage(link.storage_url)
-    optuna.create_study(study_name=study.name, storage=storage, direction="minimize", load_if_exists=True)
     searcher = PruningOptunaSearch(
         space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=[dict(p) for p in study.enqueue] or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
-        study_name=study.name, storage=storage)
+        study_name=study.name, storage=stores.optuna_storage(link.storage_url))
     return tune.Tuner(
         _trainable(study, tracker, trainable),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
@@ -252,9 +326,9 @@ def trial_name(trial: Trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _settings(study: Study) -> dict[str, Any]:
-    """The study's settings as parent-run parameters."""
-    return {"trials": study.trials, "seed": study.seed, "sampler": study.sampler.type,
+def _settings(study: Study, storage: str) -> dict[str, Any]:
+    """The study's settings as parent-run parameters (the Optuna storage's URL without its password)."""
+    return {"trials": study.trials, "optuna_storage": storage, "seed": study.seed, "sampler": study.sampler.type,
             "sampler_options": study.sampler.options, "pruner": study.pruner.type,
             "pruner_options": study.pruner.options, "search_space": study.space.describe(),
             "enqueue": list(study.enqueue), "cpus_per_trial": study.resources.cpus,
@@ -358,6 +432,17 @@ def _interrupt(output: Path, tracker: tracking.Tracker, rows: list[dict[str, Any
     tracker.replay()
 
 
+def _stop_without_storage(experiment: Path, output: Path, tracker: tracking.Tracker, link: OptunaLink,
+                          reason: str) -> NoReturn:
+    """The Optuna storage went away (the driver's sampler and pruners cannot go on without it): stop the study as a
+    signal would, and raise StoreLost, for --resume to continue it once the storage is back."""
+    tune_state.record(experiment, output)
+    _interrupt(output, tracker, trial_rows(experiment, tracker, output))
+    raise stores.StoreLost(f"--optuna-storage: {stores.shown(link.storage_url)} stopped answering mid-study "
+                           f"({reason}); the study stopped, its unfinished trials interrupted: start the database "
+                           "again, then continue the study with --resume")
+
+
 def _fail_orphans(link: OptunaLink, rows: Sequence[Mapping[str, Any]]) -> None:
     """FAIL the Optuna trials left RUNNING without an unfinished Tune trial: the searcher asked for them just
     before a driver was killed, before Tune recorded their trial, so no trial will ever tell their outcome."""
@@ -391,8 +476,9 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
               f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed",
               f"results: {output}",
-              *([f"tracking: {unlogged} calls could not be logged to {uri}; they are kept in "
+              *([f"tracking: {unlogged} calls could not be logged to {stores.shown(uri)}; they are kept in "
                  f"{output / tracking.JOURNAL_FILE}"] if unlogged else []),
-              f"MLflow UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow: {uri}"]
+              f"MLflow: {stores.shown(uri)}" if uri.startswith(("http://", "https://")) else
+              f"MLflow UI: mlflow ui --backend-store-uri {stores.shown(uri)}"]
     return lines
 

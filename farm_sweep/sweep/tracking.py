@@ -8,11 +8,15 @@ artifacts, its checkpoint, and a `farm.status` tag: running, completed, pruned, 
 Every call goes through MlflowClient with an explicit run id (no fluent "active run" state), so the
 same code runs in the driver and inside Ray trial processes. A child run is found again by its
 `farm.trial_id` tag: a retried or resumed trial keeps logging into its own run, never a duplicate.
-The default store is embedded: `sqlite:///<output>/mlflow.db` with artifacts in `<output>/mlartifacts`.
+The default store is embedded: `sqlite:///<output>/mlflow.db` with artifacts in `<output>/mlartifacts`. A
+database server (`postgresql://...`) keeps the artifacts there too; an MLflow server (`http://...`) keeps
+its own. The Tracker holds the public URI (no password: it is written to `<output>/tracking.json`);
+farm_sweep.sweep.stores supplies the password.
 
-A tracking server that goes away must not kill trials: every write is retried a few times, then written
-to a journal (`<output>/tracking_unlogged.jsonl`, one JSON call a line) and training goes on. At the end of
-the study the journal is replayed; what still cannot be logged stays there and the summary says so.
+A tracking store (a server, a database) that goes away must not kill trials: every write is retried a few
+times, then written to a journal (`<output>/tracking_unlogged.jsonl`, one JSON call a line) and training
+goes on. At the end of the study the journal is replayed; what still cannot be logged stays there and the
+summary says so.
 A child run that could not even be created gets a pending id (`pending:<trial id>`) that replay resolves.
 """
 
@@ -24,8 +28,6 @@ import logging
 import math
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -38,6 +40,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
+from farm_sweep.sweep import stores
 from farm_sweep.sweep.reports import PRUNED_KEY
 
 TRIAL_TAG = "farm.trial_id"
@@ -57,27 +60,11 @@ Result = TypeVar("Result")
 
 
 class TrackingUnavailable(RuntimeError):
-    """The tracking server does not answer."""
+    """The tracking store does not answer."""
 
 
 def default_uri(output: Path) -> str:
     return f"sqlite:///{(output / 'mlflow.db').resolve()}"
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise TrackingUnavailable at once when an http(s) tracking server does not answer its health check."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as error:
-        reason = str(getattr(error, "reason", error))
-    raise TrackingUnavailable(f"no MLflow tracking server answers at {uri} ({reason}); start it (for example "
-                              f"`mlflow server --host 127.0.0.1 --port PORT`) or leave out --tracking-uri to "
-                              f"use the embedded store")
 
 
 def _journaled(method: Callable[..., Result]) -> Callable[..., Result | None]:
@@ -100,9 +87,11 @@ def _journaled(method: Callable[..., Result]) -> Callable[..., Result | None]:
 
 @lru_cache(maxsize=4)
 def client(uri: str) -> MlflowClient:
-    """One client per tracking URI and process (an SQLite store opens its engine once)."""
+    """One client per tracking URI and process (a database store opens its engine once). A database server that
+    does not answer fails at once, before MLflow would retry opening its store for minutes."""
     for name, value in HTTP_SETTINGS.items():
         os.environ.setdefault(name, value)
+    stores.probe(uri)
     return MlflowClient(uri)
 
 
@@ -117,15 +106,16 @@ class Tracker:
 
     @property
     def client(self) -> MlflowClient:
-        return client(self.uri)
+        return client(stores.reveal(self.uri))
 
     def journal_call(self, name: str, args: tuple, kwargs: dict, error: Exception) -> None:
         """Keep a call the store refused; if even the journal cannot be written (a full disk), say so and go on:
         the study itself must not fail for its tracking."""
-        log.warning("tracking: %s could not be logged (%s); kept in %s", name, error, self.journal)
+        reason = stores.scrub(str(error))
+        log.warning("tracking: %s could not be logged (%s); kept in %s", name, reason, self.journal)
         if self.journal is None:
             return
-        line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": str(error)[:500]},
+        line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": reason[:500]},
                           default=str)
         try:
             with open(self.journal, "a") as handle:
@@ -273,7 +263,8 @@ class Tracker:
 
 def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], files: Iterable[Path]) -> Tracker:
     """Create the study's experiment (if new) and parent run; remember them in <output>/tracking.json."""
-    mlflow = client(uri)
+    uri = stores.remember(uri)
+    mlflow = client(stores.reveal(uri))
     experiment = mlflow.get_experiment_by_name(study_name)
     if experiment is not None:
         experiment_id = experiment.experiment_id

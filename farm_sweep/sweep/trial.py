@@ -22,6 +22,7 @@ import pyarrow.fs
 from ray import tune
 
 from farm_sweep.data import DatasetSpec, spec_sha256
+from farm_sweep.sweep import stores
 from farm_sweep.sweep.reports import FINAL_STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 from farm_sweep.sweep.tracking import Tracker
@@ -42,10 +43,12 @@ class TrialContext:
     fixed: dict[str, Any]
     tracker: Tracker
     evaluation: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the stores' passwords (stores.secrets)
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune trainable: train, log and report every epoch; evaluate after the last one."""
+    stores.learn(context.secrets)
     params = {name: value for name, value in config.items() if name != OPTUNA_TRIAL_KEY}
     train_config = TrainConfig.from_dict({**context.fixed, **params})
     trial_dir = Path(tune.get_context().get_trial_dir())
