@@ -265,12 +265,8 @@ def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], 
     """Create the study's experiment (if new) and parent run; remember them in <output>/tracking.json."""
     uri = stores.remember(uri)
     mlflow = client(stores.reveal(uri))
-    experiment = mlflow.get_experiment_by_name(study_name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        location = None if uri.startswith(("http://", "https://")) else (output / "mlartifacts").resolve().as_uri()
-        experiment_id = mlflow.create_experiment(study_name, artifact_location=location)
+    location = None if uri.startswith(("http://", "https://")) else (output / "mlartifacts").resolve().as_uri()
+    experiment_id = _retried(lambda: _experiment_id(mlflow, study_name, location))
     parent = mlflow.create_run(experiment_id, run_name=study_name,
                                tags={STUDY_TAG: study_name, "farm.output": str(output.resolve())})
     tracker = Tracker(uri, experiment_id, parent.info.run_id, str((output / JOURNAL_FILE).resolve()))
@@ -278,6 +274,25 @@ def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], 
     tracker.log_files(tracker.parent_run_id, files, "study_files")
     (output / STATE_FILE).write_text(json.dumps(asdict(tracker), indent=2))
     return tracker
+
+
+def _experiment_id(mlflow: MlflowClient, name: str, location: str | None) -> str:
+    """The experiment named `name`, created if there is none."""
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else mlflow.create_experiment(
+        name, artifact_location=location)
+
+
+def _retried(call: Callable[[], Result]) -> Result:
+    """`call`, tried again after a short wait while the store fails: a server just started can be slow to
+    answer its first requests. Only for calls that may run twice."""
+    for attempt in range(ATTEMPTS - 1):
+        try:
+            return call()
+        except Exception as error:  # MLflow raises many types (HTTP, SQL, its own) for one cause
+            log.warning("tracking: %s; trying again", stores.scrub(str(error))[:300])
+            time.sleep(BACKOFF_S * 2 ** attempt)
+    return call()
 
 
 def load(output: Path) -> Tracker:
