@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Sets up one node of a farm-sweep Ray cluster; the setup command of ray_cluster.yaml and ray_cluster_local.yaml
 # (docs/cluster.md). The cluster launcher has copied the project to ~/farm-sweep; this installs it into ~/venv
-# and makes ~/.bashrc, which the launcher sources before every command it runs, activate that venv and read
-# the cluster's settings (~/farm-sweep/cluster.env) and the URLs of the stores the head started
-# (~/farm-stores.env, written by start_stores.sh).
+# (with PostgreSQL's client, the `postgres` extra) and makes ~/.bashrc, which the launcher sources before every
+# command it runs, activate that venv and read the cluster's settings (~/farm-sweep/cluster.env) and the URLs
+# of the stores the head started (~/farm-stores.env, written by start_stores.sh).
 set -euo pipefail
 
 python3 -m venv ~/venv
-~/venv/bin/pip install -q -e ~/farm-sweep
+~/venv/bin/pip install -q -e "$HOME/farm-sweep[postgres]"   # the driver and the MLflow server use PostgreSQL
 
 grep -q '# farm-sweep' ~/.bashrc 2> /dev/null || cat >> ~/.bashrc << 'EOF'
 # farm-sweep
