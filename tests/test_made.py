@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from farm_sweep.losses import image_log_probs, mixture_nll
 from farm_sweep.made.likelihood import ordering_log_probs
-from farm_sweep.made.network import WEIGHT_SHARING, FarmMADE
+from farm_sweep.made.network import WEIGHT_SHARING, FarmMADE, parameter_count
 from farm_sweep.orderings import FAMILIES, make_orderings
 
 SCHEMES = [(sharing, direct) for sharing in WEIGHT_SHARING for direct in (False, True)]
@@ -93,6 +93,12 @@ FIRST, MIDDLE, LAST = 16 * 48 + 48, 48 * 48 + 48, 48 * 16 + 16
 def test_parameter_counts_follow_the_sharing_scheme(sharing, extra):
     shared = sum(p.numel() for p in make_model(sharing="shared").parameters())
     assert sum(p.numel() for p in make_model(sharing=sharing).parameters()) == shared + extra
+
+
+@pytest.mark.parametrize("sharing,direct", SCHEMES)
+def test_parameter_count_from_sizes_matches_the_built_model(sharing, direct):
+    model = make_model(sharing=sharing, direct=direct)
+    assert parameter_count(16, (48, 48), 8, sharing, direct) == sum(p.numel() for p in model.parameters())
 
 
 def test_separate_weights_are_independent_models():

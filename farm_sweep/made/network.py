@@ -57,7 +57,7 @@ class FarmMADE(nn.Module):
         self.register_buffer("ranks", ranks(orders))
 
         sizes = [self.dim, *self.hidden_sizes, self.dim]
-        self.layer_sets = [self._sets(layer, len(sizes) - 1) for layer in range(len(sizes) - 1)]
+        self.layer_sets = layer_sets(weight_sharing, self.k, len(sizes) - 1)
         self.weights = nn.ParameterList(
             nn.Parameter(_init_weight(sets, fan_out, fan_in))
             for sets, fan_in, fan_out in zip(self.layer_sets, sizes, sizes[1:]))
@@ -73,14 +73,6 @@ class FarmMADE(nn.Module):
     @property
     def direct_connections(self) -> bool:
         return self.direct is not None
-
-    def _sets(self, layer: int, layers: int) -> int:
-        """Weight sets of one layer (0 = input layer, layers - 1 = output layer)."""
-        if self.weight_sharing == "separate":
-            return self.k
-        if self.weight_sharing == "shared_hidden" and layer in (0, layers - 1):
-            return self.k
-        return 1
 
     def _register_masks(self, seed: int) -> None:
         """Masks per hidden-degree set m: input (M, k, h1, D), hidden (M, h_{l+1}, h_l), output (M, k, D, hL)."""
@@ -135,6 +127,26 @@ class FarmMADE(nn.Module):
         if not 0 <= index < self.num_masks:
             raise ValueError(f"mask index {index} out of range 0..{self.num_masks - 1}")
         self.mask_index = index
+
+
+def layer_sets(weight_sharing: str, k: int, layers: int) -> list[int]:
+    """Weight sets of each of `layers` weight layers (the first takes the input, the last gives the output)."""
+    if weight_sharing == "separate":
+        return [k] * layers
+    if weight_sharing == "shared_hidden":
+        return [k if layer in (0, layers - 1) else 1 for layer in range(layers)]
+    return [1] * layers
+
+
+def parameter_count(dim: int, hidden_sizes: Sequence[int], k: int, weight_sharing: str,
+                    direct_connections: bool) -> int:
+    """The number of parameters FarmMADE(...) holds, from the sizes alone (masks are buffers, not counted)."""
+    sizes = [dim, *hidden_sizes, dim]
+    sets = layer_sets(weight_sharing, k, len(sizes) - 1)
+    count = sum(s * (fan_in * fan_out + fan_out) for s, fan_in, fan_out in zip(sets, sizes, sizes[1:]))
+    if weight_sharing == "ordering_embedding":
+        count += k * sum(hidden_sizes)
+    return count + (sets[-1] * dim * dim if direct_connections else 0)
 
 
 def _masked_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
