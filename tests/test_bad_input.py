@@ -25,7 +25,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from farm_sweep.export import command, evaluate
-from farm_sweep.export import format as export_format
+from farm_sweep.export import folder as export_folder
 from farm_sweep.sweep import runner as run
 from farm_sweep.sweep import tracking, tune_state
 from farm_sweep.training import checkpoint, loop
@@ -298,7 +298,7 @@ def resealed_export(change: Change) -> Build:
     """The export with `change` made and manifest.json rewritten to match, so the checks behind it are reached."""
     def change_and_reseal(model: Path) -> None:
         change(model)
-        export_format.write_manifest(model)
+        export_folder.write_manifest(model)
     return altered_export(change_and_reseal)
 
 
@@ -314,9 +314,9 @@ def edited(name: str, **changes: object) -> Change:
 
 def retensor(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Change:
     def change(folder: Path) -> None:
-        tensors = load_file(folder / export_format.TENSORS)
+        tensors = load_file(folder / export_folder.TENSORS)
         tensors[name] = make(tensors[name])
-        save_file(tensors, folder / export_format.TENSORS)
+        save_file(tensors, folder / export_folder.TENSORS)
     return change
 
 
@@ -457,15 +457,15 @@ CASES = [
     Case("--register without tracking state", "export", finished_study(lambda study: None, "--register"),
          ("{tmp}/study/tracking.json", "--register", "export without --register")),
     # an export folder
-    Case("export without weights", "evaluate", altered_export(remove(export_format.TENSORS)),
+    Case("export without weights", "evaluate", altered_export(remove(export_folder.TENSORS)),
          ("{tmp}/model", "model.safetensors missing", "re-export")),
-    Case("export without a manifest", "evaluate", altered_export(remove(export_format.MANIFEST)),
+    Case("export without a manifest", "evaluate", altered_export(remove(export_folder.MANIFEST)),
          ("{tmp}/model", "manifest.json missing", "re-export the model (python -m farm_sweep.export)")),
     Case("export with weights altered to other finite values", "evaluate",
          altered_export(retensor("layer0.weight", lambda t: t + 0.25)),
          ("{tmp}/model/model.safetensors", "sha256 does not match manifest.json", "altered",
           "re-export the model (python -m farm_sweep.export)")),
-    Case("export with truncated weights", "evaluate", resealed_export(damaged(export_format.TENSORS, truncated)),
+    Case("export with truncated weights", "evaluate", resealed_export(damaged(export_folder.TENSORS, truncated)),
          ("{tmp}/model/model.safetensors", "SafetensorError", "re-export")),
     Case("export with a weight of the wrong shape", "evaluate",
          resealed_export(retensor("layer0.weight", lambda t: torch.zeros(3, 3))),
@@ -474,27 +474,27 @@ CASES = [
          ("{tmp}/model/model.safetensors", "layer1.bias holds NaN", "re-export")),
     Case("export with an altered mask", "evaluate", resealed_export(retensor("layer0.mask", lambda t: 1 - t)),
          ("{tmp}/model/model.safetensors", "layer0.mask differs", "re-export")),
-    Case("export with altered architecture", "evaluate", resealed_export(edited(export_format.ARCHITECTURE, dim=32)),
+    Case("export with altered architecture", "evaluate", resealed_export(edited(export_folder.ARCHITECTURE, dim=32)),
          ("{tmp}/model/architecture.json", "dim differ", "re-export")),
     Case("export architecture not JSON", "evaluate",
-         resealed_export(lambda model: (model / export_format.ARCHITECTURE).write_text("{not json")),
+         resealed_export(lambda model: (model / export_folder.ARCHITECTURE).write_text("{not json")),
          ("{tmp}/model/architecture.json", "not valid JSON", "re-export")),
     Case("export of another format", "evaluate",
-         resealed_export(edited(export_format.ARCHITECTURE, format="farm-made/0")),
+         resealed_export(edited(export_folder.ARCHITECTURE, format="farm-made/0")),
          ("{tmp}/model/architecture.json", "'farm-made/0', expected 'farm-made/2'", "re-export")),
-    Case("export config with a bad value", "evaluate", resealed_export(edited(export_format.CONFIG, num_orderings=0)),
+    Case("export config with a bad value", "evaluate", resealed_export(edited(export_folder.CONFIG, num_orderings=0)),
          ("{tmp}/model/config.yaml", "num_orderings: 0 must be positive", "re-export")),
     Case("export's test data missing", "evaluate",
-         resealed_export(edited(export_format.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
+         resealed_export(edited(export_folder.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
          ("{tmp}/model/config.yaml", "'binarized_mnist'", "{tmp}/nowhere", "To get them")),
     Case("export's dataset does not match the model", "evaluate",
-         resealed_export(edited(export_format.CONFIG, dataset="mnist")),
+         resealed_export(edited(export_folder.CONFIG, dataset="mnist")),
          ("{tmp}/model/config.yaml", "784 pixels, the model 64", "restore it, or re-export")),
     Case("export config an alias bomb", "evaluate", resealed_export(
-        lambda model: (model / export_format.CONFIG).write_text(alias_bomb() + "hidden_sizes: *l8\n")),
+        lambda model: (model / export_folder.CONFIG).write_text(alias_bomb() + "hidden_sizes: *l8\n")),
          ("{tmp}/model/config.yaml", "aliases expand to more than", "re-export")),
     Case("export config asking 10^9 hidden units", "evaluate",
-         resealed_export(edited(export_format.CONFIG, hidden_sizes=[10**9])),
+         resealed_export(edited(export_folder.CONFIG, hidden_sizes=[10**9])),
          ("{tmp}/model/architecture.json", "needs about", "make hidden_sizes smaller", "re-export")),
     # one configuration without Ray (python -m farm_sweep.train)
     Case("NaN λ for train", "train", train_with('{"divergence_weight": NaN}'),
@@ -672,4 +672,4 @@ def test_a_disk_full_while_exporting_leaves_no_manifest(sources: Sources, tmp_pa
     assert exported.returncode == 2 and "Traceback" not in exported.stderr, exported.stderr
     assert f"{out}/01_trial_a: cannot write the export (No space left on device)" in exported.stderr
     written = exported.stdout.split("files:")[1].split()
-    assert sorted(written) == sorted(set(export_format.FILES)), written  # everything but the manifest
+    assert sorted(written) == sorted(set(export_folder.FILES)), written  # everything but the manifest

@@ -21,7 +21,8 @@ from farm_sweep.data import DatasetSpec
 from farm_sweep.evaluation import table1
 from farm_sweep.evaluation.end_of_trial import evaluate_trained_model
 from farm_sweep.export import command, evaluate
-from farm_sweep.export.format import ARCHITECTURE, CARD, CONFIG, load_export
+from farm_sweep.export.folder import ARCHITECTURE, CARD, CONFIG
+from farm_sweep.export.format import load_export
 from farm_sweep.integrity import file_sha256
 from farm_sweep.sweep import tracking
 from farm_sweep.sweep.runner import run_study

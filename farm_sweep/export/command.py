@@ -1,8 +1,8 @@
 """Export a study's best trials: `python -m farm_sweep.export (--study NAME | --output DIR) --top K --out DIR
 [--register]`.
 
-Each trial becomes a folder in the export format (farm_sweep.export.format). `--register` logs each folder to
-its trial's MLflow run and registers it in the MLflow model registry.
+Each trial becomes a folder in its model family's export format (farm_sweep.export.formats). `--register` logs
+each folder to its trial's MLflow run and registers it in the MLflow model registry.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 
 from farm_sweep.data import DataError
-from farm_sweep.export.format import METRICS, ExportError, export_model, require_made
-from farm_sweep.made.network import FarmMADE
+from farm_sweep.export.folder import METRICS, ExportError
+from farm_sweep.export.formats import export_model
 from farm_sweep.sweep import tracking
 from farm_sweep.sweep.results_table import METRIC, TABLE_FILE, read_table
 from farm_sweep.training.config import TrainConfig
@@ -117,7 +118,7 @@ def _trial_name(output: Path, row: Mapping[str, str]) -> str:
     return row["trial_id"]
 
 
-def _write(model: FarmMADE, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
+def _write(model: torch.nn.Module, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
     try:
         return export_model(model, config, metrics, folder)
     except OSError as error:
@@ -126,7 +127,7 @@ def _write(model: FarmMADE, config: TrainConfig, metrics: Mapping[str, Any], fol
                           "it: remove it)") from None
 
 
-def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[FarmMADE, TrainConfig]:
+def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[torch.nn.Module, TrainConfig]:
     checkpoint = output / row["checkpoint"]
     if not checkpoint.resolve().is_relative_to(output.resolve()):
         raise ExportError(f"{output / TABLE_FILE}: trial {row['trial_id']}'s checkpoint "
@@ -139,7 +140,6 @@ def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[FarmMADE, TrainCo
         raise ExportError(f"{checkpoint}: trial {row['trial_id']}'s checkpoint cannot be loaded ({error}); "
                           "restore it from the trial's MLflow run (artifacts checkpoint/), or export other "
                           "trials") from None
-    require_made(model, config)
     return model, config
 
 
