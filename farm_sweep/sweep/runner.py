@@ -4,7 +4,8 @@
 The study is validated first (exit status 2 on a bad file, nothing written). Then Ray Tune runs the trials
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
 on a stored Optuna study) and prunes them (farm_sweep.sweep.pruning), MLflow tracks them (farm_sweep.sweep.tracking).
-Everything lands in the output folder (default results/<study name>/): trials.csv, figures, optuna.db,
+Everything lands in the output folder (default results/<study name>/): trials.csv, the typed tables in tables/
+(written as the study runs: farm_sweep.sweep.tables, farm_sweep.sweep.table_recorder), figures, optuna.db,
 mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storage folder ray/. One run at a
 time holds the folder (farm_sweep.sweep.output_lock). Ctrl-C or SIGTERM stops the study (exit status 130 or
 143) and `--resume` continues it; `--resume` trusts only Tune state whose checksums the study's own run
@@ -32,7 +33,7 @@ from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
 from farm_sweep import figures
-from farm_sweep.sweep import cluster, interrupts, output_lock, tracking, tune_state
+from farm_sweep.sweep import cluster, interrupts, output_lock, table_recorder, tables, tracking, tune_state
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -187,7 +188,7 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
     rows = trial_rows(experiment, tracker, output)
     _fail_orphans(link, rows)
     if any(row["status"] == "interrupted" for row in rows):
-        _interrupt(output, tracker, rows)
+        _interrupt(study, output, tracker, rows)
     else:
         _finish(study, output, link, tracker, rows)
     return rows
@@ -244,7 +245,8 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[PrunedFlag(link), tracking.TrackingCallback(tracker), ProgressPrinter(),
-                       interrupts.StopOnSignal(), tune_state.StateRecorder(output)]))
+                       interrupts.StopOnSignal(), tune_state.StateRecorder(output),
+                       table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
 
 
 def trial_name(trial: Trial) -> str:
@@ -333,9 +335,14 @@ def _relative(path: str, output: Path) -> str:
 
 def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
             rows: list[dict[str, Any]]) -> None:
-    """trials.csv and the study figures in the output folder, all logged on the parent run."""
-    files = [write_table(rows, output / TABLE_FILE)]
-    points = figures.speed_quality_points(rows)
+    """trials.csv, the tables and the study figures in the output folder, all logged on the parent run."""
+    written = _write_tables(study, output, rows)
+    files = [write_table(rows, output / TABLE_FILE), *written]
+    trials, epochs, evaluation = (tables.read(path).to_pylist() for path in written)  # the figures' one source
+    if epochs:
+        statuses = {trial["trial_id"]: trial["status"] for trial in trials}
+        files.append(figures.learning_curves_figure(epochs, statuses, output / "learning_curves.png"))
+    points = figures.speed_quality_points(evaluation)
     if points:
         files.append(figures.pareto_figure(points, output / "speed_quality_pareto.png"))
     importances = _importances(link.study)
@@ -348,14 +355,19 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     tracker.replay()
 
 
-def _interrupt(output: Path, tracker: tracking.Tracker, rows: list[dict[str, Any]]) -> None:
-    """trials.csv as it stands; the MLflow runs of unfinished trials and the parent run KILLED."""
-    table = write_table(rows, output / TABLE_FILE)
+def _interrupt(study: Study, output: Path, tracker: tracking.Tracker, rows: list[dict[str, Any]]) -> None:
+    """trials.csv and the tables as they stand; the MLflow runs of unfinished trials and the parent run KILLED."""
+    files = [write_table(rows, output / TABLE_FILE), *_write_tables(study, output, rows)]
     for row in rows:
         if row["status"] == "interrupted" and row["mlflow_run_id"]:
             tracker.end_trial(row["mlflow_run_id"], "interrupted")
-    tracker.interrupt_study([table])
+    tracker.interrupt_study(files)
     tracker.replay()
+
+
+def _write_tables(study: Study, output: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """trials.parquet, epochs.parquet, evaluation.parquet in <output>/tables/."""
+    return table_recorder.write_tables(output, output / RAY_FOLDER / study.name, study.name, rows)
 
 
 def _fail_orphans(link: OptunaLink, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -22,7 +22,7 @@ import pyarrow.fs
 from ray import tune
 
 from farm_sweep.data import DatasetSpec, spec_sha256
-from farm_sweep.sweep.reports import FINAL_STEP_KEY
+from farm_sweep.sweep.reports import EPOCH_METRIC_KEY, FINAL_STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 from farm_sweep.sweep.tracking import Tracker
 from farm_sweep.training import checkpoint
@@ -81,7 +81,8 @@ def _report_epochs(epochs: Iterator[dict[str, Any]], train_config: TrainConfig, 
                    context: TrialContext, run_id: str, logged: int) -> None:
     """Log and report every epoch. The last one (`final`: the planned last epoch or an early stop) is
     evaluated, and with early stopping it reports the best epoch's validation value, which is what its
-    checkpoint holds: Optuna's value, trials.csv and exports all see the best epoch."""
+    checkpoint holds: Optuna's value, trials.csv and exports all see the best epoch (the epoch's own value goes
+    along under EPOCH_METRIC_KEY, for the study's epochs table)."""
     for metrics in epochs:
         epoch, final = metrics["epoch"], metrics.get("final", False)
         if final and context.evaluation:
@@ -91,7 +92,7 @@ def _report_epochs(epochs: Iterator[dict[str, Any]], train_config: TrainConfig, 
             context.tracker.log_metrics(run_id, numbers, step=epoch)
         report = {**numbers, FINAL_STEP_KEY: epoch if final else train_config.epochs}
         if final and "best_epoch" in metrics:
-            report["nll_image"] = metrics["best_nll_image"]
+            report |= {"nll_image": metrics["best_nll_image"], EPOCH_METRIC_KEY: metrics["nll_image"]}
             context.tracker.set_tags(run_id, {"farm.stopped_early": metrics["stopped_early"],
                                               "farm.best_epoch": metrics["best_epoch"]})
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(metrics["checkpoint"]))
