@@ -146,10 +146,10 @@ def check_study_tables(output: Path, name: str) -> dict[str, list[dict[str, Any]
     """The tables of a study that ended, read back: typed, one trial row per Ray trial and Optuna trial, one
     epoch row per epoch Ray recorded (an epoch reported twice is one row) and Optuna's intermediate values."""
     folder = output / tables.FOLDER
-    read = {table: tables.read(folder / f"{table}.parquet") for table in tables.TABLES}
-    for table, columns in tables.COLUMNS.items():
-        types = dict(zip(read[table].column_names, read[table].schema.types))
-        assert {column: types[column] for column in columns} == columns, table
+    read = {table: tables.read(folder / f"{table}.parquet") for table in ("trials", "epochs", "evaluation")}
+    for table, contents in read.items():
+        types = dict(zip(contents.column_names, contents.schema.types))
+        assert {column: types[column] for column in tables.COLUMNS[table]} == tables.COLUMNS[table], table
     trials, epochs = read["trials"].to_pylist(), read["epochs"].to_pylist()
     analysis = tune.ExperimentAnalysis(str(output / "ray" / name))
     ray_epochs = {trial_id: sorted(set(frame["epoch"])) for trial_id, frame in analysis.trial_dataframes.items()

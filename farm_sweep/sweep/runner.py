@@ -336,8 +336,9 @@ def _relative(path: str, output: Path) -> str:
 def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
             rows: list[dict[str, Any]]) -> None:
     """trials.csv, the tables and the study figures in the output folder, all logged on the parent run."""
+    table = write_table(rows, output / TABLE_FILE)
     written = _write_tables(study, output, rows)
-    files = [write_table(rows, output / TABLE_FILE), *written]
+    files = [table, *written]
     trials, epochs, evaluation = (tables.read(path).to_pylist() for path in written)  # the figures' one source
     if epochs:
         statuses = {trial["trial_id"]: trial["status"] for trial in trials}

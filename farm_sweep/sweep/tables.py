@@ -6,7 +6,8 @@ turns plain dicts into a Parquet file: the columns `COLUMNS` names get their fix
 the type its values share (lists stay lists, booleans booleans, a missing value is null; values of no common
 type are written as JSON text), the file's metadata holds the schema version, the table's name and the
 study's, and the file is written beside its place and renamed over it, so a reader never sees half a table.
-Another table (say, a study's confirmation results) is one more `write` call. `read(path)` checks the version.
+Another table (say, a study's confirmation results) is one more `write` call; its fixed columns in `COLUMNS`
+also let `python -m farm_sweep.results --table NAME` read it. `read(path)` checks the version.
 
 This module needs pyarrow alone (no Ray), so the `results` command starts quickly.
 """
