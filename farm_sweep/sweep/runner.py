@@ -230,8 +230,9 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
                trainable: Trainable) -> tune.Tuner:
     storage = optuna.storages.RDBStorage(link.storage_url)
     optuna.create_study(study_name=study.name, storage=storage, direction="minimize", load_if_exists=True)
+    enqueued = [study.space.as_optuna_point(point) for point in study.enqueue]
     searcher = PruningOptunaSearch(
-        space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=[dict(p) for p in study.enqueue] or None,
+        space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=enqueued or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
         study_name=study.name, storage=storage)
     return tune.Tuner(
