@@ -74,24 +74,25 @@ def planned(output: Path) -> bool:
     return (output / PLAN_FILE).is_file()
 
 
-def follows(study: Study, output: Path, rows: list[dict[str, Any]]) -> bool:
+def follows(study: Study, output: Path, search_rows: list[dict[str, Any]]) -> bool:
     """Whether a confirmation follows the finished search: one was planned, or the study asks for one and a
     trial completed."""
-    return planned(output) or (study.confirm is not None and any(row["status"] == "completed" for row in rows))
+    return planned(output) or (study.confirm is not None
+                               and any(row["status"] == "completed" for row in search_rows))
 
 
-def make_plan(study: Study, rows: list[dict[str, Any]]) -> Plan:
+def make_plan(study: Study, search_rows: list[dict[str, Any]]) -> Plan:
     """The `confirm.top` best distinct configurations among the completed trials, and the fresh seeds."""
     assert study.confirm is not None
     chosen: dict[str, Configuration] = {}
-    completed = [row for row in rows if row["status"] == "completed" and row[METRIC] is not None]
+    completed = [row for row in search_rows if row["status"] == "completed" and row[METRIC] is not None]
     for row in sorted(completed, key=lambda row: float(row[METRIC])):
         params = {key.removeprefix("param."): value for key, value in row.items()
                   if key.startswith("param.") and key != "param.seed"}
         identity = json.dumps(params, sort_keys=True)
         if identity not in chosen and len(chosen) < study.confirm.top:
             chosen[identity] = Configuration(len(chosen) + 1, row["trial_id"], float(row[METRIC]), params)
-    used = {row.get("param.seed", study.space.fixed.get("seed", TrainConfig.seed)) for row in rows}
+    used = {row.get("param.seed", study.space.fixed.get("seed", TrainConfig.seed)) for row in search_rows}
     seeds = [seed for seed in range(len(used) + study.confirm.seeds) if seed not in used][:study.confirm.seeds]
     return Plan(tuple(seeds), tuple(chosen.values()))
 
@@ -108,12 +109,12 @@ def _save_plan(output: Path, plan: Plan) -> Plan:
     return plan
 
 
-def run(study: Study, output: Path, tracker: tracking.Tracker, rows: list[dict[str, Any]], *,
+def run(study: Study, output: Path, tracker: tracking.Tracker, search_rows: list[dict[str, Any]], *,
         resume: bool = False) -> None:
-    """Run (or with `resume`, continue) the confirmation of the finished search whose trials are `rows`: write
+    """Run (or with `resume`, continue) the confirmation of the finished search (its trials: `search_rows`): write
     confirmation.csv and log it; end the study's parent run (KILLED when a signal stopped it: --resume continues
     its unfinished seeds)."""
-    plan = load_plan(output) if planned(output) else _save_plan(output, make_plan(study, rows))
+    plan = load_plan(output) if planned(output) else _save_plan(output, make_plan(study, search_rows))
     print(f"{STAGE}: {len(plan.configurations)} configuration(s) x {len(plan.seeds)} seeds "
           f"({', '.join(map(str, plan.seeds))}), each evaluated on the test split", flush=True)
     stage = tracker.stage(STAGE, _settings(plan))

@@ -189,6 +189,8 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
             return rows
     if confirmation.follows(study, output, rows):
         confirmation.run(study, output, tracker, rows, resume=resume)
+    elif study.confirm:
+        print("confirmation: none, as no trial of the search completed", flush=True)
     return rows
 
 
