@@ -134,9 +134,10 @@ class Payload:
         return (Path.touch, (self.folder / "payload_ran",))
 
 
-def crafted_tune_state(recorded: bool) -> Build:
-    """An output folder ready for --resume, whose tuner.pkl was replaced by a pickle that runs code; its
-    checksums recorded for the original tuner.pkl (recorded) or not at all."""
+def crafted_tune_state(recorded: bool, crafted: str = "bad") -> Build:
+    """An output folder ready for --resume, where the tuner.pkl of experiment `crafted` (the search's, or its
+    confirmation's: bad.confirmation) is a pickle that runs code; the checksums of the search's original
+    tuner.pkl recorded (recorded) or not at all."""
     def build(sources: Sources, folder: Path) -> list[str]:
         arguments = study()(sources, folder)
         output = folder / "out"
@@ -147,7 +148,8 @@ def crafted_tune_state(recorded: bool) -> Build:
         (experiment / "tuner.pkl").write_bytes(pickle.dumps({"written by": "Tune"}))
         if recorded:
             tune_state.record(experiment, output)
-        (experiment / "tuner.pkl").write_bytes(pickle.dumps(Payload(folder)))
+        (output / run.RAY_FOLDER / crafted).mkdir(exist_ok=True)
+        (output / run.RAY_FOLDER / crafted / "tuner.pkl").write_bytes(pickle.dumps(Payload(folder)))
         return [*arguments, "--resume"]
     return build
 
@@ -263,6 +265,10 @@ def with_earlier_export(sources: Sources, folder: Path) -> list[str]:
 
 def table(text: str) -> Change:
     return lambda study: (study / "trials.csv").write_text(text)
+
+
+def confirmation_table(text: str) -> Change:
+    return lambda study: (study / "confirmation.csv").write_text(text)
 
 
 def remove(name: str) -> Change:
@@ -416,6 +422,23 @@ CASES = [
          ("{tmp}/out", "--resume", "tuner.pkl was not written by this study's run", "with a new --output")),
     Case("Tune state with no checksums recorded", "run", crafted_tune_state(recorded=False),
          ("{tmp}/out", "--resume", "tune_state.json is missing", "with a new --output")),
+    Case("confirmation's Tune state not written by the study's run", "run",
+         crafted_tune_state(recorded=True, crafted="bad.confirmation"),
+         ("{tmp}/out", "--resume", "bad.confirmation/tuner.pkl was not written by this study's run",
+          "with a new --output")),
+    # the confirmation stage
+    Case("confirm not a mapping", "run", study(confirm=3), (STUDY_FILE, "confirm", "expected a mapping", "got int")),
+    Case("confirm without seeds", "run", study(confirm={"top": 1}),
+         (STUDY_FILE, "confirm.seeds: required key is missing", "add it")),
+    Case("confirm with an unknown key", "run", study(confirm={"top": 1, "seed": 3}),
+         (STUDY_FILE, "confirm.seed: unknown key", "did you mean 'seeds'?")),
+    Case("confirm top not an integer", "run", study(confirm={"top": "best", "seeds": 3}),
+         (STUDY_FILE, "confirm.top: 'best' must be an integer")),
+    Case("confirm more configurations than trials", "run", study(confirm={"top": 5, "seeds": 3}),
+         (STUDY_FILE, "confirm.top: 5 must be in 1..2", "confirm at most as many configurations as the study has "
+                                                        "trials (2)")),
+    Case("confirm with one seed", "run", study(confirm={"top": 1, "seeds": 1}),
+         (STUDY_FILE, "confirm.seeds: 1 must be in 2..100", "a standard deviation over seeds needs two or more")),
     # data
     Case("data folder missing", "run", fixed(dataset="binarized_mnist", data_dir="{tmp}/nowhere"),
          (STUDY_FILE, "fixed.dataset", "{tmp}/nowhere", "To get them")),
@@ -450,6 +473,17 @@ CASES = [
          ("{tmp}/study/trials.csv", "is outside the study folder", "restore the table")),
     Case("export into /dev/null", "export", exported_to("/dev/null"),
          ("/dev/null/01_trial_a", "cannot write the export", "choose a writable --out")),
+    Case("--confirmed without a confirmation table", "export", finished_study(lambda study: None, "--confirmed"),
+         ("{tmp}/study/confirmation.csv", "no confirmation table", "export without --confirmed")),
+    Case("confirmation table lacks a column", "export", finished_study(confirmation_table(
+        "kind,search_rank,config_id,seed,trial_id,status,nll_image,checkpoint\n"
+        "seed,1,trial_a,1,trial_a,completed,40.5,trial_a/epoch_0001\n"), "--confirmed"),
+         ("{tmp}/study/confirmation.csv", "confirmed_rank missing", "artifact study/confirmation.csv")),
+    Case("confirmed trial id that leaves --out", "export", finished_study(confirmation_table(
+        "kind,search_rank,confirmed_rank,config_id,seed,trial_id,status,nll_image,checkpoint\n"
+        "seed,1,1,trial_a,1,../escaped,completed,40.5,trial_a/epoch_0001\n"), "--confirmed"),
+         ("{tmp}/study/confirmation.csv", "trial_id '../escaped' is not a plain name",
+          "artifact study/confirmation.csv")),
     Case("--top 0", "export", finished_study(lambda study: None, "--top", "0"),
          ("--top", "'0' must be a whole number >= 1")),
     Case("export folder holds an earlier export", "export", with_earlier_export,

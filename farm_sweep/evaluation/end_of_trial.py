@@ -26,6 +26,10 @@ classifier_score, frechet_distance; pixelcnn samples are scored by the CIFAR-10 
 data by a classifier of its labels, and without labels the two quality metrics are left out, with a warning).
 Artifacts: inpainting.png, speed_quality.csv, speed_quality.png. A PixelCNN++ with a weight average is
 evaluated with its averaged weights, as its validation is.
+
+A study's confirmation stage evaluates each of its models with `evaluate_on_test`: the whole-image likelihood on
+the test split, and the same settings with inpainting on the test split, named `test/nll_image` and
+`test/inpaint/...`.
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ from farm_sweep.pixelcnn import sampling as pixelcnn_sampling
 from farm_sweep.pixelcnn.task import FarmPixelCNNWithEma
 from farm_sweep.speed_quality import write_speed_quality
 from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import load_split, task_for
 from farm_sweep.untrusted import quote
 
 CASES = {"made": occlusions.CASES, "pixelcnn": pixelcnn_inpaint.CASES}  # the inpainting cases of each model
 CURVES = {"made": sampling.speed_quality_curve, "pixelcnn": pixelcnn_sampling.speed_quality_curve}
+TEST_PREFIX = "test/"  # the metrics evaluate_on_test measures on the test split
 
 
 def _defaults(cases: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -79,6 +85,26 @@ def evaluate_trained_model(model: FarmMADE | FarmPixelCNNWithEma, config: TrainC
             metrics |= found
             artifacts += written
     return metrics, artifacts
+
+
+def evaluate_on_test(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
+                     settings: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
+    """The confirmation stage's evaluation: the whole-image likelihood on the test split (test/nll_image, ...)
+    and, when `settings` (a study's evaluation section) is not empty, that evaluation with its inpainting on the
+    test split (test/inpaint/...; the speed-quality curve keeps its sampling/ names)."""
+    test = load_split(config, "test")
+    likelihood = task_for(config).evaluate(model.eval(), test.images)
+    metrics = {TEST_PREFIX + name: value for name, value in likelihood.items()}
+    if not settings:
+        return metrics, []
+    found, files = evaluate_trained_model(model, config, out_dir, _on_test_split(settings))
+    return metrics | {TEST_PREFIX + name if name.startswith("inpaint/") else name: value
+                      for name, value in found.items()}, files
+
+
+def _on_test_split(settings: dict[str, Any]) -> dict[str, Any]:
+    section = settings.get("inpaint", {})
+    return settings if section is None else {**settings, "inpaint": {**section, "split": "test"}}
 
 
 def validate_settings(settings: dict[str, Any] | None,

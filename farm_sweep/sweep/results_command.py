@@ -1,5 +1,5 @@
 """Print or convert a study's tables: `python -m farm_sweep.results STUDY_OR_OUTPUT_DIR [MORE ...]
-[--table trials|epochs|evaluation] [--format table|csv|json]`.
+[--table trials|epochs|evaluation|confirmation] [--format table|csv|json]`.
 
 Each argument is a study's output folder (or its tables/ folder), or the name of a study in results/. Several
 studies make one table with a `study` column first: each study's name, or the folder as given where two share

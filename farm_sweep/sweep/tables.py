@@ -6,8 +6,8 @@ turns plain dicts into a Parquet file: the columns `COLUMNS` names get their fix
 the type its values share (lists stay lists, booleans booleans, a missing value is null; values of no common
 type are written as JSON text), the file's metadata holds the schema version, the table's name and the
 study's, and the file is written beside its place and renamed over it, so a reader never sees half a table.
-Another table (say, a study's confirmation results) is one more `write` call; its fixed columns in `COLUMNS`
-also let `python -m farm_sweep.results --table NAME` read it. `read(path)` checks the version.
+confirmation.parquet holds a confirmation stage's rows (farm_sweep.sweep.confirmation_table). Another table
+is one more `write` call; its fixed columns in `COLUMNS` also let `python -m farm_sweep.results --table NAME` read it. `read(path)` checks the version.
 
 This module needs pyarrow alone (no Ray), so the `results` command starts quickly.
 """
@@ -45,6 +45,9 @@ COLUMNS: dict[str, dict[str, pa.DataType]] = {  # each table's fixed columns, in
                    "knob": pa.string(), "network_evaluations": pa.float64(), "wall_seconds": pa.float64(),
                    "speedup": pa.float64(), "evaluation_speedup": pa.float64(),
                    "classifier_score": pa.float64(), "frechet_distance": pa.float64()},
+    "confirmation": {"kind": pa.string(), "search_rank": pa.int64(), "confirmed_rank": pa.int64(),
+                     "config_id": pa.string(), "seed": pa.int64(), "n": pa.int64(), "status": pa.string(),
+                     "nll_image": pa.float64(), "test/nll_image": pa.float64()},
 }
 TABLES = tuple(COLUMNS)
 SETTINGS = {"inpaint": ("case", "fill"), "sampling": ("sampler", "knob")}  # what names an evaluated setting
