@@ -7,7 +7,8 @@ the type its values share (lists stay lists, booleans booleans, a missing value 
 type are written as JSON text), the file's metadata holds the schema version, the table's name and the
 study's, and the file is written beside its place and renamed over it, so a reader never sees half a table.
 confirmation.parquet holds a confirmation stage's rows (farm_sweep.sweep.confirmation_table). Another table
-is one more `write` call; its fixed columns in `COLUMNS` also let `python -m farm_sweep.results --table NAME` read it. `read(path)` checks the version.
+is one more `write` call; its fixed columns in `COLUMNS` also let `python -m farm_sweep.results --table NAME`
+read it. `read(path)` checks the version.
 
 This module needs pyarrow alone (no Ray), so the `results` command starts quickly.
 """
