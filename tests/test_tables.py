@@ -91,9 +91,9 @@ def test_a_parameter_of_mixed_types_is_json_text_and_a_new_table_is_one_call(tmp
     assert tables.read(trials_path).column("param.lr").to_pylist() == ["0.02", '"auto"']
     rows = [{"trial_id": "a", "repeat": 1, "seed": 7, "nll_image_test": 88.4, "passed": True},
             {"trial_id": "a", "repeat": 2, "seed": 8, "nll_image_test": math.nan, "passed": None}]
-    confirmation = tables.read(tables.write(tmp_path, "confirmation", rows, "small"))
-    assert confirmation.schema.types == [pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.bool_()]
-    assert confirmation.schema.metadata[tables.TABLE_KEY] == b"confirmation"
+    repeats = tables.read(tables.write(tmp_path, "repeats", rows, "small"))
+    assert repeats.schema.types == [pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.bool_()]
+    assert repeats.schema.metadata[tables.TABLE_KEY] == b"repeats"
 
 
 def test_a_table_rewritten_onto_a_full_disk_keeps_the_previous_one(tmp_path: Path) -> None:
