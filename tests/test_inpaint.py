@@ -50,31 +50,45 @@ def test_nll_exact_is_the_conditional_of_the_joint_when_the_hole_follows_the_evi
 def chain_of_conditionals(model: FarmMADE, images: torch.Tensor, hole: torch.Tensor, fill: str) -> torch.Tensor:
     """The definition, one pixel at a time: the leader = the ordering with most observed pixels before
     its first hole pixel; each pixel predicted by the usable orderings (every predecessor observed or
-    filled before it; for single/best_evidence only the leader), weights ∝ rank+1, masks averaged.
-    Pixels not yet known hold random garbage, which no usable ordering may read."""
+    filled before it; for single/best_evidence only the leader), weights ∝ rank+1. Several mask sets: the
+    mixture of the mask sets' predictions under the posterior over mask sets, by Bayes' rule from a uniform
+    prior: first the leader's likelihood of the observed pixels before its first hole pixel, then each true
+    hole pixel's probability. Pixels not yet known hold random garbage, which no usable ordering may read."""
     ranks = model.ranks
     firsts = torch.stack([ranks[i, hole].min() for i in range(model.k)])
     observed_before = torch.stack([(~hole & (ranks[i] < firsts[i])).sum() for i in range(model.k)])
     leader = 0 if fill == "single" else int(observed_before.argmax())
     known, nll = ~hole.clone(), torch.zeros_like(images)
+    log_posterior = torch.zeros(model.num_masks, len(images), dtype=images.dtype)
+    for mask in range(model.num_masks):
+        model.set_mask(mask)
+        with torch.no_grad():
+            p_one = torch.sigmoid(model(with_garbage(images, known))[leader])
+        for pixel in (ranks[leader] < firsts[leader]).nonzero().flatten().tolist():
+            log_posterior[mask] += torch.log(torch.where(images[:, pixel] == 1, p_one[:, pixel], 1 - p_one[:, pixel]))
     for pixel in sorted(hole.nonzero().flatten().tolist(), key=lambda d: int(ranks[leader, d])):
-        garbage = torch.randint(0, 2, images.shape).to(images.dtype)
-        x = torch.where(known, images, garbage)
+        x = with_garbage(images, known)
         usable = [i for i in range(model.k) if known[ranks[i] < ranks[i, pixel]].all()]
         if fill != "evidence_weighted":
             usable = [leader]
         evidence = torch.tensor([float(ranks[i, pixel] + 1) for i in usable], dtype=images.dtype)
-        p_one = torch.zeros_like(images[:, 0])
+        truth_probs = torch.zeros_like(log_posterior)  # per mask set: q_m(true x_d | what is known)
         for mask in range(model.num_masks):
             model.set_mask(mask)
             with torch.no_grad():
                 probs = torch.sigmoid(model(x)[usable, :, pixel])  # (usable, B)
-            p_one += (evidence[:, None] * probs).sum(0) / evidence.sum() / model.num_masks
-        model.set_mask(0)
-        truth = images[:, pixel]
-        nll[:, pixel] = -torch.log(torch.where(truth == 1, p_one, 1 - p_one))
+            p_one = (evidence[:, None] * probs).sum(0) / evidence.sum()
+            truth_probs[mask] = torch.where(images[:, pixel] == 1, p_one, 1 - p_one)
+        posterior = torch.softmax(log_posterior, 0)
+        nll[:, pixel] = -torch.log((posterior * truth_probs).sum(0))
+        log_posterior += truth_probs.log()
         known[pixel] = True
+    model.set_mask(0)
     return nll
+
+
+def with_garbage(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    return torch.where(known, images, torch.randint(0, 2, images.shape).to(images.dtype))
 
 
 @pytest.mark.parametrize("fill", FILLS)

@@ -26,6 +26,7 @@ class Spy(torch.nn.Module):
     def __init__(self, model: FarmMADE) -> None:
         super().__init__()
         self.model, self.orders, self.dim, self.k, self.inputs = model, model.orders, model.dim, model.k, []
+        self.num_masks, self.using_mask, self.weights = model.num_masks, model.using_mask, model.weights
 
     def forward(self, x: torch.Tensor, orderings: torch.Tensor) -> torch.Tensor:
         self.inputs.append(x.clone())

@@ -25,7 +25,8 @@ rank_i(d') < rank_i(d) (a strictly lower-triangular matrix in that ordering), wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +128,16 @@ class FarmMADE(nn.Module):
         if not 0 <= index < self.num_masks:
             raise ValueError(f"mask index {index} out of range 0..{self.num_masks - 1}")
         self.mask_index = index
+
+    @contextmanager
+    def using_mask(self, index: int) -> Iterator[None]:
+        """Mask set `index` active inside the block, the one active before restored after it."""
+        active = self.mask_index
+        self.set_mask(index)
+        try:
+            yield
+        finally:
+            self.set_mask(active)
 
 
 def layer_sets(weight_sharing: str, k: int, layers: int) -> list[int]:

@@ -1,7 +1,8 @@
 """Fast sampling from a FARM+MADE (paper 3.5, DESIGN 5) and the speed-quality curve.
 
 Every sampler draws pixel d as x_d = 1[u_d < p_d], i.e. 1[logit(u_d) < logit_d], from frozen uniform
-noise u (N, D) indexed by pixel, with the model's active hidden-mask set. Knobs:
+noise u (N, D) indexed by pixel. A model with several hidden-mask sets is the uniform mixture of its mask
+sets (docs/models.md): each image draws its mask set, then is sampled under it. Knobs:
 - `sequential`: ordering 0, one pixel per network evaluation: D evaluations (no knob).
 - `multi_order`: knob j = how many orderings (the first j) sample together: in every step each fills
   its next unfilled pixel (paper 3.5; when two pick the same pixel the lower-indexed ordering fills
@@ -16,7 +17,9 @@ noise u (N, D) indexed by pixel, with the model's active hidden-mask set. Knobs:
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -33,20 +36,44 @@ SAMPLERS = ("sequential", "multi_order", "fixed_point")
 
 @inference
 def sample(model: FarmMADE, sampler: str, num_samples: int, knob: int | None = None, *,
-           generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+           masks: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(samples (N, D) in {0,1}, network evaluations). Noise: `noise` (N, D) uniform, or drawn from
-    `generator`. Knob: orderings for multi_order (default all k), most iterations for fixed_point
-    (default D: exact)."""
+    `generator`. Mask sets: `masks` (N,) one per image, or drawn uniformly from `generator` when the model
+    has several (each image is a sample of the mixture over mask sets). Knob: orderings for multi_order
+    (default all k), most iterations for fixed_point (default D: exact)."""
     device = model.orders.device
     if noise is None:
         noise = torch.rand(num_samples, model.dim, generator=generator)
-    threshold = torch.logit(noise.to(device, torch.float32))
+    if masks is None:
+        masks = draw_masks(model, num_samples, generator)
+    threshold = torch.logit(noise.to(device, model.weights[0].dtype))
+    run = _sampler(model, sampler, knob)
+    x, evaluations = torch.zeros_like(threshold), 0
+    for mask in masks.unique().tolist():  # the images of one mask set sample together
+        rows = (masks == mask).to(device)
+        with model.using_mask(mask):
+            x[rows], count = run(model, threshold[rows])
+        evaluations = max(evaluations, count)
+    return x, evaluations
+
+
+def draw_masks(model: FarmMADE, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A mask set per image (N,), uniform over the model's mask sets (all 0 with one, drawing nothing)."""
+    if model.num_masks == 1:
+        return torch.zeros(num_samples, dtype=torch.long)
+    return torch.randint(model.num_masks, (num_samples,), generator=generator)
+
+
+def _sampler(model: FarmMADE, sampler: str, knob: int | None) -> Callable[[FarmMADE, torch.Tensor],
+                                                                        tuple[torch.Tensor, int]]:
+    """The sampler as a function of (model, threshold), its knob checked."""
     if sampler == "sequential":
-        return _multi_order(model, threshold, 1)
+        return functools.partial(_multi_order, count=1)
     if sampler == "multi_order":
-        return _multi_order(model, threshold, _in_range("orderings", knob or model.k, model.k))
+        return functools.partial(_multi_order, count=_in_range("orderings", knob or model.k, model.k))
     if sampler == "fixed_point":
-        return _fixed_point(model, threshold, _in_range("iterations", knob or model.dim, model.dim))
+        return functools.partial(_fixed_point, max_iterations=_in_range("iterations", knob or model.dim, model.dim))
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -103,14 +130,15 @@ def speed_quality_curve(model: FarmMADE, height: int, width: int, scorer: Scorer
     sample quality."""
     if height * width != model.dim:
         raise ValueError(f"a {height}x{width} image has {height * width} pixels; the model has {model.dim}")
-    noise = torch.rand(num_samples, model.dim, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    noise, masks = torch.rand(num_samples, model.dim, generator=generator), draw_masks(model, num_samples, generator)
     model(torch.zeros(num_samples, model.dim, device=model.orders.device))  # warm-up before timing
     rows = []
     for sampler, knob in curve_settings(model.k, model.dim):
         walls = []
         for _ in range(repeats):  # the same samples every time: the fastest run is the least disturbed
             began = time.perf_counter()
-            samples, evaluations = sample(model, sampler, num_samples, knob, noise=noise)
+            samples, evaluations = sample(model, sampler, num_samples, knob, noise=noise, masks=masks)
             walls.append(time.perf_counter() - began)
         wall = min(walls)
         rows.append({"sampler": sampler, "knob": knob, "network_evaluations": evaluations, "wall_seconds": wall,
