@@ -1,7 +1,5 @@
 """Samplers: the fixed-point sampler reproduces sequential samples bit for bit; multi_order's schedule."""
 
-import math
-
 import pytest
 import torch
 
@@ -18,19 +16,6 @@ def random_model(k: int, height: int, width: int, scale: float) -> FarmMADE:
         for parameter in model.parameters():
             parameter.normal_(0, scale)
     return model.eval()
-
-
-class Spy(torch.nn.Module):
-    """Wraps a model and records the input of every network evaluation."""
-
-    def __init__(self, model: FarmMADE) -> None:
-        super().__init__()
-        self.model, self.orders, self.dim, self.k, self.inputs = model, model.orders, model.dim, model.k, []
-        self.num_masks, self.using_mask, self.weights = model.num_masks, model.using_mask, model.weights
-
-    def forward(self, x: torch.Tensor, orderings: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        return self.model(x, orderings)
 
 
 @pytest.mark.parametrize("scale", [0.3, 1.0])
@@ -67,26 +52,45 @@ def test_samplers_are_seeded_and_binary():
         sample(model, "multi_order", 10, knob=5)
 
 
-def test_multi_order_fills_each_orderings_next_pixel_once_per_step():
-    spy = Spy(random_model(k=2, height=3, width=3, scale=1.0))  # raster and reversed raster
-    ones, evaluations = sample(spy, "multi_order", 4, knob=2, noise=torch.zeros(4, 9))  # u = 0: every pixel -> 1
-    assert ones.eq(1).all()
-    steps = [set(x[0].nonzero().flatten().tolist()) for x in [*spy.inputs, ones]]
-    new = [sorted(after - before) for before, after in zip(steps, steps[1:])]
-    assert new == [[0, 8], [1, 7], [2, 6], [3, 5], [4]]
-    assert evaluations == 2 * len(spy.inputs) and len(spy.inputs) == math.ceil(9 / 2)  # 2 orderings a step
+def naive_multi_order(model: FarmMADE, noise: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+    """The definition, one ordering and one image at a time: in every step each of the first `count`
+    orderings picks the first pixel in its order that was not filled before the step (when two pick the
+    same pixel, the lower-indexed ordering draws it) and draws it, 1[u < p], from its own conditional given
+    the image as it was before the step. Returns the samples and the number of steps."""
+    x = torch.zeros_like(noise)
+    filled: set[int] = set()
+    steps = 0
+    while len(filled) < model.dim:
+        before, claims = x.clone(), {}
+        for ordering in range(count):
+            claims.setdefault(next(p for p in model.orders[ordering].tolist() if p not in filled), ordering)
+        for pixel, ordering in claims.items():
+            for image in range(len(x)):
+                with torch.no_grad():
+                    logit = model(before[image:image + 1], torch.tensor([ordering]))[0, 0, pixel]
+                x[image, pixel] = float(noise[image, pixel] < torch.sigmoid(logit))
+        filled |= claims.keys()
+        steps += 1
+    return x, steps
 
 
-@pytest.mark.parametrize("knob", [1, 2, 4, 8])
-def test_multi_order_evaluations_scale_like_d_over_k(knob):
-    spy = Spy(random_model(k=8, height=8, width=8, scale=1.0))
-    samples, evaluations = sample(spy, "multi_order", 3, knob=knob, noise=torch.zeros(3, 64))
-    assert samples.eq(1).all() and evaluations == knob * len(spy.inputs)  # a step runs `knob` orderings
-    filled = [int(x[0].sum()) for x in [*spy.inputs, samples]]
-    assert all(0 < b - a <= knob for a, b in zip(filled, filled[1:]))  # at most one new pixel per ordering
-    assert math.ceil(64 / knob) <= len(spy.inputs) <= 1.5 * math.ceil(64 / knob)
-    if knob == 1:
-        assert torch.equal(samples, sample(spy.model, "sequential", 3, noise=torch.zeros(3, 64))[0])
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_multi_order_equals_the_naive_loop_with_random_noise(count):
+    """Random orderings (they collide on pixels), random noise, a model whose pixels depend on each other:
+    the batched sampler draws exactly the naive loop's samples, and counts `count` evaluations a step."""
+    torch.manual_seed(0)
+    model = FarmMADE(make_orderings("random", 4, 4, 4, seed=2), [32, 32], seed=1).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 1.0)
+    noise = torch.rand(6, 16, generator=torch.Generator().manual_seed(count), dtype=torch.float64)
+    samples, evaluations = sample(model, "multi_order", 6, count, noise=noise)
+    expected, steps = naive_multi_order(model, noise, count)
+    assert torch.equal(samples, expected)
+    assert evaluations == count * steps and (count == 1) == (steps == 16)
+    assert 0.1 < expected.mean() < 0.9 and len(set(map(tuple, expected.tolist()))) > 2  # the noise matters
+    if count == 1:
+        assert torch.equal(sample(model, "sequential", 6, noise=noise)[0], expected)
 
 
 class MeanScorer:
