@@ -90,6 +90,20 @@ def test_speed_quality_curve_rows_are_written(tmp_path):
     assert curve_settings(32, 32)[:6] == [("sequential", 1)] + [("wavefront", w) for w in (2, 4, 8, 16, 32)]
 
 
+@pytest.mark.parametrize("sampler", ["sequential", "wavefront", "fixed_point"])
+def test_samplers_run_in_eval_mode_and_restore_the_callers_mode(sampler):
+    """Dropout 0.5 (the default): in training mode the network is random. A model left in training mode
+    samples what it samples in eval mode, and is handed back in training mode."""
+    model = tiny_model("antidiagonal")
+    assert model.config.dropout == 0.5
+    noise = torch.rand(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    expected, expected_evaluations = sample(model, sampler, 2, 8, 8, noise=noise)
+    model.train()
+    samples, evaluations = sample(model, sampler, 2, 8, 8, noise=noise)
+    assert torch.equal(samples, expected) and evaluations == expected_evaluations
+    assert model.training
+
+
 # ---------------------------------------------------------------- hole likelihoods
 
 
@@ -170,13 +184,37 @@ def test_inpaint_keeps_the_evidence_and_fills_on_the_level_grid():
     assert not torch.equal(hole, x[:, :, occlusion])  # sampled, not copied
 
 
-def test_evaluate_inpainting_and_figure(tmp_path):
+class MeanScorer:
+    """Scores images by their mean value: a score that says which images it was given."""
+
+    def classifier_score(self, images):
+        return float(images.double().mean())
+
+    def frechet_distance(self, images):
+        return float(images.double().std())
+
+
+def test_evaluate_inpainting_reports_exact_chain_and_the_score_of_the_inpainted_images(tmp_path):
     model = tiny_model().float()
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
-    metrics = evaluate_inpainting(model, images, "average", num_occlusions=2, images_per_occlusion=4)
-    assert set(metrics) == {"single/bpd_exact", "best_evidence/bpd_exact", "evidence_weighted/bpd_exact",
-                            "occluded_fraction"}
-    assert all(math.isfinite(v) and v > 0 for v in metrics.values())
+    metrics = evaluate_inpainting(model, images, "average", num_occlusions=2, images_per_occlusion=4, seed=5,
+                                  scorer=MeanScorer())
+    assert set(metrics) == {f"{fill}/{name}" for fill in ("single", "best_evidence", "evidence_weighted")
+                            for name in ("bpd_exact", "bpd_chain", "classifier_score")} | {"occluded_fraction"}
+    occlusions = make_occlusions("average", 2, 8, 8, seed=5)
+    hidden = 4 * int(occlusions.sum()) * 3 * math.log(2)  # sub-pixels x ln 2
+    for fill in ("single", "evidence_weighted"):
+        generator, exact, chain, filled = torch.Generator().manual_seed(5), 0.0, 0.0, []
+        for occlusion, block in zip(occlusions, images.split(4)):
+            x = block.float() / 127.5 - 1
+            exact += hole_nll_exact(model, x, occlusion, fill).double().sum().item()
+            inpainted, nll = inpaint(model, x, occlusion, fill, generator)
+            chain += nll.double().sum().item()
+            filled.append(inpainted)
+        assert metrics[f"{fill}/bpd_exact"] == pytest.approx(exact / hidden)
+        assert metrics[f"{fill}/bpd_chain"] == pytest.approx(chain / hidden)
+        assert metrics[f"{fill}/bpd_chain"] != pytest.approx(metrics[f"{fill}/bpd_exact"])
+        assert metrics[f"{fill}/classifier_score"] == pytest.approx(float(torch.cat(filled).double().mean()))
     assert inpainting_figure(model, images[:3], tmp_path / "table4.png", case="top_half").is_file()
 
 

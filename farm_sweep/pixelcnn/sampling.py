@@ -9,8 +9,9 @@ evaluation on the whole batch; the pixels of the step's group are then drawn fro
 - `wavefront`: knob w = pixels per step: each anti-diagonal (of the ordering's transformed grid) is
   filled in chunks of w pixels, so w = 1 is one pixel a step and w >= min(H, W) one anti-diagonal a step,
   H + W - 1 evaluations (63 for 32x32, 16.3x fewer than 1024). Exact for the `antidiagonal` variant,
-  whose pixels depend only on earlier anti-diagonals; on a `raster` network it is an approximation that
-  drops the context the wavefront has not reached yet (placeholders hold 0).
+  whose pixels depend only on earlier anti-diagonals; on a `raster` network it is an approximation: the
+  pixels the wavefront has not reached yet hold 0.0 (mid-grey, not one of the 256 levels), and the network
+  reads them as observed values (docs/pixelcnn.md).
 - `fixed_point`: Jacobi iteration x <- draw(network(x)) on all pixels at once until nothing changes;
   knob = the most evaluations. After t evaluations the first t pixels (anti-diagonals for the
   `antidiagonal` variant) of the causal order are final, and the only fixed point is the sequential
