@@ -77,6 +77,10 @@ def test_batched_forward_equals_per_ordering_loop(sharing, direct, hidden):
     for i in range(model.k):
         torch.testing.assert_close(batched[i], looped_reference(model, x, i), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batched[i], model(x, orderings=torch.tensor([i]))[0], atol=1e-5, rtol=1e-5)
+        net = model.ordering_network(i)  # the plain MLP the fixed-point sampler iterates
+        plain = net.hidden(x @ net.weights[0].T + net.biases[0]) @ net.weights[-1].T + net.biases[-1]
+        plain = plain + (x @ net.direct.T if direct else 0)
+        torch.testing.assert_close(batched[i], plain, atol=1e-5, rtol=1e-5)
 
 
 def test_shared_hidden_with_one_hidden_layer_is_refused():

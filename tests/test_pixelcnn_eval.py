@@ -79,13 +79,15 @@ def test_speed_quality_curve_rows_are_written(tmp_path):
         def frechet_distance(self, images):
             return float(images.std())
 
-    model = tiny_model("antidiagonal").float()
-    settings = [("sequential", 1), ("wavefront", 4), ("fixed_point", 16)]
-    rows = speed_quality_curve(model, 8, 8, Stub(), 2, seed=0, settings=settings)
+    model = tiny_model("antidiagonal", stages=1).float()
+    settings = [("sequential", 1), ("wavefront", 2), ("fixed_point", 16)]
+    rows = speed_quality_curve(model, 4, 4, Stub(), 2, seed=0, settings=settings)
     assert [tuple(r[f] for f in ("sampler", "knob", "network_evaluations")) for r in rows][:2] == [
-        ("sequential", 1, 64), ("wavefront", 4, 22)]  # anti-diagonals of 1..8..1 pixels in chunks of 4
-    assert rows[0]["speedup"] == 1.0 and rows[1]["evaluation_speedup"] == 64 / rows[1]["network_evaluations"]
-    assert list(rows[0]) == list(CURVE_FIELDS)
+        ("sequential", 1, 16), ("wavefront", 2, 10)]  # anti-diagonals of 1, 2, 3, 4, 3, 2, 1 pixels, chunks of 2
+    assert rows[0]["speedup"] == 1.0 and rows[1]["evaluation_speedup"] == pytest.approx(1.6)
+    assert rows[2]["classifier_score"] == rows[0]["classifier_score"]  # the exact fixed point: the same samples
+    assert all(list(row) == list(CURVE_FIELDS) and row["threads"] == 1 for row in rows)  # one_thread fixture
+    assert all(0 < row["wall_seconds_min"] <= row["wall_seconds"] <= row["wall_seconds_max"] for row in rows)
     assert all(p.is_file() for p in write_speed_quality(rows, tmp_path))
     assert curve_settings(32, 32)[:6] == [("sequential", 1)] + [("wavefront", w) for w in (2, 4, 8, 16, 32)]
 

@@ -30,6 +30,25 @@ def test_fixed_point_reproduces_sequential_bit_for_bit_in_fewer_evaluations(scal
     assert 0.05 < sequential.mean() < 0.95  # not a degenerate all-zero or all-one model
 
 
+@pytest.mark.parametrize("sharing,direct,num_masks", [("ordering_embedding", True, 1), ("separate", False, 3),
+                                                       ("shared_hidden", True, 2)])
+def test_fixed_point_is_exact_for_every_network_variant(sharing, direct, num_masks):
+    """Codes, per-ordering weights, direct connections and several mask sets (a mask set drawn per image):
+    the fast phase's plain network and incremental sums, then the check, give the sequential samples."""
+    torch.manual_seed(0)
+    model = FarmMADE(make_orderings("random", 3, 6, 6, seed=4), [48, 32], sharing, num_masks=num_masks, seed=1,
+                     direct_connections=direct).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.8)
+    generator = torch.Generator().manual_seed(5)
+    noise, masks = torch.rand(40, 36, generator=generator), torch.randint(num_masks, (40,), generator=generator)
+    sequential, _ = sample(model, "sequential", 40, noise=noise, masks=masks)
+    fixed, evaluations = sample(model, "fixed_point", 40, noise=noise, masks=masks)
+    assert torch.equal(fixed, sequential) and evaluations < 36
+    assert len(set(map(tuple, sequential.tolist()))) > 20
+
+
 def test_truncated_fixed_point_has_the_first_iterations_pixels_exact():
     model = random_model(k=1, height=8, width=8, scale=1.0)
     noise = torch.rand(50, 64, generator=torch.Generator().manual_seed(1))
@@ -108,6 +127,8 @@ def test_speed_quality_curve_rows_and_files(tmp_path):
     assert [row["knob"] for row in rows if row["sampler"] == "multi_order"] == [2, 4]
     assert rows[0]["sampler"] == "sequential" and rows[0]["speedup"] == 1 and rows[0]["network_evaluations"] == 16
     assert all(list(row) == list(CURVE_FIELDS) and row["network_evaluations"] >= 1 for row in rows)
+    assert all(0 < row["wall_seconds_min"] <= row["wall_seconds"] <= row["wall_seconds_max"] for row in rows)
+    assert [row["network_evaluations"] for row in rows if row["sampler"] == "multi_order"] == [16, 24]  # j a step
     exact = [row for row in rows if row["sampler"] == "fixed_point" and row["knob"] == 16][0]
     assert exact["classifier_score"] == rows[0]["classifier_score"]  # the same samples
     table, plot = write_speed_quality(rows, tmp_path)

@@ -22,9 +22,11 @@ A study file's `evaluation:` mapping selects what runs; every key is optional:
 Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits;
 pixelcnn: bpd_exact, the teacher-forced bits/dim of the hole, bpd_chain, the same along the fill's own samples,
 and classifier_score of the inpainted images; both: occluded_fraction) and
-`sampling/<sampler>/<knob>/<field>` (network_evaluations, wall_seconds, speedup, evaluation_speedup,
-classifier_score, frechet_distance; pixelcnn samples are scored by the CIFAR-10 classifier, samples of your own
-data by a classifier of its labels, and without labels the two quality metrics are left out, with a warning).
+`sampling/<sampler>/<knob>/<field>` (farm_sweep.speed_quality.CURVE_FIELDS: network_evaluations, wall_seconds
+with wall_seconds_min and _max, speedup, evaluation_speedup, classifier_score, frechet_distance, threads; timed
+by farm_sweep.timing's method, a speedup the two runs disagree on is left out; pixelcnn samples are scored by the
+CIFAR-10 classifier, samples of your own data by a classifier of its labels, and without labels the two quality
+metrics are left out, with a warning).
 Artifacts: inpainting.png, speed_quality.csv, speed_quality.png. A PixelCNN++ with a weight average is
 evaluated with its averaged weights, as its validation is.
 """

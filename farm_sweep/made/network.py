@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +125,20 @@ class FarmMADE(nn.Module):
         """A per-ordering tensor (k sets) restricted to the orderings in use; a shared one (1 set) as it is."""
         return tensor[index] if orderings is not None and tensor.shape[0] == self.k > 1 else tensor
 
+    def ordering_network(self, ordering: int) -> OrderingNetwork:
+        """Ordering `ordering` under the active mask set as a plain MLP, for inference: forward(x, [ordering])[0]
+        in eval mode equals it (up to rounding: it sums in another order)."""
+        index = torch.tensor([ordering], device=self.orders.device)
+        weights, biases = [], []
+        for layer, (weight, bias, mask) in enumerate(zip(self.weights, self.biases, self.masks(index))):
+            weights.append(torch.where(mask.view(mask.shape[-2:]), self._used(weight, index, index)[0], 0.0))
+            code = self.codes[layer][ordering, 0] if self.codes and layer < len(self.codes) else 0.0
+            biases.append(self._used(bias, index, index)[0, 0] + code)
+        direct = None
+        if self.direct is not None:
+            direct = torch.where(self.direct_masks[ordering], self._used(self.direct, index, index)[0], 0.0)
+        return OrderingNetwork(weights, biases, direct)
+
     def set_mask(self, index: int) -> None:
         if not 0 <= index < self.num_masks:
             raise ValueError(f"mask index {index} out of range 0..{self.num_masks - 1}")
@@ -138,6 +153,23 @@ class FarmMADE(nn.Module):
             yield
         finally:
             self.set_mask(active)
+
+
+@dataclass(frozen=True)
+class OrderingNetwork:
+    """One ordering of a FarmMADE as a plain MLP: masked `weights` (out, in) and `biases` (out,) per layer (an
+    ordering code folded into its layer's bias), ReLU between layers, plus masked `direct` weights (D, D)."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    direct: torch.Tensor | None
+
+    def hidden(self, first_preactivation: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (B, h_L) from the first layer's pre-activations (B, h_1)."""
+        h = torch.relu(first_preactivation)
+        for weight, bias in zip(self.weights[1:-1], self.biases[1:-1]):
+            h = torch.relu(torch.addmm(bias, h, weight.T))
+        return h
 
 
 def layer_sets(weight_sharing: str, k: int, layers: int) -> list[int]:

@@ -13,12 +13,18 @@ sets (docs/models.md): each image draws its mask set, then is sampled under it. 
   evaluation per iteration, until nothing changes; knob = the most iterations. After t iterations the
   first t pixels of ordering 0 are final, so D iterations always reach the sequential sample with the
   same noise, bit for bit; stopped earlier it gives an approximate sample (the speed-quality knob).
+  Two phases. The fast phase iterates only the images still changing (an image that maps to itself is
+  the sequential sample and stops), computes only the pixels not yet final, and keeps the first layer's
+  pre-activations (and the direct connections' sums), adding the columns of the pixels that changed
+  (x W^T updated by delta W^T over the changed pixels, not recomputed). Its sums are rounded in another
+  order than the network's own forward, so the check follows: plain iterations of the network's forward
+  on every image until one leaves them all unchanged (usually just one), which makes the result the
+  sequential sample bit for bit.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +33,7 @@ import torch
 
 from farm_sweep.inference import inference
 from farm_sweep.made.network import FarmMADE
-from farm_sweep.speed_quality import CURVE_FIELDS, Scorer
+from farm_sweep.speed_quality import Scorer, speed_quality_rows
 
 matplotlib.use("Agg")
 
@@ -96,15 +102,45 @@ def _multi_order(model: FarmMADE, threshold: torch.Tensor, count: int) -> tuple[
 
 
 def _fixed_point(model: FarmMADE, threshold: torch.Tensor, max_iterations: int) -> tuple[torch.Tensor, int]:
+    """Jacobi iteration of the ordering-0 rule: the fast phase, then the check (module docstring)."""
+    x, evaluations = _incremental_fixed_point(model, threshold, max_iterations)
     first = torch.zeros(1, dtype=torch.long, device=threshold.device)
-    x = torch.zeros_like(threshold)
-    evaluations = 0
-    while evaluations < max_iterations:
+    while evaluations < max_iterations:  # the network itself, on every image: a fixed point of it is exact
         update = (threshold < model(x, first)[0]).to(x.dtype)
         evaluations += 1
         if torch.equal(update, x):
             break
         x = update
+    return x, evaluations
+
+
+def _incremental_fixed_point(model: FarmMADE, threshold: torch.Tensor,
+                             max_iterations: int) -> tuple[torch.Tensor, int]:
+    """The fast phase: iterate only the images still changing, only their pixels not yet final (rank >= the
+    iteration), with the first layer's pre-activations (and the direct connections' sums) cached and
+    updated by the pixels that changed. Returns when no image changes or after `max_iterations`."""
+    net = model.ordering_network(0)
+    order, (first_weight, *_, last_weight), (first_bias, *_, last_bias) = model.orders[0], net.weights, net.biases
+    x = torch.zeros_like(threshold)
+    active = torch.arange(len(x), device=x.device)  # the images still changing
+    first = first_bias.expand(len(x), -1).clone()  # x = 0
+    direct = torch.zeros_like(x) if net.direct is not None else None
+    evaluations = 0
+    while len(active) and evaluations < max_iterations:
+        pending = order[evaluations:]  # after t iterations the first t pixels of the ordering are final
+        logits = torch.addmm(last_bias[pending], net.hidden(first[active]), last_weight[pending].T)
+        if direct is not None:
+            logits += direct[active][:, pending]
+        delta = (threshold[active][:, pending] < logits).to(x.dtype) - x[active][:, pending]
+        evaluations += 1
+        moved = delta.any(1)
+        active, delta = active[moved], delta[moved]
+        columns = delta.any(0)
+        pixels, delta = pending[columns], delta[:, columns]
+        x[active[:, None], pixels] += delta
+        first[active] += delta @ first_weight[:, pixels].T
+        if direct is not None:
+            direct[active] += delta @ net.direct[:, pixels].T
     return x, evaluations
 
 
@@ -124,27 +160,16 @@ def curve_settings(k: int, dim: int) -> list[tuple[str, int]]:
 
 
 def speed_quality_curve(model: FarmMADE, height: int, width: int, scorer: Scorer, num_samples: int,
-                        seed: int, repeats: int = 3) -> list[dict[str, Any]]:
-    """One row per sampler setting, all with the same batch and noise in this run: network evaluations,
-    wall seconds (best of `repeats`), speed-up over `sequential` (wall clock, and in evaluations) and
-    sample quality."""
+                        seed: int) -> list[dict[str, Any]]:
+    """farm_sweep.speed_quality's rows for `curve_settings`, every setting with the same batch, noise and
+    mask sets, timed by the project's benchmark method (farm_sweep.timing)."""
     if height * width != model.dim:
         raise ValueError(f"a {height}x{width} image has {height * width} pixels; the model has {model.dim}")
     generator = torch.Generator().manual_seed(seed)
     noise, masks = torch.rand(num_samples, model.dim, generator=generator), draw_masks(model, num_samples, generator)
-    model(torch.zeros(num_samples, model.dim, device=model.orders.device))  # warm-up before timing
-    rows = []
-    for sampler, knob in curve_settings(model.k, model.dim):
-        walls = []
-        for _ in range(repeats):  # the same samples every time: the fastest run is the least disturbed
-            began = time.perf_counter()
-            samples, evaluations = sample(model, sampler, num_samples, knob, noise=noise, masks=masks)
-            walls.append(time.perf_counter() - began)
-        wall = min(walls)
-        rows.append({"sampler": sampler, "knob": knob, "network_evaluations": evaluations, "wall_seconds": wall,
-                     "classifier_score": scorer.classifier_score(samples),
-                     "frechet_distance": scorer.frechet_distance(samples)})
-    for row in rows:
-        row["speedup"] = rows[0]["wall_seconds"] / row["wall_seconds"]
-        row["evaluation_speedup"] = rows[0]["network_evaluations"] / row["network_evaluations"]
-    return [{field: row[field] for field in CURVE_FIELDS} for row in rows]
+
+    def draw(sampler: str, knob: int) -> tuple[torch.Tensor, int]:
+        return sample(model, sampler, num_samples, knob, noise=noise, masks=masks)
+
+    synchronize = torch.cuda.synchronize if model.orders.is_cuda else None
+    return speed_quality_rows(curve_settings(model.k, model.dim), draw, scorer, synchronize)
