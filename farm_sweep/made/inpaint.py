@@ -27,6 +27,7 @@ from farm_sweep.figures import save_figure
 from farm_sweep.inference import inference
 from farm_sweep.losses import ensemble_log_probs, pixel_log_probs
 from farm_sweep.made.network import FarmMADE
+from farm_sweep.made.staircase import logits_at
 from farm_sweep.occlusions import FillPlan, fill_plan, make_occlusions
 
 matplotlib.use("Agg")
@@ -47,7 +48,8 @@ def inpaint(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill
     log_posterior = _mask_log_prior(model, x, plan)  # (M, B)
     for t, pixel in enumerate(plan.pixels.tolist()):
         used, weights = _usable(plan.weights[:, t:t + 1])
-        log_one, log_zero = (v[..., 0] for v in _fill_log_probs(_mask_logits(model, x, used)[..., [pixel]], weights))
+        logits = _mask_logits(model, x, used, plan.pixels[t:t + 1])
+        log_one, log_zero = (v[..., 0] for v in _fill_log_probs(logits, weights))
         mixed_one, mixed_zero = _mixed(log_posterior, log_one), _mixed(log_posterior, log_zero)
         truth = images[:, pixel]
         nll[:, pixel] = -(truth * mixed_one + (1 - truth) * mixed_zero)
@@ -59,15 +61,15 @@ def inpaint(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill
 @inference
 def nll_exact(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str) -> torch.Tensor:
     """Teacher-forced -log p(true x_d | evidence, true earlier hole pixels) per pixel (B, D), zero
-    outside the hole: one forward of the orderings the plan uses (per mask set), on the true images."""
+    outside the hole: one pass of the orderings the plan uses (per mask set) on the true images, each
+    computing only the hole pixels it predicts (farm_sweep.made.staircase)."""
     plan = fill_plan(model.ranks, occlusion, fill)
     used, weights = _usable(plan.weights)
-    logits = _mask_logits(model, images, used)  # (M, k', B, D)
-    log_one, log_zero = _fill_log_probs(logits[..., plan.pixels], weights)
+    logits = _mask_logits(model, images, used, plan.pixels, weights > 0)  # (M, k', B, n)
+    log_one, log_zero = _fill_log_probs(logits, weights)
     truth = images[:, plan.pixels].bool()
     log_truth = torch.where(truth, log_one, log_zero)  # (M, B, n)
-    leader = logits[:, int((used == plan.leader).nonzero())]
-    log_posterior = _mask_log_prior(model, images, plan, leader)[..., None] + log_truth.cumsum(-1) - log_truth
+    log_posterior = _mask_log_prior(model, images, plan)[..., None] + log_truth.cumsum(-1) - log_truth
     nll = torch.zeros_like(images)
     nll[:, plan.pixels] = -_mixed(log_posterior, log_truth)
     return nll
@@ -79,12 +81,14 @@ def _usable(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return used, weights[used]
 
 
-def _mask_logits(model: FarmMADE, x: torch.Tensor, orderings: torch.Tensor) -> torch.Tensor:
-    """Logits (M, k', B, D) of `orderings` under each of the M mask sets: one forward per mask set."""
+def _mask_logits(model: FarmMADE, x: torch.Tensor, orderings: torch.Tensor, pixels: torch.Tensor,
+                 needed: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (M, k', B, n) of `orderings` at `pixels` under each of the M mask sets, computing only those
+    outputs (farm_sweep.made.staircase; with `needed` (k', n), only where an ordering is used)."""
     per_mask = []
     for mask in range(model.num_masks):
         with model.using_mask(mask):
-            per_mask.append(model(x, orderings))
+            per_mask.append(logits_at(model, x, orderings, pixels, needed))
     return torch.stack(per_mask)
 
 
@@ -97,18 +101,15 @@ def _fill_log_probs(logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.
     return log_one.view(masks, batch, pixels), log_zero.view(masks, batch, pixels)
 
 
-def _mask_log_prior(model: FarmMADE, x: torch.Tensor, plan: FillPlan,
-                    leader_logits: torch.Tensor | None = None) -> torch.Tensor:
+def _mask_log_prior(model: FarmMADE, x: torch.Tensor, plan: FillPlan) -> torch.Tensor:
     """log p_leader,m(evidence before the leader's first hole pixel) per mask set m, (M, B): the
-    unnormalized log posterior over mask sets given that evidence (a uniform prior). `leader_logits`
-    (M, B, D): the leader's logits when already computed. Zero with one mask set."""
-    if model.num_masks == 1:
-        return torch.zeros(1, len(x), dtype=x.dtype, device=x.device)
-    if leader_logits is None:
-        leader_logits = _mask_logits(model, x, torch.tensor([plan.leader], device=x.device))[:, 0]
+    unnormalized log posterior over mask sets given that evidence (a uniform prior). Zero with one mask set."""
     rank = model.ranks[plan.leader]
-    prefix = rank < rank[plan.pixels[0]]
-    return pixel_log_probs(leader_logits[..., prefix], x[:, prefix]).sum(-1)
+    prefix = (rank < rank[plan.pixels[0]]).nonzero()[:, 0]
+    if model.num_masks == 1 or not len(prefix):
+        return torch.zeros(model.num_masks, len(x), dtype=x.dtype, device=x.device)
+    logits = _mask_logits(model, x, torch.tensor([plan.leader], device=x.device), prefix)[:, 0]  # (M, B, p)
+    return pixel_log_probs(logits, x[:, prefix]).sum(-1)
 
 
 def _mixed(log_posterior: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

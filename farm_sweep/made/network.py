@@ -80,9 +80,10 @@ class FarmMADE(nn.Module):
         """Masks per hidden-degree set m: input (M, k, h1, D), hidden (M, h_{l+1}, h_l), output (M, k, D, hL)."""
         generator = torch.Generator().manual_seed(seed)
         input_degree = self.ranks + 1  # (k, D), values 1..D
-        firsts, middles, lasts = [], [], []
+        firsts, middles, lasts, all_degrees = [], [], [], []
         for _ in range(self.num_masks):
             degrees = _hidden_degrees(self.hidden_sizes, self.dim, generator)
+            all_degrees.append(degrees)
             firsts.append(degrees[0][None, :, None] >= input_degree[:, None, :])
             middles.append([later[:, None] >= earlier[None, :] for earlier, later in zip(degrees, degrees[1:])])
             lasts.append(input_degree[:, :, None] > degrees[-1][None, None, :])
@@ -91,6 +92,12 @@ class FarmMADE(nn.Module):
         for layer in range(len(self.hidden_sizes) - 1):
             self.register_buffer(f"hidden_masks_{layer}", torch.stack([m[layer] for m in middles]))
         self.register_buffer("output_masks", torch.stack(lasts))
+        for layer in range(len(self.hidden_sizes)):  # follow from the seed, as the masks: not saved
+            self.register_buffer(f"degrees_{layer}", torch.stack([d[layer] for d in all_degrees]), persistent=False)
+
+    def degrees(self) -> list[torch.Tensor]:
+        """The active mask set's hidden degrees, one (h_l,) tensor per hidden layer."""
+        return [getattr(self, f"degrees_{layer}")[self.mask_index] for layer in range(len(self.hidden_sizes))]
 
     def masks(self, orderings: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The active masks, one per layer; per-ordering masks are restricted to `orderings`."""
@@ -164,12 +171,6 @@ class OrderingNetwork:
     biases: list[torch.Tensor]
     direct: torch.Tensor | None
 
-    def hidden(self, first_preactivation: torch.Tensor) -> torch.Tensor:
-        """The last hidden layer's activations (B, h_L) from the first layer's pre-activations (B, h_1)."""
-        h = torch.relu(first_preactivation)
-        for weight, bias in zip(self.weights[1:-1], self.biases[1:-1]):
-            h = torch.relu(torch.addmm(bias, h, weight.T))
-        return h
 
 
 def layer_sets(weight_sharing: str, k: int, layers: int) -> list[int]:

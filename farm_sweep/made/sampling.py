@@ -14,12 +14,14 @@ sets (docs/models.md): each image draws its mask set, then is sampled under it. 
   first t pixels of ordering 0 are final, so D iterations always reach the sequential sample with the
   same noise, bit for bit; stopped earlier it gives an approximate sample (the speed-quality knob).
   Two phases. The fast phase iterates only the images still changing (an image that maps to itself is
-  the sequential sample and stops), computes only the pixels not yet final, and keeps the first layer's
-  pre-activations (and the direct connections' sums), adding the columns of the pixels that changed
-  (x W^T updated by delta W^T over the changed pixels, not recomputed). Its sums are rounded in another
-  order than the network's own forward, so the check follows: plain iterations of the network's forward
-  on every image until one leaves them all unchanged (usually just one), which makes the result the
-  sequential sample bit for bit.
+  the sequential sample and stops), computes only the pixels not yet final, runs the hidden layers along
+  the masks' staircase (farm_sweep.made.staircase), and keeps the first layer's pre-activations (and the
+  direct connections' sums), adding the rows of the pixels that changed (x W^T updated by delta W^T over
+  the changed pixels, not recomputed). Its sums are rounded in another order than the network's own
+  forward, so the check follows: plain iterations of the network's forward on every image until one
+  leaves them all unchanged (usually just one), which makes the result the sequential sample bit for bit.
+  Every iteration of either phase counts as one network evaluation, though a fast one costs less (wall
+  time shows how much).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 
 from farm_sweep.inference import inference
 from farm_sweep.made.network import FarmMADE
+from farm_sweep.made.staircase import blocked, ordering_staircase
 from farm_sweep.speed_quality import Scorer, speed_quality_rows
 
 matplotlib.use("Agg")
@@ -117,31 +120,43 @@ def _fixed_point(model: FarmMADE, threshold: torch.Tensor, max_iterations: int) 
 def _incremental_fixed_point(model: FarmMADE, threshold: torch.Tensor,
                              max_iterations: int) -> tuple[torch.Tensor, int]:
     """The fast phase: iterate only the images still changing, only their pixels not yet final (rank >= the
-    iteration), with the first layer's pre-activations (and the direct connections' sums) cached and
-    updated by the pixels that changed. Returns when no image changes or after `max_iterations`."""
-    net = model.ordering_network(0)
-    order, (first_weight, *_, last_weight), (first_bias, *_, last_bias) = model.orders[0], net.weights, net.biases
+    iteration), on the ordering's sorted network (farm_sweep.made.staircase: hidden layers in row blocks
+    along the masks' staircase), with the first layer's pre-activations (and the direct connections' sums)
+    kept and updated by the pixels that changed. Works in rank order: after t iterations the first t
+    columns are final. Returns when no image changes or after `max_iterations`."""
+    net = ordering_staircase(model, 0)
+    order, (first, *hidden) = net.order, net.layers
+    threshold = threshold[:, order]
     x = torch.zeros_like(threshold)
+    preactivation = first.bias.expand(len(x), -1).clone()  # x = 0
+    first_columns = first.weight.T.contiguous()  # (D, h1): a changed pixel's row
+    output, output_bias = net.output[order], net.output_bias[order, None]  # rows in rank order
+    direct = net.direct[order][:, order].T.contiguous() if net.direct is not None else None
+    direct_sums = torch.zeros_like(x) if direct is not None else None
     active = torch.arange(len(x), device=x.device)  # the images still changing
-    first = first_bias.expand(len(x), -1).clone()  # x = 0
-    direct = torch.zeros_like(x) if net.direct is not None else None
     evaluations = 0
     while len(active) and evaluations < max_iterations:
-        pending = order[evaluations:]  # after t iterations the first t pixels of the ordering are final
-        logits = torch.addmm(last_bias[pending], net.hidden(first[active]), last_weight[pending].T)
-        if direct is not None:
-            logits += direct[active][:, pending]
-        delta = (threshold[active][:, pending] < logits).to(x.dtype) - x[active][:, pending]
+        pending = evaluations
+        h = preactivation[active].T.relu()
+        for layer in hidden:
+            h = blocked(layer.weight, h, layer.support, [1], len(active)).add_(layer.bias[:, None]).relu_()
+        logits = torch.addmm(output_bias[pending:], output[pending:], h).T
+        if direct_sums is not None:
+            logits += direct_sums[active, pending:]
+        delta = (threshold[active, pending:] < logits).to(x.dtype) - x[active, pending:]
         evaluations += 1
         moved = delta.any(1)
         active, delta = active[moved], delta[moved]
-        columns = delta.any(0)
-        pixels, delta = pending[columns], delta[:, columns]
-        x[active[:, None], pixels] += delta
-        first[active] += delta @ first_weight[:, pixels].T
-        if direct is not None:
-            direct[active] += delta @ net.direct[:, pixels].T
-    return x, evaluations
+        columns = delta.any(0).nonzero()[:, 0]
+        delta = delta[:, columns]
+        columns += pending
+        x[active[:, None], columns] += delta
+        preactivation[active] += delta @ first_columns[columns]
+        if direct_sums is not None:
+            direct_sums[active] += delta @ direct[columns]
+    samples = torch.empty_like(x)
+    samples[:, order] = x
+    return samples, evaluations
 
 
 def _in_range(what: str, knob: int, high: int) -> int:
