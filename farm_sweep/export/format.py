@@ -83,11 +83,8 @@ def _state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _masks(model: FarmMADE, mask_set: int) -> list[torch.Tensor]:
-    active = model.mask_index
-    model.set_mask(mask_set)
-    masks = model.masks()
-    model.set_mask(active)
-    return masks
+    with model.using_mask(mask_set):
+        return model.masks()
 
 
 def load_export(folder: Path, device: str = "cpu") -> tuple[FarmMADE, TrainConfig, dict[str, Any]]:

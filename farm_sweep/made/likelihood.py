@@ -14,13 +14,11 @@ from farm_sweep.made.network import FarmMADE
 @inference
 def ordering_log_probs(model: FarmMADE, x: torch.Tensor) -> torch.Tensor:
     """log p_i(x) for every ordering i, (k, B). With several hidden-mask sets, p_i is the mask
-    ensemble (1/M) sum_m p_i,m(x), as MADE averages masks at test time."""
-    active = model.mask_index
+    ensemble (1/M) sum_m p_i,m(x): the model is the uniform mixture of its mask sets (docs/models.md)."""
     per_mask = []
     for m in range(model.num_masks):
-        model.set_mask(m)
-        per_mask.append(image_log_probs(model(x), x))
-    model.set_mask(active)
+        with model.using_mask(m):
+            per_mask.append(image_log_probs(model(x), x))
     return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(model.num_masks)
 
 
