@@ -3,8 +3,9 @@
 The paper's code scored an occlusion with one forward per occluded pixel; `nll_exact` needs one forward
 per batch (the orderings its plan uses). Both are timed in this run on the same images and occlusions (the
 paper's protocol by default), by the project's benchmark method (farm_sweep/timing.py: interleaved, a
-warm-up round, two runs of 5 rounds, a ratio published when the runs agree within 20%), and their numbers
-must agree to a relative 1e-6 per image.
+warm-up round, two runs of 5 rounds, a ratio published when the runs agree within 20%). Their numbers are
+compared per image with each other and with nll_exact in float64 (the value both round): float32 sums in
+another order differ by about 1e-6 relative; more than 1e-5 fails.
 
     FARM_DATA_DIR=../shared/data python bench/inpaint_eval.py                     # a quickly trained model
     python bench/inpaint_eval.py --checkpoint runs/trial/checkpoints --num-occlusions 10
@@ -13,6 +14,7 @@ must agree to a relative 1e-6 per image.
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from farm_sweep.timing import describe, measure
 from farm_sweep.training import checkpoint
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import build_model, resolve_device, train
+
+AGREEMENT = 1e-5  # float32 rounding: two summation orders differ by ~1e-6, each from the float64 value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +103,11 @@ def main() -> None:
                                       for hole, batch in blocks]}
     m = measure(settings, threads=args.threads, synchronize=torch.cuda.synchronize if device.type == "cuda" else None)
     reference, ours = (torch.cat(m.results[name]) for name in ("loop", "nll_exact"))
-    worst = ((ours - reference).abs() / reference.abs().clamp_min(1)).max().item()
+    exact64 = copy.deepcopy(model).double()  # the float64 value both float32 computations round
+    truth = torch.cat([nll_exact(exact64, batch.double(), hole, args.fill).sum(1) for hole, batch in blocks])
+    worst = {name: relative(a, b) for name, (a, b) in
+             {"loop vs nll_exact": (reference, ours), "loop vs float64": (reference, truth),
+              "nll_exact vs float64": (ours, truth)}.items()}
     sizes = occlusions.sum(1)
     print(f"{test.name}, k={model.k}, hidden {model.hidden_sizes}, {device}; {args.case} case, fill {args.fill}, "
           f"protocol {args.protocol}: {args.num_occlusions} occlusions x {args.images_per_occlusion} images "
@@ -111,11 +119,17 @@ def main() -> None:
         print(f"{what:28s} {timing.median:9.3f} s  [{timing.low:.3f}-{timing.high:.3f}]  ({forwards} forwards)")
     ratio = m.ratio("loop", "nll_exact")
     runs = ", ".join(f"{r:.1f}x" for r in m.run_ratios("loop", "nll_exact"))
-    print(f"speed-up: {'not published, the runs disagree' if ratio is None else f'{ratio:.1f}x'} (runs: {runs}); "
-          f"largest relative difference per image {worst:.2e}")
+    print(f"speed-up: {'not published, the runs disagree' if ratio is None else f'{ratio:.1f}x'} (runs: {runs})")
+    print("largest relative difference per image (float32 sums in another order differ by ~1e-6): "
+          + ", ".join(f"{name} {value:.1e}" for name, value in worst.items()))
     print(f"method: {describe(m)}")
-    if worst > 1e-6:
-        raise SystemExit("the two computations disagree")
+    if max(worst.values()) > AGREEMENT:
+        raise SystemExit(f"the computations disagree by more than {AGREEMENT:g}")
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest relative difference per image (absolute below 1 nat)."""
+    return ((a.double() - b.double()).abs() / b.double().abs().clamp_min(1)).max().item()
 
 
 if __name__ == "__main__":

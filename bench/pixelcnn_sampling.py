@@ -8,7 +8,7 @@ and whether the sample equals the sequential one bit for bit. Timed by the proje
 (farm_sweep/timing.py): a network's samplers interleaved round-robin, a warm-up round, two runs of 5 rounds,
 median [min-max]; a wall ratio is published only when the two runs agree within 20%.
 
-    python bench/pixelcnn_sampling.py --train-minutes 1
+    python bench/pixelcnn_sampling.py --train-minutes 1 [--causal raster antidiagonal] [--batch 4]
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ def main() -> None:
     parser.add_argument("--train-minutes", type=float, default=1.0, help="per network")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, fixed while training and timing")
+    parser.add_argument("--causal", nargs="+", default=["raster", "antidiagonal"], choices=["raster", "antidiagonal"],
+                        help="the networks to measure")
     args = parser.parse_args()
     images = load_dataset("cifar10", "train").images
     noise = torch.rand(args.batch, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     print(f"batch {args.batch}, {args.filters} filters, 1 resnet per stage, 3 stages")
     print(f"{'network':13s} {'sampler':11s} {'knob':>4s} {'evals':>6s} {'seconds median [min-max]':>25s} "
           f"{'eval ratio':>10s} {'wall ratio':>10s}  equal to sequential")
-    for causal in ("raster", "antidiagonal"):
+    for causal in args.causal:
         config = TrainConfig(dataset="cifar10", model="pixelcnn", ordering_family="paper", filters=args.filters,
                              resnets_per_stage=1, mixtures=5, dropout=0.0, batch_size=16, lr=2e-3, causal=causal)
         task = PixelCNNTask(config)

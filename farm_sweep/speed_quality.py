@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from farm_sweep.figures import save_figure
-from farm_sweep.timing import measure
+from farm_sweep.timing import MIN_ROUNDS, measure
 
 matplotlib.use("Agg")
 
@@ -38,13 +38,13 @@ Sampler = Callable[[str, int], tuple[torch.Tensor, int]]  # (sampler, knob) -> (
 
 
 def speed_quality_rows(settings: list[tuple[str, int]], draw: Sampler, scorer: Scorer,
-                       synchronize: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                       synchronize: Callable[[], None] | None = None, rounds: int = MIN_ROUNDS) -> list[dict[str, Any]]:
     """One row per (sampler, knob), every setting drawing the same batch from the same noise, timed
-    together by farm_sweep.timing.measure; ratios are to the first setting. The quality is that of the
-    warm-up round's samples (every round draws the same ones)."""
+    together by farm_sweep.timing.measure (`rounds` per run); ratios are to the first setting. The quality
+    is that of the warm-up round's samples (every round draws the same ones)."""
     names = [f"{sampler}/{knob}" for sampler, knob in settings]
     measurement = measure({name: (lambda s=s, k=k: draw(s, k)) for name, (s, k) in zip(names, settings)},
-                          synchronize=synchronize)
+                          rounds, synchronize=synchronize)
     reference_evaluations = measurement.results[names[0]][1]
     rows = []
     for name, (sampler, knob) in zip(names, settings):

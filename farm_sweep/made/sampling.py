@@ -37,6 +37,7 @@ from farm_sweep.inference import inference
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.made.staircase import blocked, ordering_staircase
 from farm_sweep.speed_quality import Scorer, speed_quality_rows
+from farm_sweep.timing import MIN_ROUNDS
 
 matplotlib.use("Agg")
 
@@ -167,17 +168,20 @@ def _in_range(what: str, knob: int, high: int) -> int:
 
 def curve_settings(k: int, dim: int) -> list[tuple[str, int]]:
     """(sampler, knob) pairs of the curve: sequential, multi_order with 2, 4, ... up to k orderings, and
-    fixed_point capped at D/16, D/8, D/4, D/2 and D iterations."""
+    fixed_point capped at D/100 (100x fewer evaluations than sequential), D/64, D/32, D/16, D/4 and D
+    iterations (D: exact)."""
     orderings = sorted({min(2 ** e, k) for e in range(1, k.bit_length() + 1)} - {1})
-    iterations = sorted({dim // 2 ** e for e in range(5)} - {0})
+    iterations = sorted({dim // share for share in (100, 64, 32, 16, 4, 1)} - {0})
     return ([("sequential", 1)] + [("multi_order", j) for j in orderings]
             + [("fixed_point", m) for m in iterations])
 
 
 def speed_quality_curve(model: FarmMADE, height: int, width: int, scorer: Scorer, num_samples: int,
-                        seed: int) -> list[dict[str, Any]]:
-    """farm_sweep.speed_quality's rows for `curve_settings`, every setting with the same batch, noise and
-    mask sets, timed by the project's benchmark method (farm_sweep.timing)."""
+                        seed: int, settings: list[tuple[str, int]] | None = None,
+                        rounds: int = MIN_ROUNDS) -> list[dict[str, Any]]:
+    """farm_sweep.speed_quality's rows for `settings` (default `curve_settings`), every setting with the same
+    batch, noise and mask sets, timed by the project's benchmark method (farm_sweep.timing, `rounds` per
+    run); ratios are to the first setting."""
     if height * width != model.dim:
         raise ValueError(f"a {height}x{width} image has {height * width} pixels; the model has {model.dim}")
     generator = torch.Generator().manual_seed(seed)
@@ -187,4 +191,4 @@ def speed_quality_curve(model: FarmMADE, height: int, width: int, scorer: Scorer
         return sample(model, sampler, num_samples, knob, noise=noise, masks=masks)
 
     synchronize = torch.cuda.synchronize if model.orders.is_cuda else None
-    return speed_quality_rows(curve_settings(model.k, model.dim), draw, scorer, synchronize)
+    return speed_quality_rows(settings or curve_settings(model.k, model.dim), draw, scorer, synchronize, rounds)
