@@ -115,6 +115,12 @@ class SearchSpace:
     def describe(self) -> list[str]:
         return [p.describe() for p in self.parameters]
 
+    def as_optuna_point(self, point: dict[str, Any]) -> dict[str, Any]:
+        """An enqueued point in Optuna's terms: categorical values that are lists or mappings become the
+        JSON labels their parameters suggest."""
+        categorical = {p.name for p in self.parameters if p.distribution == "categorical"}
+        return {name: _label(value) if name in categorical else value for name, value in point.items()}
+
 
 def make_sampler(kind: str, options: dict[str, Any], space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     """Optuna's sampler for a study: TPE (default), random or grid, seeded."""
