@@ -6,8 +6,14 @@
 # of the stores the head started (~/farm-stores.env, written by start_stores.sh).
 set -euo pipefail
 
-python3 -m venv ~/venv
-~/venv/bin/pip install -q -e "$HOME/farm-sweep[postgres]"   # the driver and the MLflow server use PostgreSQL
+[ -x ~/venv/bin/python ] || python3 -m venv ~/venv
+# The project is installed editable: the code the launcher copies is used as it is, and it is installed again only
+# when pyproject.toml (its dependencies) changed since, so `ray up` on set-up nodes skips it.
+installed=~/venv/.farm-sweep-installed
+if ! sha256sum --status -c "$installed" 2> /dev/null; then
+    ~/venv/bin/pip install -q -e "$HOME/farm-sweep[postgres]"   # the driver and the MLflow server use PostgreSQL
+    sha256sum ~/farm-sweep/pyproject.toml > "$installed"
+fi
 
 grep -q '# farm-sweep' ~/.bashrc 2> /dev/null || cat >> ~/.bashrc << 'EOF'
 # farm-sweep

@@ -65,7 +65,8 @@ start_mlflow_server() {
         return
     fi
     mkdir -p "$shared/mlflow/artifacts"
-    setsid nohup ~/venv/bin/mlflow server --host "$mlflow_host" --port "$mlflow_port" \
+    # MLflow's job runners (seven processes) serve its GenAI features, which studies do not use.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup ~/venv/bin/mlflow server --host "$mlflow_host" --port "$mlflow_port" \
         --backend-store-uri "$database_url/mlflow" --artifacts-destination "$shared/mlflow/artifacts" \
         > ~/mlflow_server.log 2>&1 < /dev/null &
     echo $! > ~/mlflow_server.pid   # the leader of a process group of its own: its web workers stop with it

@@ -13,7 +13,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.training import checkpoint
 from farm_sweep.training.loop import load_model, load_split, task_for
+from tests.processes import read_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME, EPOCHS, TOP, SEEDS = "confirm", 2, 2, 2
@@ -73,7 +73,7 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
             [sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), "--address", address],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
         try:
-            said = _read_until(driver, "completed after epoch", after="confirmation:", timeout=600)
+            said = "".join(read_until(driver, "completed after epoch", after="confirmation:", timeout=600))
             driver.send_signal(signal.SIGINT)
             said += driver.communicate(timeout=300)[0]
         finally:
@@ -86,20 +86,6 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
                         read_table(output / CONFIRMATION_FILE))
     finally:
         ray.shutdown()
-
-
-def _read_until(process: subprocess.Popen, marker: str, after: str, timeout: float) -> str:
-    """The driver's output up to the first line with `marker` that follows a line starting with `after`."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if marker in line and any(seen.startswith(after) for seen in lines[:-1]):
-            return "".join(lines)
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError("driver output ended early:\n" + "".join(lines[-40:]))
 
 
 def study_runs(output: Path) -> dict[str, Any]:

@@ -1,16 +1,22 @@
 """`ray up` for real: ray_cluster_local.yaml brought up by the cluster launcher over SSH on loopback addresses (the
-head 127.0.0.1, one worker 127.0.0.2), with its shipped setup and start commands (cluster/setup_node.sh,
+head 127.0.0.2, one worker 127.0.0.1), with its shipped setup and start commands (cluster/setup_node.sh,
 cluster/start_stores.sh); a study run on it the way docs/cluster.md says (`ray exec ... python -m farm_sweep.run
-... --address auto` with the MLflow server and the PostgreSQL database the head started); then
-cluster/stop_stores.sh and `ray down`.
+... --address auto` with the MLflow server and the PostgreSQL database the head started), one trial on each
+node; then cluster/stop_stores.sh and `ray down`. One cluster, one study: every check is on that run.
 
 The test provides what a cluster's machines have: a user to log in as (a throwaway one, its home in a temporary
 folder), an sshd per node (the test's own, with its own configuration, host key and authorized key, listening on
-port 22 of the node's address only; the worker's in a process-ID namespace of its own, so that the `ray stop` of
-the worker's start commands sees the worker's processes alone, as on a machine of its own), and the project's
-dependencies already installed in that user's ~/venv (as a machine image would hold them: the packages of this
-test's interpreter, reached through a .pth file; the setup command still installs the project itself). Only the
-key and the addresses of the shipped file change, and its settings go into cluster.env as docs/cluster.md says.
+port 22 of the node's address only; the worker's in process-ID and host-name namespaces of its own, so that the
+`ray stop` of the worker's start commands sees the worker's processes alone and its trials report a host name of
+their own, as on a machine of its own; the head's `ray stop`, which `ray down` runs, stops the worker's Ray too,
+as the worker's would stop by itself once the head is gone), and the project's dependencies already installed in
+that user's ~/venv (as a machine image would hold them: the packages of this test's interpreter, reached through a
+.pth file; the setup command still installs the project itself). Only the key and the addresses of the shipped
+file change, and its settings go into cluster.env as docs/cluster.md says. The worker is at 127.0.0.1 because a
+worker's Ray takes as its address the one it reaches the head from, on loopback 127.0.0.1, and the head's
+autoscaler knows a worker by its address (under another, it would restart the worker again and again, waiting
+for its heartbeat). Both nodes share the user's home, so the worker's setup finds the project installed by the
+head's (setup_node.sh skips an install whose pyproject.toml has not changed).
 Ray's temporary folder (RAY_TMPDIR) is a folder of the test's, for the cluster's nodes (cluster.env) and the
 `ray` commands alike (the local provider keeps its node states there, on the machine of `ray up` and on the
 head), so nothing in this machine's /tmp/ray is touched. Every process the test started, and every process of
@@ -36,7 +42,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
+import ray._private.utils
 import yaml
 from mlflow import MlflowClient
 
@@ -46,7 +54,9 @@ from tests.processes import free_port, postgres_binaries, stop
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 SSHD = Path("/usr/sbin/sshd")
-ADDRESSES = ("127.0.0.1", "127.0.0.2")
+ADDRESSES = ("127.0.0.2", "127.0.0.1")  # the head's, the worker's (the module's docstring says why this way)
+WORKER_HOST = "farm-worker"  # the worker's host name, in its own namespace
+NODE_CPUS = ray._private.utils.get_num_cpus()  # what `ray start` gives each node here: both count this machine's
 LOCAL_PROVIDER_ENV = {"RAY_UP_enable_autoscaler_v2": "0"}  # docs/cluster.md: what `ray up` of the local file needs
 SYSTEM_PYTHON = Path("/usr/bin/python3")  # what `python3` is in the SSH sessions (PATH /usr/local/bin:/usr/bin:...)
 
@@ -58,6 +68,7 @@ class Cluster:
     shared: Path
     mlflow_uri: str
     ray_folder: Path
+    pgpass: Path  # the user's ~/.pgpass, where start_stores.sh keeps its database's password
 
 
 def missing_requirements() -> str | None:
@@ -95,7 +106,7 @@ def cluster() -> Iterator[Cluster]:
         account = _create_user(user, root / "home")
         _make_keys(root)
         for node, address in enumerate(ADDRESSES):
-            sshds.append(_start_sshd(root, user, address, own_pid_namespace=node > 0))
+            sshds.append(_start_sshd(root, user, address, host=WORKER_HOST if node > 0 else None))
         _provision_venv(account, root)
         cluster = _write_cluster_files(root, account)
         yield cluster
@@ -110,22 +121,24 @@ def cluster() -> Iterator[Cluster]:
     assert leftovers == [], f"processes of the cluster still running after ray down: {leftovers}"
 
 
-def test_ray_up_runs_a_study_on_the_shipped_local_cluster_file(cluster: Cluster) -> None:
-    launched = _ray(cluster, "up", "-y", "--no-config-cache", str(cluster.config), timeout=1800)
+def test_ray_up_runs_a_study_on_the_shipped_local_cluster_file(cluster: Cluster,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    launched = _ray(cluster, "up", "-y", "--no-config-cache", str(cluster.config), timeout=1200)
     assert launched.returncode == 0, launched.stdout[-6000:]
     _wait_for_the_worker(cluster)  # the head's autoscaler sets it up after `ray up` returns
 
     study = cluster.shared / "quick.yaml"
     study.write_text(yaml.safe_dump({
-        "name": "quick", "trials": 2, "pruner": "none", "max_concurrent_trials": 2, "resources": {"cpus": 1},
-        "fixed": {"dataset": "digits", "hidden_sizes": [32], "epochs": 2, "batch_size": 50},
+        "name": "quick", "trials": 2, "pruner": "none", "max_concurrent_trials": 2,
+        "resources": {"cpus": NODE_CPUS},  # a whole node per trial: the two run on the two nodes at once
+        "fixed": {"dataset": "digits", "hidden_sizes": [32], "epochs": 1, "batch_size": 50},
         "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": [2e-2, 1e-2]}}},
         "enqueue": [{"lr": 2e-2}, {"lr": 1e-2}]}))
     shutil.chown(study, cluster.user, cluster.user)
     ran = _ray(cluster, "exec", str(cluster.config),
                "cd ~/farm-sweep && python -m farm_sweep.run $FARM_SHARED/quick.yaml --address auto "
                '--output $FARM_SHARED/results/quick --tracking-uri "$FARM_TRACKING_URI" '
-               '--optuna-storage "$FARM_OPTUNA_STORAGE"', timeout=1200)
+               '--optuna-storage "$FARM_OPTUNA_STORAGE"', timeout=600)
     assert ran.returncode == 0, ran.stdout[-6000:]
     assert f"mlflow: {cluster.mlflow_uri}" in ran.stdout and "optuna: postgresql://farm@127.0.0.1:" in ran.stdout
 
@@ -137,27 +150,33 @@ def test_ray_up_runs_a_study_on_the_shipped_local_cluster_file(cluster: Cluster)
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags[tracking.STATUS_TAG] == "completed"
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "nll_image")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "nll_image")] == [1]
     assert {"checkpoint/model.safetensors"} <= {
         a.path for a in client.list_artifacts(children[0].info.run_id, "checkpoint")}  # on the shared folder
 
-    probe = ("import json, optuna, os, ray; ray.init(address='auto', logging_level='ERROR'); "
-             "study = optuna.load_study(study_name='quick', storage=os.environ['FARM_OPTUNA_STORAGE']); "
-             "print('FOUND', json.dumps({'nodes': sum(n['Alive'] for n in ray.nodes()), "
-             "'trials': [t.state.name for t in study.trials]}))")
-    found = _ray(cluster, "exec", str(cluster.config), f'python -c "{probe}"', timeout=300)
-    line = next(line for line in found.stdout.splitlines() if line.startswith("FOUND"))
-    assert json.loads(line.removeprefix("FOUND ")) == {"nodes": 2, "trials": ["COMPLETE", "COMPLETE"]}
+    results = cluster.shared / "results" / "quick" / "ray" / "quick"
+    hosts = {json.loads(path.read_text().splitlines()[-1])["hostname"] for path in results.glob("*/result.json")}
+    assert hosts == {socket.gethostname(), WORKER_HOST}  # a trial on the head, one on the worker
+
+    monkeypatch.setenv("PGPASSFILE", str(cluster.pgpass))  # the Optuna study, in the head's PostgreSQL
+    trials = optuna.load_study(study_name="quick", storage=_stores(cluster)["FARM_OPTUNA_STORAGE"]).trials
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE"]
 
 
-def _wait_for_the_worker(cluster: Cluster, timeout: float = 900) -> None:
+def _stores(cluster: Cluster) -> dict[str, str]:
+    """The URLs start_stores.sh wrote to ~/farm-stores.env (`export NAME=VALUE` lines)."""
+    lines = (cluster.pgpass.parent / "farm-stores.env").read_text().splitlines()
+    return dict(line.removeprefix("export ").split("=", 1) for line in lines if line.strip())
+
+
+def _wait_for_the_worker(cluster: Cluster, timeout: float = 600) -> None:
     """Until the user runs two raylets (the head's and the worker's); else fail with the autoscaler's log."""
     uid = pwd.getpwnam(cluster.user).pw_uid
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sum("/raylet/raylet " in command for _, command in _processes_of(uid)) >= 2:
             return
-        time.sleep(5)
+        time.sleep(1)
     logs = sorted(cluster.ray_folder.glob("ray/session_*/logs/monitor.*"))
     raise AssertionError("the worker did not join:\n" + "".join(log.read_text()[-3000:] for log in logs))
 
@@ -181,9 +200,10 @@ def _make_keys(root: Path) -> None:
     (root / "authorized_keys").write_text((root / "key.pub").read_text())
 
 
-def _start_sshd(root: Path, user: str, address: str, own_pid_namespace: bool) -> subprocess.Popen:
-    """An sshd of the test's own on port 22 of `address`, for the throwaway user's key alone; in a process-ID
-    namespace of its own (its sessions' processes live there, and see only each other) when asked."""
+def _start_sshd(root: Path, user: str, address: str, host: str | None) -> subprocess.Popen:
+    """An sshd of the test's own on port 22 of `address`, for the throwaway user's key alone; given a `host` (the
+    worker's), in process-ID and host-name namespaces of its own: its sessions' processes live there and see only
+    each other (the worker's `ray stop` stops the worker alone), on a machine named `host`."""
     config = root / f"sshd_config_{address}"
     config.write_text("\n".join([
         "Port 22", f"ListenAddress {address}", f"HostKey {root / 'host_key'}", f"PidFile {config}.pid",
@@ -192,8 +212,11 @@ def _start_sshd(root: Path, user: str, address: str, own_pid_namespace: bool) ->
         "MaxSessions 50", "MaxStartups 50", ""]))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation folder
     log = root / f"sshd_{address}.log"
-    namespace = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] if own_pid_namespace else []
-    process = subprocess.Popen([*namespace, SSHD, "-D", "-f", str(config), "-E", str(log)], start_new_session=True)
+    sshd = [str(SSHD), "-D", "-f", str(config), "-E", str(log)]
+    if host is not None:
+        sshd = ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "--kill-child",
+                "sh", "-c", f'hostname {host} && exec "$@"', "sshd", *sshd]
+    process = subprocess.Popen(sshd, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:
         with socket.socket() as probe:
@@ -233,7 +256,8 @@ def _write_cluster_files(root: Path, account: pwd.struct_passwd) -> Cluster:
     mlflow_port = free_port()
     (root / "cluster.env").write_text("\n".join([
         f"FARM_SHARED={shared}", "FARM_MLFLOW_HOST=127.0.0.1", f"FARM_MLFLOW_PORT={mlflow_port}",
-        f"FARM_POSTGRES_PORT={free_port()}", f"FARM_RAY_PORT={free_port()}", f"RAY_TMPDIR={ray_folder}", ""]))
+        f"FARM_POSTGRES_PORT={free_port()}", f"FARM_RAY_PORT={free_port()}", f"RAY_TMPDIR={ray_folder}",
+        "MLFLOW_WORKERS=1", ""]))  # one MLflow server process is plenty for two trials
     config = yaml.safe_load((ROOT / "ray_cluster_local.yaml").read_text())
     config.update(cluster_name=name, min_workers=1, max_workers=1,
                   provider={"type": "local", "head_ip": ADDRESSES[0], "worker_ips": list(ADDRESSES[1:])},
@@ -241,7 +265,8 @@ def _write_cluster_files(root: Path, account: pwd.struct_passwd) -> Cluster:
                   file_mounts={"~/farm-sweep": str(ROOT), "~/farm-sweep/cluster.env": str(root / "cluster.env")})
     path = root / "cluster.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return Cluster(path, account.pw_name, shared, f"http://127.0.0.1:{mlflow_port}", ray_folder)
+    return Cluster(path, account.pw_name, shared, f"http://127.0.0.1:{mlflow_port}", ray_folder,
+                   Path(account.pw_dir) / ".pgpass")
 
 
 def _tear_down(cluster: Cluster) -> None:
