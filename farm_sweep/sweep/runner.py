@@ -1,5 +1,5 @@
 """Run a study: `python -m farm_sweep.run STUDY.yaml [--output DIR] [--tracking-uri URI] [--address ADDR]
-[--resume] [--dry-run]`.
+[--resume] [--dry-run]`; `python -m farm_sweep.run --print-schema [study|search_space]` prints a file's JSON Schema.
 
 The study is validated first (exit status 2 on a bad file, nothing written). Then Ray Tune runs the trials
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
@@ -53,14 +53,20 @@ from farm_sweep.sweep.pruning import (
 )
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
-from farm_sweep.sweep.study import Study, StudyError, load_study
+from farm_sweep.sweep.study import SCHEMAS, Study, StudyError, json_schema, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
 OPTUNA_FILE = "optuna.db"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.print_schema:
+        print(json_schema(args.print_schema), end="")
+        return 0
+    if args.study is None:
+        parser.error("the study file is required (or --print-schema)")
     try:
         study = load_study(args.study, runs_here=args.address is None)
         output = (args.output or Path("results") / study.name).resolve()
@@ -98,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m farm_sweep.run", description=__doc__.split("\n\n")[1],
                                      allow_abbrev=False)  # `--address` is looked for before Ray is imported
-    parser.add_argument("study", type=Path, help="the study file (studies/*.yaml)")
+    parser.add_argument("study", type=Path, nargs="?", help="the study file (studies/*.yaml)")
     parser.add_argument("--output", type=Path, help="results folder (default: results/<study name>)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output>/mlflow.db)")
     parser.add_argument("--address", help="join a running Ray cluster ('auto' or host:port)")
@@ -107,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                              f"every file matches a checksum the study's own run recorded ({tune_state.RECORD_FILE}),"
                              " as that state holds pickles, which run code when loaded")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and start nothing")
+    parser.add_argument("--print-schema", nargs="?", const="study", choices=SCHEMAS,
+                        help="print the JSON Schema of a study file (default) or a search-space file, as in "
+                             "schemas/, and exit")
     return parser
 
 
