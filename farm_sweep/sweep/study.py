@@ -191,13 +191,13 @@ class SearchSpaceFile(BaseModel):
 # ------------------------------------------------------------------ samplers and pruners
 
 
-def _typed(default: str) -> Callable[[Any], Any]:
-    """`NAME` for `{type: NAME}`, and `type` defaulting to `default` in a mapping."""
-    def typed(value: Any) -> Any:
+def _with_type(default: str) -> Callable[[Any], Any]:
+    """`NAME` read as `{type: NAME}`, and a mapping without `type` as one of type `default`."""
+    def with_type(value: Any) -> Any:
         if isinstance(value, str):
             return {"type": value}
         return {"type": default, **value} if isinstance(value, dict) and "type" not in value else value
-    return typed
+    return with_type
 
 
 class _Options(BaseModel):
@@ -275,7 +275,7 @@ PRUNER_OPTIONS: dict[str, type[_Options]] = {"median": MedianPruner, "percentile
 def _component(kinds: dict[str, type[_Options]], default: str, description: str) -> Any:
     """A sampler or pruner: its name, or {type: NAME, option: value, ...}."""
     declared = Annotated[Union[tuple(kinds.values())], Field(discriminator="type")]  # noqa: UP007
-    return Annotated[declared, BeforeValidator(_typed(default), json_schema_input_type=Literal[*kinds] | declared),
+    return Annotated[declared, BeforeValidator(_with_type(default), json_schema_input_type=Literal[*kinds] | declared),
                      Field(description=description)]
 
 
