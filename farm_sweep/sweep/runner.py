@@ -42,7 +42,7 @@ from farm_sweep.sweep.pruning import (
 )
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler, point_text
 from farm_sweep.sweep.study import Study, StudyError, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
@@ -82,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the study started: nothing to resume
         print("interrupted before the study started", file=sys.stderr)
         return 128 + signal.SIGINT
-    unlogged = tracking.load(output).unlogged()
-    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, len(unlogged))))
+    tracker = tracking.load(output)
+    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, tracker.ui_path(),
+                             len(tracker.unlogged()))))
     return _exit_status(rows, study, output)
 
 
@@ -179,7 +180,8 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
         tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(study, tracker, trainable))
     else:
         tracker = tracking.start(study.name, output, uri, _settings(study),
-                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()])
+                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()],
+                                 study_note(study))
         tuner = _new_tuner(study, output, link, tracker, trainable)
     tune_state.record(experiment, output)
     tuner.fit()
@@ -248,8 +250,19 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
 
 
 def trial_name(trial: Trial) -> str:
-    """`trial_<id>`: the Ray trial folder and the MLflow child run name."""
+    """`trial_<id>`: the Ray trial and its folder (the MLflow child run is named by its parameters)."""
     return f"trial_{trial.trial_id}"
+
+
+def study_note(study: Study) -> str:
+    """The parent run's description (Markdown): what the study searched, and how."""
+    return "\n".join([
+        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
+        f"{METRIC} (nats per image). {study.description}".rstrip(), "",
+        "Searched:", "", *(f"- {line}" for line in study.space.describe()), "",
+        f"Fixed: `{json.dumps(study.space.fixed)}`", "",
+        f"Sampler {study.sampler.type}, pruner {study.pruner.type}; each child run is one trial, named by its "
+        "sampled parameters."])
 
 
 def _settings(study: Study) -> dict[str, Any]:
@@ -268,7 +281,7 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
         status = "pruned" if result.get(PRUNED_KEY) else "running"
-        print(f"{trial.trial_id} {_params_text(trial.config)} epoch {result['epoch']}/{result[FINAL_STEP_KEY]} "
+        print(f"{trial.trial_id} {point_text(trial.config)} epoch {result['epoch']}/{result[FINAL_STEP_KEY]} "
               f"{METRIC} {result[METRIC]:.3f} {status}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -277,11 +290,6 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         print(f"{trial.trial_id} failed (error: {trial.error_file})", flush=True)
-
-
-def _params_text(config: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in config.items() if k != OPTUNA_TRIAL_KEY)
 
 
 def trial_rows(experiment: Path, tracker: tracking.Tracker, output: Path) -> list[dict[str, Any]]:
@@ -344,7 +352,7 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     counts = Counter(row["status"] for row in rows)
     best = best_row(rows)
     tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
-                         files, {s: counts.get(s, 0) for s in STATUSES})
+                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study))
     tracker.replay()
 
 
@@ -377,15 +385,17 @@ def _importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str,
+def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, ui_path: str,
             unlogged: int = 0) -> list[str]:
+    """The table of trials, the counts, the best trial, and where to look: the results and the MLflow UI (its
+    page of the study's runs)."""
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
         value = "-" if row[METRIC] is None else f"{float(row[METRIC]):.3f}"
         params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
         lines.append(f"{row['trial_id']:<14}{row['optuna_trial']!s:>7}  {row['status']:<11}{row['epochs']!s:>7}  "
-                     f"{value:>10}  {_params_text(params)}")
+                     f"{value:>10}  {point_text(params)}")
     best = best_row(rows)
     lines += [f"{len(rows)} trials in {seconds:.0f}s: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
@@ -393,6 +403,7 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               f"results: {output}",
               *([f"tracking: {unlogged} calls could not be logged to {uri}; they are kept in "
                  f"{output / tracking.JOURNAL_FILE}"] if unlogged else []),
-              f"MLflow UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow: {uri}"]
+              f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{ui_path}"
+              if uri.startswith("sqlite") else f"MLflow UI: {uri.rstrip('/')}/{ui_path}"]
     return lines
 

@@ -116,6 +116,13 @@ class SearchSpace:
         return [p.describe() for p in self.parameters]
 
 
+def point_text(values: dict[str, Any]) -> str:
+    """A point of the search space in words, `lr=0.002 num_orderings=8` (floats to 3 significant digits), without
+    the Optuna trial number."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in values.items() if k != OPTUNA_TRIAL_KEY)
+
+
 def make_sampler(kind: str, options: dict[str, Any], space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     """Optuna's sampler for a study: TPE (default), random or grid, seeded."""
     if kind == "tpe":

@@ -23,8 +23,8 @@ from ray import tune
 
 from farm_sweep.data import DatasetSpec, spec_sha256
 from farm_sweep.sweep.reports import FINAL_STEP_KEY
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
-from farm_sweep.sweep.tracking import Tracker
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, point_text
+from farm_sweep.sweep.tracking import MAX_RUN_NAME, Tracker
 from farm_sweep.training import checkpoint
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import NonFiniteLossError, load_model, resolve_device, train
@@ -49,14 +49,22 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     params = {name: value for name, value in config.items() if name != OPTUNA_TRIAL_KEY}
     train_config = TrainConfig.from_dict({**context.fixed, **params})
     trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_id = tune.get_context().get_trial_id()
     run_id = context.tracker.child_run(
-        tune.get_context().get_trial_id(), tune.get_context().get_trial_name(), _params(train_config),
+        trial_id, _run_name(params, trial_id), _params(train_config),
         tags={"farm.optuna_trial": config[OPTUNA_TRIAL_KEY], "farm.sampled": ",".join(sorted(params))})
     try:
         _train_and_report(train_config, trial_dir, context, run_id)
     except NonFiniteLossError as error:  # a retry resumes before the divergence and diverges again: one epoch
         context.tracker.end_trial(run_id, "failed", reason=f"NonFiniteLossError: {error}")
         raise
+
+
+def _run_name(params: dict[str, Any], trial_id: str) -> str:
+    """The child run's name: the trial's sampled parameters, then its id (MLflow keeps MAX_RUN_NAME characters)."""
+    suffix = f" ({trial_id})"
+    text, room = point_text(params), MAX_RUN_NAME - len(suffix)
+    return (text if len(text) <= room else text[:room - 3] + "...") + suffix
 
 
 def _params(train_config: TrainConfig) -> dict[str, Any]:
