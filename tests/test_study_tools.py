@@ -128,7 +128,7 @@ def test_optuna_dashboard_serves_the_study(tiny_study: Path, tmp_path: Path) -> 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=30) as answer:
             detail = json.loads(answer.read())
     finally:
-        stop(server)
+        stop(server, timeout=5)  # gunicorn would wait 30 s for its idle connections to close
     assert detail["name"] == "tiny" and [trial["state"] for trial in detail["trials"]] == ["Complete", "Complete"]
     (best,) = detail["best_trials"]
     assert best["number"] == int(best_row(tiny_study)["optuna_trial"])
