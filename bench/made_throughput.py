@@ -5,16 +5,16 @@ For k in 1, 2, 4, 8 on a 784-1000-1000-784 MADE, batch 100, forward + backward:
   looped   one forward + backward per ordering (gradients accumulate)
   dense    an unmasked MLP of the same shapes on a batch of k*100 rows: the same matmul FLOPs with no
            masking overhead, i.e. the best this machine's matmuls can do for this work
-Measurements alternate between the three within each repetition so that machine noise hits all alike.
+Timed by the project's benchmark method (farm_sweep/timing.py): the three interleaved round-robin, a warm-up
+round, two runs of 5 rounds, median [min-max]; a ratio is printed only when the two runs agree within 20%.
+"batched / dense" is printed as dense time over batched time (the share of the roofline reached).
 
-    python bench/made_throughput.py [--repeats 10] [--device cpu|cuda]
+    python bench/made_throughput.py [--threads 1] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from farm_sweep.losses import mc_loss
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.orderings import make_orderings
+from farm_sweep.timing import Measurement, Timing, describe, measure
 
 SIZES = (784, 1000, 1000, 784)
 BATCH = 100
@@ -54,17 +55,7 @@ def dense_step(layers: list[torch.nn.Linear], x: torch.Tensor) -> None:
     F.binary_cross_entropy_with_logits(h, x).backward()
 
 
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    began = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - began
-
-
-def measure(k: int, repeats: int, device: torch.device) -> dict[str, float]:
+def measure_k(k: int, device: torch.device, threads: int) -> Measurement:
     torch.manual_seed(0)
     model = FarmMADE(make_orderings("raster", k, 28, 28), SIZES[1:-1]).to(device)
     layers = [torch.nn.Linear(a, b).to(device) for a, b in zip(SIZES, SIZES[1:])]
@@ -72,31 +63,34 @@ def measure(k: int, repeats: int, device: torch.device) -> dict[str, float]:
     x_dense = x.repeat(k, 1)
     steps = {"batched": lambda: batched_step(model, x), "looped": lambda: looped_step(model, x),
              "dense": lambda: dense_step(layers, x_dense)}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for repeat in range(repeats + 2):
-        for name, step in steps.items():
-            seconds = timed(step, device)
-            if repeat >= 2:  # the first two are warm-up
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return measure(steps, threads=threads, synchronize=torch.cuda.synchronize if device.type == "cuda" else None)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, fixed while timing")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, MADE {'-'.join(map(str, SIZES))}, "
-          f"batch {BATCH}, forward+backward, median of {args.repeats}")
-    print(f"{'k':>2} {'batched ms':>11} {'looped ms':>10} {'dense ms':>9} {'loop/batched':>13} "
+    print(f"device {device}, MADE {'-'.join(map(str, SIZES))}, batch {BATCH}, forward+backward")
+    print(f"{'k':>2} {'batched ms':>22} {'looped ms':>22} {'dense ms':>22} {'loop/batched':>13} "
           f"{'batched GFLOP/s':>16} {'dense GFLOP/s':>14} {'batched/dense':>14}")
     for k in (1, 2, 4, 8):
-        t = measure(k, args.repeats, device)
-        rate = {name: flops(k) / seconds / 1e9 for name, seconds in t.items()}
-        print(f"{k:>2} {t['batched'] * 1e3:>11.2f} {t['looped'] * 1e3:>10.2f} {t['dense'] * 1e3:>9.2f} "
-              f"{t['looped'] / t['batched']:>13.2f} {rate['batched']:>16.1f} {rate['dense']:>14.1f} "
-              f"{rate['batched'] / rate['dense']:>14.2f}")
+        m = measure_k(k, device, args.threads)
+        rate = {name: flops(k) / m.timing(name).median / 1e9 for name in ("batched", "dense")}
+        shown = {name: milliseconds(m.timing(name)) for name in ("batched", "looped", "dense")}
+        print(f"{k:>2} {shown['batched']:>22} {shown['looped']:>22} {shown['dense']:>22} "
+              f"{published(m.ratio('looped', 'batched')):>13} {rate['batched']:>16.1f} {rate['dense']:>14.1f} "
+              f"{published(m.ratio('dense', 'batched')):>14}")
+    print(f"method: {describe(m)}")
+
+
+def milliseconds(timing: Timing) -> str:
+    return f"{timing.median * 1e3:.2f} [{timing.low * 1e3:.1f}-{timing.high * 1e3:.1f}]"
+
+
+def published(ratio: float | None) -> str:
+    return "runs disagree" if ratio is None else f"{ratio:.2f}"
 
 
 if __name__ == "__main__":

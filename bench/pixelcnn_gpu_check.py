@@ -5,13 +5,16 @@
    test[:--eval-images] before and after (k=2: the mixture and each ordering).
 2. Sampling, batch --sample-batch: `sequential` (raster network, H*W = 1024 evaluations) against
    `wavefront` (anti-diagonal network, 2H-1 = 63 evaluations), both of the paper's size (160 filters, 5
-   resnets per stage, 10 mixtures; timing does not depend on the weights), in this run. The paper:
+   resnets per stage, 10 mixtures; timing does not depend on the weights), in this run. One network
+   evaluation of each network is timed by the project's benchmark method (farm_sweep/timing.py), a
+   sampler's time being its evaluations x that; each sampler also runs once, for its evaluation count. The paper:
    192.57 s vs 28.92 s, 6.7x; the step-count limit on 32x32 is 1024/63 = 16.3x. Also `sequential` on the
    anti-diagonal network: the same-network ratio (the raster network's two streams cost about twice the
    anti-diagonal network's one per evaluation). Then `fixed_point` on the
    trained canonical model against its `sequential` sample with the same noise (exact: equal samples).
-3. Inpainting: teacher-forced hole bits/dim of the canonical baseline and of FARM k=2 (best evidence,
-   evidence-weighted mixture) on the `best`, `average` and `top_half` cases, and a Table-4 figure.
+3. Inpainting: hole bits/dim, teacher-forced and along the sampled fill (the paper's Table 3 kind), of the
+   canonical baseline and of FARM k=2 (best evidence, evidence-weighted mixture) on the `best`, `average`
+   and `top_half` cases (--occlusions x 16 test images), and a Table-4 figure.
 
 Exit status 1 when a check fails: bits/dim must fall for both models, every number must be finite, the
 samplers must take 1024 and 63 evaluations, fixed_point must reproduce the sequential sample.
@@ -34,6 +37,7 @@ from farm_sweep.pixelcnn.inpaint import CASES, evaluate_inpainting, inpainting_f
 from farm_sweep.pixelcnn.network import PixelCNNConfig
 from farm_sweep.pixelcnn.sampling import sample
 from farm_sweep.pixelcnn.task import PixelCNNTask
+from farm_sweep.timing import Timing, describe, measure
 from farm_sweep.training.config import TrainConfig
 
 PAPER_SECONDS = {"sequential": 192.57, "wavefront": 28.92}
@@ -52,7 +56,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample-batch", type=int, default=16)
     parser.add_argument("--sample-filters", type=int, default=160, help="the timed networks (paper: 160)")
     parser.add_argument("--sample-resnets", type=int, default=5, help="the timed networks (paper: 5)")
-    parser.add_argument("--occlusions", type=int, default=15, help="inpainting: occlusions x 16 images")
+    parser.add_argument("--occlusions", type=int, default=5,
+                        help="inpainting: occlusions x 16 images (the paper: 15; each sampled fill costs one "
+                             "forward per hole pixel)")
     parser.add_argument("--out", type=Path, default=Path("results/gpu_check"))
     parser.add_argument("--data-dir", default=None, help="default: $FARM_DATA_DIR")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -135,44 +141,63 @@ def check_sampling(args: argparse.Namespace, canonical: FarmPixelCNN, device: to
     print(f"\n[sampling] batch {args.sample_batch}, networks of {args.sample_filters} filters, "
           f"{args.sample_resnets} resnets per stage", flush=True)
     noise = torch.rand(args.sample_batch, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
-    seconds = {}
-    for causal, runs in (("raster", (("sequential", 1024),)),
-                         ("antidiagonal", (("sequential", 1024), ("wavefront", 63)))):
+    networks = {}
+    for causal in ("raster", "antidiagonal"):
         torch.manual_seed(0)
         config = PixelCNNConfig(filters=args.sample_filters, resnets_per_stage=args.sample_resnets,
                                 mixtures=10, causal=causal)
-        network = FarmPixelCNN(config, (0,)).to(device).eval()
-        network.params(noise[:, 1:] * 2 - 1)  # warm-up
+        networks[causal] = FarmPixelCNN(config, (0,)).to(device).eval()
+    # A whole sequential sample takes minutes, too long to repeat 11 times: the benchmark method times one
+    # network evaluation of each network (the samplers' unit of work), and a sampler's time is its
+    # evaluations x that; every sampler also runs once, for its evaluation count.
+    x = noise[:, 1:] * 2 - 1
+    with torch.no_grad():
+        m = measure({causal: (lambda net=net: net.params(x, [0])) for causal, net in networks.items()},
+                    threads=args.threads, synchronize=torch.cuda.synchronize if device.type == "cuda" else None)
+    print(f"  one network evaluation: raster {milliseconds(m.timing('raster'))}, anti-diagonal "
+          f"{milliseconds(m.timing('antidiagonal'))} ({describe(m)})", flush=True)
+    for causal, runs in (("raster", (("sequential", 1024),)),
+                         ("antidiagonal", (("sequential", 1024), ("wavefront", 63)))):
         for sampler, steps in runs:
-            _, evaluations, seconds[causal, sampler] = time_sampler(network, sampler, noise)
-            print(f"  {sampler:10s} ({causal} network): {evaluations} evaluations, "
-                  f"{seconds[causal, sampler]:.2f} s", flush=True)
+            _, evaluations, seconds = time_sampler(networks[causal], sampler, noise)
+            print(f"  {sampler:10s} ({causal} network): {evaluations} evaluations, one run {seconds:.2f} s, "
+                  f"evaluations x median {evaluations * m.timing(causal).median:.2f} s", flush=True)
             checks.require(evaluations == steps, f"{sampler} takes {steps} evaluations")
-    wavefront = seconds["antidiagonal", "wavefront"]
-    print(f"  canonical sequential vs anti-diagonal wavefront: {seconds['raster', 'sequential'] / wavefront:.1f}x "
-          f"(paper {PAPER_SECONDS['sequential']} s vs {PAPER_SECONDS['wavefront']} s = "
-          f"{PAPER_SECONDS['sequential'] / PAPER_SECONDS['wavefront']:.1f}x); on the same anti-diagonal network "
-          f"{seconds['antidiagonal', 'sequential'] / wavefront:.1f}x (step-count limit {1024 / 63:.1f}x)", flush=True)
+    ratio = m.ratio("raster", "antidiagonal")
+    shown = "not published (the two runs disagree)" if ratio is None else f"{1024 / 63 * ratio:.1f}x"
+    print(f"  canonical sequential vs anti-diagonal wavefront: {shown} (paper {PAPER_SECONDS['sequential']} s vs "
+          f"{PAPER_SECONDS['wavefront']} s = {PAPER_SECONDS['sequential'] / PAPER_SECONDS['wavefront']:.1f}x); on the "
+          f"same anti-diagonal network {1024 / 63:.1f}x (the step-count limit)", flush=True)
     reference, evaluations, sequential = time_sampler(canonical, "sequential", noise)
     fixed, iterations, fixed_seconds = time_sampler(canonical, "fixed_point", noise)
-    print(f"  trained canonical model: sequential {evaluations} evaluations {sequential:.2f} s, fixed_point "
-          f"{iterations} evaluations {fixed_seconds:.2f} s ({sequential / fixed_seconds:.1f}x)", flush=True)
+    print(f"  trained canonical model: sequential {evaluations} evaluations, fixed_point {iterations} evaluations "
+          f"({evaluations / iterations:.1f}x fewer, on the same network; one run each: {sequential:.2f} s and "
+          f"{fixed_seconds:.2f} s)", flush=True)
     differing = (fixed != reference).float().mean().item()
     print(f"  fixed_point sample equals the sequential one: {torch.equal(fixed, reference)} "
           f"({100 * differing:.4f}% of sub-pixels differ; a GPU's convolutions may round differently)", flush=True)
     checks.require(differing < 1e-3, "fixed_point reproduces the sequential sample")
 
 
+def milliseconds(timing: Timing) -> str:
+    return f"{timing.median * 1e3:.1f} ms [{timing.low * 1e3:.1f}-{timing.high * 1e3:.1f}]"
+
+
 def check_inpainting(args: argparse.Namespace, models: dict[str, FarmPixelCNN], checks: Checks) -> None:
     images = load_dataset("cifar10", "test", args.data_dir).images
-    print(f"\n[inpainting] teacher-forced hole bits/dim, {args.occlusions} occlusions x 16 test images", flush=True)
+    print(f"\n[inpainting] hole bits/dim, teacher-forced (exact) / along the sampled fill (chain), "
+          f"{args.occlusions} occlusions x 16 test images", flush=True)
     for case in CASES:
         baseline = evaluate_inpainting(models["canonical"], images, case, ("single",), args.occlusions)
         farm = evaluate_inpainting(models["farm_k2"], images, case, ("single", "best_evidence", "evidence_weighted"),
                                    args.occlusions)
-        print(f"  {case:9s} canonical {baseline['single/bpd_exact']:.3f} | FARM k=2: canonical ordering "
-              f"{farm['single/bpd_exact']:.3f}, best evidence {farm['best_evidence/bpd_exact']:.3f}, "
-              f"evidence-weighted {farm['evidence_weighted/bpd_exact']:.3f} "
+
+        def both(metrics: dict[str, float], fill: str) -> str:
+            return f"{metrics[f'{fill}/bpd_exact']:.3f} / {metrics[f'{fill}/bpd_chain']:.3f}"
+
+        print(f"  {case:9s} canonical {both(baseline, 'single')} | FARM k=2: canonical ordering "
+              f"{both(farm, 'single')}, best evidence {both(farm, 'best_evidence')}, "
+              f"evidence-weighted {both(farm, 'evidence_weighted')} "
               f"(occluded {100 * farm['occluded_fraction']:.0f}%)", flush=True)
         checks.require(all(math.isfinite(v) for v in (*baseline.values(), *farm.values())), f"{case}: finite")
     figure = inpainting_figure(models["farm_k2"], images[16:24], args.out / "inpainting_best.png",

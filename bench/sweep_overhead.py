@@ -1,21 +1,24 @@
 """Sweep-system overhead and what pruning saves, measured side by side in one run.
 
-1. Per-trial overhead: the same configuration trained N times by calling `farm_sweep.training.loop.train` directly,
-   then as an N-trial study (Ray Tune + Optuna + MLflow + checkpoints, one trial at a time); the difference
-   per trial is the system's overhead.
+1. Per-trial overhead: the same configuration trained by calling `farm_sweep.training.loop.train` directly,
+   and as a one-trial study (Ray Tune + Optuna + MLflow + checkpoints), timed by the project's benchmark
+   method (farm_sweep/timing.py: the two interleaved, a warm-up round, two runs of 5 rounds, median
+   [min-max]; the ratio is published only when the two runs agree within 20%); the difference of the
+   medians is the system's overhead per trial.
 2. Pruning: one study (default studies/quickstart.yaml) run twice with the same seed, with its pruner and
-   with `pruner: none`; trial-epochs spent and the best validation nll_image each reached.
+   with `pruner: none`; trial-epochs spent and the best validation nll_image each reached (counts, not
+   timings: repeating whole studies 11 times is out of a benchmark's budget).
 
-    FARM_DATA_DIR=... python bench/sweep_overhead.py [--study studies/quickstart.yaml] [--repeats 4]
+    FARM_DATA_DIR=... python bench/sweep_overhead.py [--study studies/quickstart.yaml]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import ray
@@ -24,62 +27,62 @@ from farm_sweep.sweep.results_table import best_row
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.search_space import Parameter, SearchSpace
 from farm_sweep.sweep.study import Component, Study, load_study
+from farm_sweep.timing import Measurement, describe, measure
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import train
 
 
-def direct_seconds(config: TrainConfig, repeats: int, scratch: Path) -> float:
-    """Wall seconds per run of train() itself, checkpointing every epoch as trials do."""
-    began = time.perf_counter()
-    for index in range(repeats):
-        for _ in train(config, scratch / f"direct_{index}", progress=None):
-            pass
-    return (time.perf_counter() - began) / repeats
-
-
-def system_seconds(config: TrainConfig, repeats: int, scratch: Path) -> float:
-    """Wall seconds per trial of a study that trains the same configuration `repeats` times."""
+def overhead(config: TrainConfig, scratch: Path) -> Measurement:
+    """train() itself (checkpointing every epoch, as trials do) against a one-trial study of the same
+    configuration, each round in a fresh folder."""
     fixed = {k: v for k, v in config.to_dict().items() if k != "seed"}
     space = SearchSpace((Parameter("seed", "categorical", choices=(config.seed,)),), fixed)
     study = Study(name="overhead", path=scratch / "overhead.yaml", search_space_path=None, space=space,
-                  trials=repeats, max_concurrent_trials=1, pruner=Component("none"), max_failures=0)
-    began = time.perf_counter()
-    run_study(study, scratch / "overhead")
-    return (time.perf_counter() - began) / repeats
+                  trials=1, max_concurrent_trials=1, pruner=Component("none"), max_failures=0)
+    rounds = itertools.count()
+
+    def direct() -> None:
+        for _ in train(config, scratch / f"direct_{next(rounds)}", progress=None):
+            pass
+
+    def system() -> None:
+        run_study(study, scratch / f"study_{next(rounds)}")
+
+    return measure({"train()": direct, "study trial": system})
 
 
-def pruning_comparison(study: Study, scratch: Path) -> dict[str, tuple[int, float, float]]:
-    """Per variant: (trial-epochs spent, best completed validation nll_image, wall seconds)."""
+def pruning_comparison(study: Study, scratch: Path) -> dict[str, tuple[int, float]]:
+    """Per variant: (trial-epochs spent, best completed validation nll_image)."""
     outcomes = {}
     for label, variant in (("with pruning", study), ("without", dataclasses.replace(study, pruner=Component("none")))):
-        began = time.perf_counter()
         rows = run_study(variant, scratch / label.replace(" ", "_"))
         best = best_row(rows)
-        outcomes[label] = (sum(int(row["epochs"]) for row in rows), float(best["nll_image"]) if best else float("nan"),
-                           time.perf_counter() - began)
+        outcomes[label] = (sum(int(row["epochs"]) for row in rows), float(best["nll_image"]) if best else float("nan"))
     return outcomes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, default=Path("studies/quickstart.yaml"))
-    parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     study = load_study(args.study)
     config = TrainConfig.from_dict({**study.space.fixed, **(study.enqueue[0] if study.enqueue else {})})
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        direct = direct_seconds(config, args.repeats, scratch)
-        system = system_seconds(config, args.repeats, scratch)
+        timed = overhead(config, scratch)
         pruning = pruning_comparison(study, scratch)
-    print(f"\nper-trial overhead ({args.repeats} trials of {config.epochs} epochs, {config.dataset}):")
-    print(f"  train() directly   {direct:7.2f} s/trial")
-    print(f"  as a study trial   {system:7.2f} s/trial  (overhead {system - direct:+.2f} s, x{system / direct:.2f})")
+    direct, system = timed.timing("train()"), timed.timing("study trial")
+    ratio = timed.ratio("study trial", "train()")
+    print(f"\nper-trial overhead ({config.epochs} epochs of {config.dataset}; {describe(timed)}):")
+    print(f"  train() directly   {direct.median:7.2f} s/trial  [{direct.low:.2f}-{direct.high:.2f}]")
+    print(f"  as a study trial   {system.median:7.2f} s/trial  [{system.low:.2f}-{system.high:.2f}]  "
+          f"(overhead {system.median - direct.median:+.2f} s, "
+          f"{'ratio not published: the runs disagree' if ratio is None else f'x{ratio:.2f}'})")
     print(f"\npruning on {study.name} ({study.trials} trials, seed {study.seed}, pruner {study.pruner.type}):")
-    for label, (epochs, best, seconds) in pruning.items():
-        print(f"  {label:<13} {epochs:4d} trial-epochs  best nll_image {best:8.3f}  wall {seconds:6.0f} s")
-    (with_epochs, *_), (without_epochs, *_) = pruning.values()
+    for label, (epochs, best) in pruning.items():
+        print(f"  {label:<13} {epochs:4d} trial-epochs  best nll_image {best:8.3f}")
+    (with_epochs, _), (without_epochs, _) = pruning.values()
     print(f"  pruning spent {with_epochs / without_epochs:.0%} of the trial-epochs")
 
 

@@ -1,5 +1,5 @@
-"""The `farm-sweep` console script: `farm-sweep run|export|evaluate|train|table1|convert_idx ARGS...`, each subcommand
-the same as `python -m farm_sweep.<subcommand> ARGS...`."""
+"""The `farm-sweep` console script: `farm-sweep run|results|export|evaluate|train|table1|convert_idx ARGS...`,
+each subcommand the same as `python -m farm_sweep.<subcommand> ARGS...`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from farm_sweep.sweep.cluster import keep_embedded_ray_local
 
 COMMANDS = {
     "run": ("farm_sweep.sweep.runner", "run a study file on Ray Tune with Optuna and MLflow"),
+    "results": ("farm_sweep.sweep.results_command", "print or convert a study's tables (trials, epochs, evaluation)"),
     "export": ("farm_sweep.export.command", "export a study's best trials"),
     "evaluate": ("farm_sweep.export.evaluate", "evaluate an exported model"),
     "train": ("farm_sweep.training.loop", "train one configuration without Ray"),
@@ -21,7 +22,8 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: farm-sweep COMMAND [ARGS...]   (farm-sweep COMMAND --help for its options)", "", "commands:"]
-    return "\n".join(lines + [f"  {name:<10}{about}" for name, (_, about) in COMMANDS.items()])
+    width = max(map(len, COMMANDS)) + 2
+    return "\n".join(lines + [f"  {name:<{width}}{about}" for name, (_, about) in COMMANDS.items()])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

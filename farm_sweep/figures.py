@@ -1,9 +1,8 @@
-"""Study-level figures (the speed-quality Pareto front across trials, the parameter importances) and the
-one way every figure is saved."""
+"""Study-level figures (every trial's learning curve, the speed-quality Pareto front across trials, the parameter
+importances) and the one way every figure is saved."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-_SPEEDUP = re.compile(r"^sampling/(?P<sampler>[^/]+)/(?P<knob>[^/]+)/speedup$")
+_STATUS_COLORS = {"completed": "tab:blue", "pruned": "tab:gray", "failed": "tab:red", "interrupted": "tab:purple"}
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,12 @@ class SpeedQualityPoint:
 
 
 def speed_quality_points(rows: Sequence[Mapping[str, Any]]) -> list[SpeedQualityPoint]:
-    """Every (trial, sampler setting) with both a speed-up and a classifier score in its metrics."""
-    points = []
-    for row in rows:
-        for key, value in row.items():
-            match = _SPEEDUP.match(key)
-            score = row.get(f"sampling/{match['sampler']}/{match['knob']}/classifier_score") if match else None
-            if match and _finite(value) and _finite(score):
-                points.append(SpeedQualityPoint(str(row["trial_id"]), match["sampler"], match["knob"],
-                                                float(value), float(score)))
-    return points
+    """Every (trial, sampler setting) with both a speed-up and a classifier score, from the rows of a study's
+    evaluation table (kind `sampling`: trial_id, sampler, knob, speedup, classifier_score, ...)."""
+    return [SpeedQualityPoint(str(row["trial_id"]), row["sampler"], row["knob"], float(row["speedup"]),
+                              float(row["classifier_score"]))
+            for row in rows if row.get("kind") == "sampling" and _finite(row.get("speedup"))
+            and _finite(row.get("classifier_score"))]
 
 
 def pareto_front(points: Sequence[SpeedQualityPoint]) -> list[SpeedQualityPoint]:
@@ -60,6 +56,32 @@ def pareto_figure(points: Sequence[SpeedQualityPoint], path: Path) -> Path:
     axes.set_xscale("log")
     axes.set(xlabel="speed-up over sequential sampling", ylabel="classifier score",
              title="Speed-quality across trials")
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def learning_curves_figure(epochs: Sequence[Mapping[str, Any]], statuses: Mapping[str, str], path: Path) -> Path:
+    """Validation nll_image by epoch of every trial (rows of a study's epochs table), coloured by how each
+    trial ended (`statuses`: trial id to status)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in epochs:
+        if _finite(row.get("nll_image")):
+            curves.setdefault(str(row["trial_id"]), []).append((row["epoch"], float(row["nll_image"])))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    labelled = set()
+    for trial_id, points in curves.items():
+        status = statuses.get(trial_id, "unknown")
+        points.sort()
+        axes.plot([epoch for epoch, _ in points], [value for _, value in points], marker=".", alpha=0.7,
+                  color=_STATUS_COLORS.get(status, "tab:orange"), label=None if status in labelled else status)
+        labelled.add(status)
+    if curves:  # the first epochs can lie far above where the trials end: show the ends
+        values = [value for points in curves.values() for _, value in points]
+        last = max(points[-1][1] for points in curves.values())
+        axes.set_ylim(min(values) - 1, min(max(values), last + max(10.0, last - min(values))) + 1)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set(xlabel="epoch", ylabel="validation nll_image (nats)", title="Learning curves of every trial")
+    axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
 

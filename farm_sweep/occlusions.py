@@ -74,10 +74,12 @@ def _paper_span(case: str, n: int, generator: torch.Generator) -> tuple[int, int
 @dataclass(frozen=True)
 class FillPlan:
     """How one hole is filled: `pixels` (n,) in fill order, `weights` (k, n) of each ordering per pixel
-    (each column sums to 1; 0 = that ordering cannot be used for that pixel)."""
+    (each column sums to 1; 0 = that ordering cannot be used for that pixel), and `leader`, the ordering
+    whose order the fill follows (usable for every hole pixel)."""
 
     pixels: torch.Tensor
     weights: torch.Tensor
+    leader: int
 
 
 def fill_plan(ranks: torch.Tensor, hole: torch.Tensor, fill: str) -> FillPlan:
@@ -94,7 +96,7 @@ def fill_plan(ranks: torch.Tensor, hole: torch.Tensor, fill: str) -> FillPlan:
     else:
         evidence = torch.zeros_like(hole_ranks)
         evidence[leader] = 1
-    return FillPlan(pixels, evidence.double() / evidence.sum(0))
+    return FillPlan(pixels, evidence.double() / evidence.sum(0), leader)
 
 
 def _min_after(values: torch.Tensor, beyond: int) -> torch.Tensor:

@@ -1,9 +1,17 @@
-"""The speed-quality curve of fast sampling (DESIGN 5), shared by every model family: its columns, the
-scorer it needs, and its table and figure."""
+"""The speed-quality curve of fast sampling (DESIGN 5), shared by every model family: its rows, timed by
+the project's benchmark method (farm_sweep.timing), the scorer it needs, and its table and figure.
+
+Columns: `network_evaluations` (single-ordering forwards of the batch, as each sampler counts them),
+`wall_seconds` (median) with `wall_seconds_min` / `wall_seconds_max` over the timed rounds of both runs,
+`speedup` (the first row's wall median over this row's; NaN, not published, when the two runs' ratios differ
+by more than 20%), `evaluation_speedup` (the first row's evaluations over this row's), `classifier_score`,
+`frechet_distance`, and `threads` (torch threads while timing)."""
 
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,11 +20,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from farm_sweep.figures import save_figure
+from farm_sweep.timing import MIN_ROUNDS, measure
 
 matplotlib.use("Agg")
 
-CURVE_FIELDS = ("sampler", "knob", "network_evaluations", "wall_seconds", "speedup", "evaluation_speedup",
-                "classifier_score", "frechet_distance")
+CURVE_FIELDS = ("sampler", "knob", "network_evaluations", "wall_seconds", "wall_seconds_min", "wall_seconds_max",
+                "speedup", "evaluation_speedup", "classifier_score", "frechet_distance", "threads")
 
 
 class Scorer(Protocol):
@@ -25,8 +34,34 @@ class Scorer(Protocol):
     def frechet_distance(self, images: torch.Tensor) -> float: ...
 
 
+Sampler = Callable[[str, int], tuple[torch.Tensor, int]]  # (sampler, knob) -> (samples, network evaluations)
+
+
+def speed_quality_rows(settings: list[tuple[str, int]], draw: Sampler, scorer: Scorer,
+                       synchronize: Callable[[], None] | None = None, rounds: int = MIN_ROUNDS) -> list[dict[str, Any]]:
+    """One row per (sampler, knob), every setting drawing the same batch from the same noise, timed
+    together by farm_sweep.timing.measure (`rounds` per run); ratios are to the first setting. The quality
+    is that of the warm-up round's samples (every round draws the same ones)."""
+    names = [f"{sampler}/{knob}" for sampler, knob in settings]
+    measurement = measure({name: (lambda s=s, k=k: draw(s, k)) for name, (s, k) in zip(names, settings)},
+                          rounds, synchronize=synchronize)
+    reference_evaluations = measurement.results[names[0]][1]
+    rows = []
+    for name, (sampler, knob) in zip(names, settings):
+        samples, evaluations = measurement.results[name]
+        timing, speedup = measurement.timing(name), measurement.ratio(names[0], name)
+        rows.append({"sampler": sampler, "knob": knob, "network_evaluations": evaluations,
+                     "wall_seconds": timing.median, "wall_seconds_min": timing.low, "wall_seconds_max": timing.high,
+                     "speedup": math.nan if speedup is None else speedup,
+                     "evaluation_speedup": reference_evaluations / evaluations,
+                     "classifier_score": scorer.classifier_score(samples),
+                     "frechet_distance": scorer.frechet_distance(samples), "threads": measurement.threads})
+    return rows
+
+
 def write_speed_quality(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """speed_quality.csv and speed_quality.png (speed-up vs classifier score and Frechet distance)."""
+    """speed_quality.csv and speed_quality.png (speed-up vs classifier score and Frechet distance; a row
+    whose speed-up was not published is in the table only)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = folder / "speed_quality.csv"
@@ -37,7 +72,7 @@ def write_speed_quality(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("classifier_score", "frechet_distance")):
         for sampler in dict.fromkeys(row["sampler"] for row in rows):
-            mine = [row for row in rows if row["sampler"] == sampler]
+            mine = [row for row in rows if row["sampler"] == sampler and not math.isnan(row["speedup"])]
             axis.plot([r["speedup"] for r in mine], [r[metric] for r in mine], "o-", label=sampler)
             for r in mine:
                 axis.annotate(str(r["knob"]), (r["speedup"], r[metric]), fontsize=7,

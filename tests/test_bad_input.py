@@ -25,7 +25,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from farm_sweep.export import command, evaluate
-from farm_sweep.export import format as export_format
+from farm_sweep.export import folder as export_folder
 from farm_sweep.sweep import runner as run
 from farm_sweep.sweep import tracking, tune_state
 from farm_sweep.training import checkpoint, loop
@@ -134,9 +134,10 @@ class Payload:
         return (Path.touch, (self.folder / "payload_ran",))
 
 
-def crafted_tune_state(recorded: bool) -> Build:
-    """An output folder ready for --resume, whose tuner.pkl was replaced by a pickle that runs code; its
-    checksums recorded for the original tuner.pkl (recorded) or not at all."""
+def crafted_tune_state(recorded: bool, crafted: str = "bad") -> Build:
+    """An output folder ready for --resume, where the tuner.pkl of experiment `crafted` (the search's, or its
+    confirmation's: bad.confirmation) is a pickle that runs code; the checksums of the search's original
+    tuner.pkl recorded (recorded) or not at all."""
     def build(sources: Sources, folder: Path) -> list[str]:
         arguments = study()(sources, folder)
         output = folder / "out"
@@ -147,7 +148,8 @@ def crafted_tune_state(recorded: bool) -> Build:
         (experiment / "tuner.pkl").write_bytes(pickle.dumps({"written by": "Tune"}))
         if recorded:
             tune_state.record(experiment, output)
-        (experiment / "tuner.pkl").write_bytes(pickle.dumps(Payload(folder)))
+        (output / run.RAY_FOLDER / crafted).mkdir(exist_ok=True)
+        (output / run.RAY_FOLDER / crafted / "tuner.pkl").write_bytes(pickle.dumps(Payload(folder)))
         return [*arguments, "--resume"]
     return build
 
@@ -265,6 +267,10 @@ def table(text: str) -> Change:
     return lambda study: (study / "trials.csv").write_text(text)
 
 
+def confirmation_table(text: str) -> Change:
+    return lambda study: (study / "confirmation.csv").write_text(text)
+
+
 def remove(name: str) -> Change:
     def change(folder: Path) -> None:
         target = folder / name
@@ -298,7 +304,7 @@ def resealed_export(change: Change) -> Build:
     """The export with `change` made and manifest.json rewritten to match, so the checks behind it are reached."""
     def change_and_reseal(model: Path) -> None:
         change(model)
-        export_format.write_manifest(model)
+        export_folder.write_manifest(model)
     return altered_export(change_and_reseal)
 
 
@@ -314,9 +320,9 @@ def edited(name: str, **changes: object) -> Change:
 
 def retensor(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Change:
     def change(folder: Path) -> None:
-        tensors = load_file(folder / export_format.TENSORS)
+        tensors = load_file(folder / export_folder.TENSORS)
         tensors[name] = make(tensors[name])
-        save_file(tensors, folder / export_format.TENSORS)
+        save_file(tensors, folder / export_folder.TENSORS)
     return change
 
 
@@ -416,6 +422,23 @@ CASES = [
          ("{tmp}/out", "--resume", "tuner.pkl was not written by this study's run", "with a new --output")),
     Case("Tune state with no checksums recorded", "run", crafted_tune_state(recorded=False),
          ("{tmp}/out", "--resume", "tune_state.json is missing", "with a new --output")),
+    Case("confirmation's Tune state not written by the study's run", "run",
+         crafted_tune_state(recorded=True, crafted="bad.confirmation"),
+         ("{tmp}/out", "--resume", "bad.confirmation/tuner.pkl was not written by this study's run",
+          "with a new --output")),
+    # the confirmation stage
+    Case("confirm not a mapping", "run", study(confirm=3), (STUDY_FILE, "confirm", "expected a mapping", "got int")),
+    Case("confirm without seeds", "run", study(confirm={"top": 1}),
+         (STUDY_FILE, "confirm.seeds: required key is missing", "add it")),
+    Case("confirm with an unknown key", "run", study(confirm={"top": 1, "seed": 3}),
+         (STUDY_FILE, "confirm.seed: unknown key", "did you mean 'seeds'?")),
+    Case("confirm top not an integer", "run", study(confirm={"top": "best", "seeds": 3}),
+         (STUDY_FILE, "confirm.top: 'best' must be an integer")),
+    Case("confirm more configurations than trials", "run", study(confirm={"top": 5, "seeds": 3}),
+         (STUDY_FILE, "confirm.top: 5 must be in 1..2", "confirm at most as many configurations as the study has "
+                                                        "trials (2)")),
+    Case("confirm with one seed", "run", study(confirm={"top": 1, "seeds": 1}),
+         (STUDY_FILE, "confirm.seeds: 1 must be in 2..100", "a standard deviation over seeds needs two or more")),
     # data
     Case("data folder missing", "run", fixed(dataset="binarized_mnist", data_dir="{tmp}/nowhere"),
          (STUDY_FILE, "fixed.dataset", "{tmp}/nowhere", "To get them")),
@@ -450,6 +473,17 @@ CASES = [
          ("{tmp}/study/trials.csv", "is outside the study folder", "restore the table")),
     Case("export into /dev/null", "export", exported_to("/dev/null"),
          ("/dev/null/01_trial_a", "cannot write the export", "choose a writable --out")),
+    Case("--confirmed without a confirmation table", "export", finished_study(lambda study: None, "--confirmed"),
+         ("{tmp}/study/confirmation.csv", "no confirmation table", "export without --confirmed")),
+    Case("confirmation table lacks a column", "export", finished_study(confirmation_table(
+        "kind,search_rank,config_id,seed,trial_id,status,nll_image,checkpoint\n"
+        "seed,1,trial_a,1,trial_a,completed,40.5,trial_a/epoch_0001\n"), "--confirmed"),
+         ("{tmp}/study/confirmation.csv", "confirmed_rank missing", "artifact study/confirmation.csv")),
+    Case("confirmed trial id that leaves --out", "export", finished_study(confirmation_table(
+        "kind,search_rank,confirmed_rank,config_id,seed,trial_id,status,nll_image,checkpoint\n"
+        "seed,1,1,trial_a,1,../escaped,completed,40.5,trial_a/epoch_0001\n"), "--confirmed"),
+         ("{tmp}/study/confirmation.csv", "trial_id '../escaped' is not a plain name",
+          "artifact study/confirmation.csv")),
     Case("--top 0", "export", finished_study(lambda study: None, "--top", "0"),
          ("--top", "'0' must be a whole number >= 1")),
     Case("export folder holds an earlier export", "export", with_earlier_export,
@@ -457,15 +491,15 @@ CASES = [
     Case("--register without tracking state", "export", finished_study(lambda study: None, "--register"),
          ("{tmp}/study/tracking.json", "--register", "export without --register")),
     # an export folder
-    Case("export without weights", "evaluate", altered_export(remove(export_format.TENSORS)),
+    Case("export without weights", "evaluate", altered_export(remove(export_folder.TENSORS)),
          ("{tmp}/model", "model.safetensors missing", "re-export")),
-    Case("export without a manifest", "evaluate", altered_export(remove(export_format.MANIFEST)),
+    Case("export without a manifest", "evaluate", altered_export(remove(export_folder.MANIFEST)),
          ("{tmp}/model", "manifest.json missing", "re-export the model (python -m farm_sweep.export)")),
     Case("export with weights altered to other finite values", "evaluate",
          altered_export(retensor("layer0.weight", lambda t: t + 0.25)),
          ("{tmp}/model/model.safetensors", "sha256 does not match manifest.json", "altered",
           "re-export the model (python -m farm_sweep.export)")),
-    Case("export with truncated weights", "evaluate", resealed_export(damaged(export_format.TENSORS, truncated)),
+    Case("export with truncated weights", "evaluate", resealed_export(damaged(export_folder.TENSORS, truncated)),
          ("{tmp}/model/model.safetensors", "SafetensorError", "re-export")),
     Case("export with a weight of the wrong shape", "evaluate",
          resealed_export(retensor("layer0.weight", lambda t: torch.zeros(3, 3))),
@@ -474,27 +508,27 @@ CASES = [
          ("{tmp}/model/model.safetensors", "layer1.bias holds NaN", "re-export")),
     Case("export with an altered mask", "evaluate", resealed_export(retensor("layer0.mask", lambda t: 1 - t)),
          ("{tmp}/model/model.safetensors", "layer0.mask differs", "re-export")),
-    Case("export with altered architecture", "evaluate", resealed_export(edited(export_format.ARCHITECTURE, dim=32)),
+    Case("export with altered architecture", "evaluate", resealed_export(edited(export_folder.ARCHITECTURE, dim=32)),
          ("{tmp}/model/architecture.json", "dim differ", "re-export")),
     Case("export architecture not JSON", "evaluate",
-         resealed_export(lambda model: (model / export_format.ARCHITECTURE).write_text("{not json")),
+         resealed_export(lambda model: (model / export_folder.ARCHITECTURE).write_text("{not json")),
          ("{tmp}/model/architecture.json", "not valid JSON", "re-export")),
     Case("export of another format", "evaluate",
-         resealed_export(edited(export_format.ARCHITECTURE, format="farm-made/0")),
+         resealed_export(edited(export_folder.ARCHITECTURE, format="farm-made/0")),
          ("{tmp}/model/architecture.json", "'farm-made/0', expected 'farm-made/2'", "re-export")),
-    Case("export config with a bad value", "evaluate", resealed_export(edited(export_format.CONFIG, num_orderings=0)),
+    Case("export config with a bad value", "evaluate", resealed_export(edited(export_folder.CONFIG, num_orderings=0)),
          ("{tmp}/model/config.yaml", "num_orderings: 0 must be positive", "re-export")),
     Case("export's test data missing", "evaluate",
-         resealed_export(edited(export_format.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
+         resealed_export(edited(export_folder.CONFIG, dataset="binarized_mnist", data_dir="{tmp}/nowhere")),
          ("{tmp}/model/config.yaml", "'binarized_mnist'", "{tmp}/nowhere", "To get them")),
     Case("export's dataset does not match the model", "evaluate",
-         resealed_export(edited(export_format.CONFIG, dataset="mnist")),
+         resealed_export(edited(export_folder.CONFIG, dataset="mnist")),
          ("{tmp}/model/config.yaml", "784 pixels, the model 64", "restore it, or re-export")),
     Case("export config an alias bomb", "evaluate", resealed_export(
-        lambda model: (model / export_format.CONFIG).write_text(alias_bomb() + "hidden_sizes: *l8\n")),
+        lambda model: (model / export_folder.CONFIG).write_text(alias_bomb() + "hidden_sizes: *l8\n")),
          ("{tmp}/model/config.yaml", "aliases expand to more than", "re-export")),
     Case("export config asking 10^9 hidden units", "evaluate",
-         resealed_export(edited(export_format.CONFIG, hidden_sizes=[10**9])),
+         resealed_export(edited(export_folder.CONFIG, hidden_sizes=[10**9])),
          ("{tmp}/model/architecture.json", "needs about", "make hidden_sizes smaller", "re-export")),
     # one configuration without Ray (python -m farm_sweep.train)
     Case("NaN λ for train", "train", train_with('{"divergence_weight": NaN}'),
@@ -672,4 +706,4 @@ def test_a_disk_full_while_exporting_leaves_no_manifest(sources: Sources, tmp_pa
     assert exported.returncode == 2 and "Traceback" not in exported.stderr, exported.stderr
     assert f"{out}/01_trial_a: cannot write the export (No space left on device)" in exported.stderr
     written = exported.stdout.split("files:")[1].split()
-    assert sorted(written) == sorted(set(export_format.FILES)), written  # everything but the manifest
+    assert sorted(written) == sorted(set(export_folder.FILES)), written  # everything but the manifest

@@ -37,7 +37,7 @@ def test_run_with_an_address_leaves_rays_node_address_alone(monkeypatch):
 def test_unknown_command_exits_2_naming_the_choices(capsys):
     assert cli.main(["sweep"]) == 2
     error = capsys.readouterr().err
-    assert "unknown command 'sweep'" in error and "run, export, evaluate, train, table1" in error
+    assert "unknown command 'sweep'" in error and "run, results, export, evaluate, train, table1" in error
 
 
 def test_python_dash_m_export_runs_the_export_command():

@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from farm_sweep.sweep import tracking
+from farm_sweep.sweep import tables, tracking
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
@@ -128,6 +128,12 @@ def test_a_trial_that_stops_early_reports_its_best_epoch_everywhere(tmp_path):
     assert trial.value == pytest.approx(curve[1])
     (csv_row,) = read_table(tmp_path / "out" / "trials.csv")
     assert (csv_row["best_epoch"], csv_row["stopped_early"]) == ("1", "True")
+    folder = tmp_path / "out" / tables.FOLDER
+    epochs = tables.read(folder / "epochs.parquet").to_pylist()
+    assert {row["epoch"]: row["nll_image"] for row in epochs} == pytest.approx(curve)  # the last epoch's own value
+    (table_row,) = tables.read(folder / "trials.parquet").to_pylist()
+    assert (table_row["best_epoch"], table_row["stopped_early"]) == (1, True)
+    assert (table_row["nll_image"], table_row["last_nll_image"]) == pytest.approx((curve[1], curve[3]))
 
 
 def test_train_command_writes_the_curve_and_resumes_only_when_asked(tmp_path, capsys):

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from farm_sweep.data import load_dataset
 from farm_sweep.export import command, evaluate
+from farm_sweep.export import folder as export_folder
 from farm_sweep.export import format as export_format
 from farm_sweep.made.likelihood import nll_image
 from farm_sweep.made.network import WEIGHT_SHARING
@@ -114,7 +115,7 @@ def altered_copy(folder: Path, tmp_path: Path, name: str, change: Callable[[torc
 
 def test_the_manifest_catches_weights_altered_to_other_finite_values(exported: list[Path], tmp_path: Path) -> None:
     folder = altered_copy(exported[0], tmp_path, "layer1.weight", lambda weight: weight * 0.5)
-    with pytest.raises(export_format.ExportError, match=r"model\.safetensors: sha256 does not match manifest\.json"):
+    with pytest.raises(export_folder.ExportError, match=r"model\.safetensors: sha256 does not match manifest\.json"):
         export_format.load_export(folder)
     with pytest.raises(ValueError, match="model.safetensors: altered"):
         numpy_reference()["check_manifest"](folder)
@@ -126,14 +127,14 @@ def test_the_documented_sha256sum_check_passes_on_an_export(exported: list[Path]
     text = (ROOT / "docs" / "export_format.md").read_text()
     (command,) = re.findall(r"```sh\n(.*?)\n```", text, flags=re.S)
     result = subprocess.run(command, shell=True, cwd=exported[0], capture_output=True, text=True, check=True)
-    assert result.stdout.count(": OK") == len(export_format.FILES)
+    assert result.stdout.count(": OK") == len(export_folder.FILES)
 
 
 def test_load_export_rejects_a_tampered_mask_behind_a_rewritten_manifest(exported: list[Path],
                                                                          tmp_path: Path) -> None:
     folder = altered_copy(exported[0], tmp_path, "layer0.mask", lambda mask: 1 - mask)
-    export_format.write_manifest(folder)
-    with pytest.raises(export_format.ExportError, match="layer0.mask differs"):
+    export_folder.write_manifest(folder)
+    with pytest.raises(export_folder.ExportError, match="layer0.mask differs"):
         export_format.load_export(folder)
 
 

@@ -50,31 +50,45 @@ def test_nll_exact_is_the_conditional_of_the_joint_when_the_hole_follows_the_evi
 def chain_of_conditionals(model: FarmMADE, images: torch.Tensor, hole: torch.Tensor, fill: str) -> torch.Tensor:
     """The definition, one pixel at a time: the leader = the ordering with most observed pixels before
     its first hole pixel; each pixel predicted by the usable orderings (every predecessor observed or
-    filled before it; for single/best_evidence only the leader), weights ∝ rank+1, masks averaged.
-    Pixels not yet known hold random garbage, which no usable ordering may read."""
+    filled before it; for single/best_evidence only the leader), weights ∝ rank+1. Several mask sets: the
+    mixture of the mask sets' predictions under the posterior over mask sets, by Bayes' rule from a uniform
+    prior: first the leader's likelihood of the observed pixels before its first hole pixel, then each true
+    hole pixel's probability. Pixels not yet known hold random garbage, which no usable ordering may read."""
     ranks = model.ranks
     firsts = torch.stack([ranks[i, hole].min() for i in range(model.k)])
     observed_before = torch.stack([(~hole & (ranks[i] < firsts[i])).sum() for i in range(model.k)])
     leader = 0 if fill == "single" else int(observed_before.argmax())
     known, nll = ~hole.clone(), torch.zeros_like(images)
+    log_posterior = torch.zeros(model.num_masks, len(images), dtype=images.dtype)
+    for mask in range(model.num_masks):
+        model.set_mask(mask)
+        with torch.no_grad():
+            p_one = torch.sigmoid(model(with_garbage(images, known))[leader])
+        for pixel in (ranks[leader] < firsts[leader]).nonzero().flatten().tolist():
+            log_posterior[mask] += torch.log(torch.where(images[:, pixel] == 1, p_one[:, pixel], 1 - p_one[:, pixel]))
     for pixel in sorted(hole.nonzero().flatten().tolist(), key=lambda d: int(ranks[leader, d])):
-        garbage = torch.randint(0, 2, images.shape).to(images.dtype)
-        x = torch.where(known, images, garbage)
+        x = with_garbage(images, known)
         usable = [i for i in range(model.k) if known[ranks[i] < ranks[i, pixel]].all()]
         if fill != "evidence_weighted":
             usable = [leader]
         evidence = torch.tensor([float(ranks[i, pixel] + 1) for i in usable], dtype=images.dtype)
-        p_one = torch.zeros_like(images[:, 0])
+        truth_probs = torch.zeros_like(log_posterior)  # per mask set: q_m(true x_d | what is known)
         for mask in range(model.num_masks):
             model.set_mask(mask)
             with torch.no_grad():
                 probs = torch.sigmoid(model(x)[usable, :, pixel])  # (usable, B)
-            p_one += (evidence[:, None] * probs).sum(0) / evidence.sum() / model.num_masks
-        model.set_mask(0)
-        truth = images[:, pixel]
-        nll[:, pixel] = -torch.log(torch.where(truth == 1, p_one, 1 - p_one))
+            p_one = (evidence[:, None] * probs).sum(0) / evidence.sum()
+            truth_probs[mask] = torch.where(images[:, pixel] == 1, p_one, 1 - p_one)
+        posterior = torch.softmax(log_posterior, 0)
+        nll[:, pixel] = -torch.log((posterior * truth_probs).sum(0))
+        log_posterior += truth_probs.log()
         known[pixel] = True
+    model.set_mask(0)
     return nll
+
+
+def with_garbage(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    return torch.where(known, images, torch.randint(0, 2, images.shape).to(images.dtype))
 
 
 @pytest.mark.parametrize("fill", FILLS)
@@ -127,28 +141,89 @@ def test_occlusions_are_seeded_rectangles_anchored_by_case(height, width):
     assert not torch.equal(make_occlusions("average", 50, 28, 28, 7), make_occlusions("average", 50, 28, 28, 8))
 
 
-def test_inpaint_keeps_the_evidence_and_its_first_pixel_matches_nll_exact():
-    model = random_model(k=4, height=4, width=4)
-    images = torch.randint(0, 2, (20, 16), generator=torch.Generator().manual_seed(1)).float()
-    hole = make_occlusions("average", 1, 4, 4, seed=2)[0]
-    filled, chain = inpaint(model, images, hole, "evidence_weighted", torch.Generator().manual_seed(5))
-    again, _ = inpaint(model, images, hole, "evidence_weighted", torch.Generator().manual_seed(5))
-    assert torch.equal(filled, again)
-    assert torch.equal(filled[:, ~hole], images[:, ~hole])
-    assert set(filled.unique().tolist()) <= {0.0, 1.0}
-    assert chain[:, ~hole].eq(0).all() and chain[:, hole].gt(0).all()
-    first = fill_plan(model.ranks, hole, "evidence_weighted").pixels[0]
-    torch.testing.assert_close(chain[:, first], nll_exact(model, images, hole, "evidence_weighted")[:, first])
+def log_marginal(joint: torch.Tensor, image: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """log of the joint's probability of `image`'s values at `pixels` (bool (9,)): summed over all 512 images."""
+    return torch.logsumexp(joint.masked_fill(~(ALL_3X3[:, pixels] == image[pixels]).all(1), -math.inf), 0)
 
 
-def test_evaluate_inpainting_reports_every_metric_and_is_seeded():
+def fill_prediction(joint: torch.Tensor, ranks: torch.Tensor, weights: torch.Tensor, image: torch.Tensor,
+                    pixel: int) -> torch.Tensor:
+    """The fill's probability of image[pixel] given image's other known pixels, from one mask set's joints
+    (k, 512) alone: ordering i's conditional is p_i(its pixels up to d) / p_i(its pixels before d), both
+    marginals of its joint by summation; the orderings mixed with the plan's `weights` (k,) for this pixel."""
+    terms = [weights[i] * (log_marginal(joint[i], image, ranks[i] <= ranks[i, pixel])
+                           - log_marginal(joint[i], image, ranks[i] < ranks[i, pixel])).exp()
+             for i in weights.nonzero().flatten().tolist()]
+    return torch.stack(terms).sum()
+
+
+def brute_force_chain(joints: torch.Tensor, ranks: torch.Tensor, filled: torch.Tensor, truth: torch.Tensor,
+                      hole: torch.Tensor, fill: str) -> torch.Tensor:
+    """-log p(true x_d | evidence, the FILLED earlier hole pixels) of one image's hole pixels in fill order,
+    from the joints (M, k, 512) of every mask set and ordering: the mask sets' fill predictions mixed
+    under the posterior over mask sets, p_leader,m(the leader's evidence prefix) times each mask set's
+    prediction of the earlier filled pixels."""
+    plan = fill_plan(ranks, hole, fill)
+    prefix = ranks[plan.leader] < ranks[plan.leader, plan.pixels[0]]
+    log_posterior = torch.stack([log_marginal(joint[plan.leader], truth, prefix) for joint in joints])
+    nll = []
+    for t, pixel in enumerate(plan.pixels.tolist()):
+        teacher = filled.clone()
+        teacher[pixel] = truth[pixel]
+        predictions = torch.stack([fill_prediction(joint, ranks, plan.weights[:, t], teacher, pixel)
+                                   for joint in joints])
+        nll.append(-torch.log((torch.softmax(log_posterior, 0) * predictions).sum()))
+        log_posterior = log_posterior + torch.stack([
+            fill_prediction(joint, ranks, plan.weights[:, t], filled, pixel).log() for joint in joints])
+    return torch.stack(nll)
+
+
+@pytest.mark.parametrize("fill", FILLS)
+@pytest.mark.parametrize("num_masks", [1, 3])
+def test_chain_nll_over_multi_pixel_holes_equals_brute_force(fill, num_masks):
+    """inpaint's nll_chain of every pixel of 3-6 pixel holes, each conditioned on the pixels it sampled
+    before, against sums of the model's joints over all 512 binary 3x3 images; and the evidence is kept."""
+    model = random_model(k=2, num_masks=num_masks).double()
+    joints = []
+    for mask in range(num_masks):
+        with model.using_mask(mask), torch.no_grad():
+            joints.append(image_log_probs(model(ALL_3X3.double()), ALL_3X3.double()))  # (k, 512)
+    joints = torch.stack(joints)
+    generator = torch.Generator().manual_seed(2)
+    images = ALL_3X3[torch.randint(0, 512, (8,), generator=generator)].double()
+    for hole in [torch.tensor([0, 1, 0, 0, 1, 1, 0, 1, 0], dtype=torch.bool), make_occlusions("best", 1, 3, 3, 1)[0],
+                 torch.tensor([1, 1, 1, 0, 0, 0, 1, 1, 1], dtype=torch.bool)]:
+        filled, chain = inpaint(model, images, hole, fill, generator)
+        assert torch.equal(filled[:, ~hole], images[:, ~hole]) and chain[:, ~hole].eq(0).all()
+        order = fill_plan(model.ranks, hole, fill).pixels
+        for image, truth, nll in zip(filled, images, chain):
+            expected = brute_force_chain(joints, model.ranks, image, truth, hole, fill)
+            torch.testing.assert_close(nll[order], expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("protocol", ["ours", "paper"])
+def test_evaluate_inpainting_values_of_a_model_that_always_says_one(protocol):
+    """Zero weights and output bias 30: every pixel is 1 with probability sigmoid(30), so every fill is 1,
+    l2 is the share of zeros among the hidden true pixels, and both nlls are 30 nats per hidden zero (a
+    hidden one costs 1e-13): known values, pooled over pixels (`ours`) or per occlusion, then averaged
+    (`paper`)."""
     model = random_model(k=2, height=4, width=4)
-    images = torch.randint(0, 2, (30, 16), generator=torch.Generator().manual_seed(1)).float()
-    metrics = evaluate_inpainting(model, images, 4, 4, "average", "evidence_weighted", 5, 4, seed=3)
-    assert metrics == evaluate_inpainting(model, images, 4, 4, "average", "evidence_weighted", 5, 4, seed=3)
-    assert 0 <= metrics["l2"] <= 1 and 0 < metrics["occluded_fraction"] < 1
-    for name in ("nll_chain", "nll_exact"):
-        assert metrics[f"{name}_bits"] == pytest.approx(metrics[name] / math.log(2))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.biases[-1].fill_(30.0)
+    images = torch.randint(0, 2, (20, 16), generator=torch.Generator().manual_seed(1)).float()
+    occlusions = make_occlusions("average", 5, 4, 4, 3, protocol)
+    zeros = [(1 - batch[:, hole]).mean().item() for hole, batch in zip(occlusions, images.split(4))]
+    counts = occlusions.sum(1).tolist()
+    share = sum(z * c for z, c in zip(zeros, counts)) / sum(counts) if protocol == "ours" else sum(zeros) / 5
+    metrics = evaluate_inpainting(model, images, 4, 4, "average", "evidence_weighted", 5, 4, seed=3, protocol=protocol)
+    assert metrics == evaluate_inpainting(model, images, 4, 4, "average", "evidence_weighted", 5, 4, 3, protocol)
+    nats, bits = 30 * share, 30 * share / math.log(2)
+    expected = {"l2": share, "nll_chain": nats, "nll_exact": nats, "nll_chain_bits": bits, "nll_exact_bits": bits,
+                "occluded_fraction": occlusions.float().mean().item()}
+    assert metrics == pytest.approx(expected, rel=1e-6)
+    assert 0.2 < share < 0.8
     with pytest.raises(ValueError, match="needs 40 images"):
         evaluate_inpainting(model, images, 4, 4, "best", "single", 10, 4)
 

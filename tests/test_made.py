@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from farm_sweep.losses import image_log_probs, mixture_nll
 from farm_sweep.made.likelihood import ordering_log_probs
-from farm_sweep.made.network import WEIGHT_SHARING, FarmMADE
+from farm_sweep.made.network import WEIGHT_SHARING, FarmMADE, parameter_count
+from farm_sweep.made.staircase import logits_at
 from farm_sweep.orderings import FAMILIES, make_orderings
 
 SCHEMES = [(sharing, direct) for sharing in WEIGHT_SHARING for direct in (False, True)]
@@ -77,6 +78,43 @@ def test_batched_forward_equals_per_ordering_loop(sharing, direct, hidden):
     for i in range(model.k):
         torch.testing.assert_close(batched[i], looped_reference(model, x, i), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batched[i], model(x, orderings=torch.tensor([i]))[0], atol=1e-5, rtol=1e-5)
+        net = model.ordering_network(i)  # the plain MLP inference sorts along the staircase
+        plain = x
+        for layer, (weight, bias) in enumerate(zip(net.weights, net.biases)):
+            plain = plain @ weight.T + bias
+            plain = plain.relu() if layer < len(net.weights) - 1 else plain
+        torch.testing.assert_close(batched[i], plain + (x @ net.direct.T if direct else 0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sharing,direct", SCHEMES)
+@pytest.mark.parametrize("hidden", [(32,), (40, 24, 16)])
+def test_staircase_logits_equal_the_forward_at_any_pixels(sharing, direct, hidden):
+    """The inference network (units sorted by degree, row blocks along the masks' staircase, only the units
+    the asked pixels reach) gives the forward's logits, for every scheme, mask set and subset of pixels."""
+    if sharing == "shared_hidden" and len(hidden) == 1:
+        pytest.skip("shared_hidden needs two hidden layers")
+    model = make_model("random", k=4, hidden=hidden, sharing=sharing, direct=direct, num_masks=2).double().eval()
+    x = torch.bernoulli(torch.full((7, 16), 0.5)).double()
+    pixels = torch.tensor([5, 0, 15, 9, 3])
+    needed = torch.rand(4, 5, generator=torch.Generator().manual_seed(1)) < 0.6
+    for mask in (0, 1):
+        model.set_mask(mask)
+        with torch.no_grad():
+            full = model(x)[..., pixels]
+        torch.testing.assert_close(logits_at(model, x, torch.arange(4), pixels), full)
+        some = logits_at(model, x, torch.tensor([2, 0, 3, 1]), pixels, needed)
+        torch.testing.assert_close(some, torch.where(needed[:, None, :], full[[2, 0, 3, 1]], 0.0))
+
+
+def test_staircase_follows_a_change_of_weights():
+    model = make_model("raster", k=2, hidden=(24, 24)).eval()
+    x = torch.bernoulli(torch.full((3, 16), 0.5))
+    pixels = torch.arange(16)
+    before = logits_at(model, x, torch.arange(2), pixels)
+    with torch.no_grad():
+        model.weights[1].mul_(2)  # in place, as an optimizer step
+        torch.testing.assert_close(logits_at(model, x, torch.arange(2), pixels), model(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before, model(x).detach())
 
 
 def test_shared_hidden_with_one_hidden_layer_is_refused():
@@ -93,6 +131,12 @@ FIRST, MIDDLE, LAST = 16 * 48 + 48, 48 * 48 + 48, 48 * 16 + 16
 def test_parameter_counts_follow_the_sharing_scheme(sharing, extra):
     shared = sum(p.numel() for p in make_model(sharing="shared").parameters())
     assert sum(p.numel() for p in make_model(sharing=sharing).parameters()) == shared + extra
+
+
+@pytest.mark.parametrize("sharing,direct", SCHEMES)
+def test_parameter_count_from_sizes_matches_the_built_model(sharing, direct):
+    model = make_model(sharing=sharing, direct=direct)
+    assert parameter_count(16, (48, 48), 8, sharing, direct) == sum(p.numel() for p in model.parameters())
 
 
 def test_separate_weights_are_independent_models():

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from farm_sweep.data import load_dataset
 from farm_sweep.export import command, evaluate, registry
-from farm_sweep.export.format import load_export
+from farm_sweep.export.formats import load_export
 from farm_sweep.sweep import tracking
 from farm_sweep.sweep.results_table import read_table
 from tests.processes import free_port, start_server, stop

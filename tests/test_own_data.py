@@ -21,9 +21,10 @@ from farm_sweep.data import DatasetSpec
 from farm_sweep.evaluation import table1
 from farm_sweep.evaluation.end_of_trial import evaluate_trained_model
 from farm_sweep.export import command, evaluate
-from farm_sweep.export.format import ARCHITECTURE, CARD, CONFIG, load_export
+from farm_sweep.export.folder import ARCHITECTURE, CARD, CONFIG
+from farm_sweep.export.format import load_export
 from farm_sweep.integrity import file_sha256
-from farm_sweep.sweep import tracking
+from farm_sweep.sweep import tables, tracking
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import StudyError, load_study
 from farm_sweep.training import loop, preflight
@@ -208,6 +209,12 @@ def test_study_and_export_on_10x12_images(ray_cache: Path, own_npz: Path, tmp_pa
     for row in rows:
         assert math.isfinite(row["inpaint/worst/single/nll_exact"])
         assert 1.0 <= row["sampling/sequential/1/classifier_score"] <= 3.0
+    evaluation = tables.read(output / tables.FOLDER / "evaluation.parquet").to_pylist()
+    long = {(r["trial_id"], f"{r['kind']}/{r['case'] or r['sampler']}/{r['fill'] or r['knob']}/{metric}"): value
+            for r in evaluation for metric, value in r.items() if isinstance(value, float)}
+    assert long == {(row["trial_id"], key): value for row in rows for key, value in row.items()
+                    if key.startswith(("inpaint/", "sampling/"))}
+    assert (output / "speed_quality_pareto.png").is_file() and (output / "learning_curves.png").is_file()
     client = MlflowClient(tracking.default_uri(output))
     experiment = client.get_experiment_by_name("bars")
     children = [run for run in client.search_runs([experiment.experiment_id]) if tracking.TRIAL_TAG in run.data.tags]

@@ -79,15 +79,31 @@ def test_speed_quality_curve_rows_are_written(tmp_path):
         def frechet_distance(self, images):
             return float(images.std())
 
-    model = tiny_model("antidiagonal").float()
-    settings = [("sequential", 1), ("wavefront", 4), ("fixed_point", 16)]
-    rows = speed_quality_curve(model, 8, 8, Stub(), 2, seed=0, settings=settings)
+    model = tiny_model("antidiagonal", stages=1).float()
+    settings = [("sequential", 1), ("wavefront", 2), ("fixed_point", 16)]
+    rows = speed_quality_curve(model, 4, 4, Stub(), 2, seed=0, settings=settings)
     assert [tuple(r[f] for f in ("sampler", "knob", "network_evaluations")) for r in rows][:2] == [
-        ("sequential", 1, 64), ("wavefront", 4, 22)]  # anti-diagonals of 1..8..1 pixels in chunks of 4
-    assert rows[0]["speedup"] == 1.0 and rows[1]["evaluation_speedup"] == 64 / rows[1]["network_evaluations"]
-    assert list(rows[0]) == list(CURVE_FIELDS)
+        ("sequential", 1, 16), ("wavefront", 2, 10)]  # anti-diagonals of 1, 2, 3, 4, 3, 2, 1 pixels, chunks of 2
+    assert rows[0]["speedup"] == 1.0 and rows[1]["evaluation_speedup"] == pytest.approx(1.6)
+    assert rows[2]["classifier_score"] == rows[0]["classifier_score"]  # the exact fixed point: the same samples
+    assert all(list(row) == list(CURVE_FIELDS) and row["threads"] == 1 for row in rows)  # one_thread fixture
+    assert all(0 < row["wall_seconds_min"] <= row["wall_seconds"] <= row["wall_seconds_max"] for row in rows)
     assert all(p.is_file() for p in write_speed_quality(rows, tmp_path))
     assert curve_settings(32, 32)[:6] == [("sequential", 1)] + [("wavefront", w) for w in (2, 4, 8, 16, 32)]
+
+
+@pytest.mark.parametrize("sampler", ["sequential", "wavefront", "fixed_point"])
+def test_samplers_run_in_eval_mode_and_restore_the_callers_mode(sampler):
+    """Dropout 0.5 (the default): in training mode the network is random. A model left in training mode
+    samples what it samples in eval mode, and is handed back in training mode."""
+    model = tiny_model("antidiagonal")
+    assert model.config.dropout == 0.5
+    noise = torch.rand(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    expected, expected_evaluations = sample(model, sampler, 2, 8, 8, noise=noise)
+    model.train()
+    samples, evaluations = sample(model, sampler, 2, 8, 8, noise=noise)
+    assert torch.equal(samples, expected) and evaluations == expected_evaluations
+    assert model.training
 
 
 # ---------------------------------------------------------------- hole likelihoods
@@ -124,11 +140,12 @@ def test_teacher_forced_hole_nll_equals_the_chain_definition(fill):
                               atol=1e-10)
 
 
-def test_hole_likelihood_is_a_distribution_over_the_hole_by_brute_force():
+def test_hole_likelihoods_by_brute_force():
     """Over all 256^2 values of the two-pixel hole of a 1x3 grayscale image: with the canonical ordering
     alone (`best_evidence`: it leads) the hole's probability is p(hole | x_0) = p(x) / sum_hole p(x); the
     `evidence_weighted` mixture (the reversed raster joins at the last pixel, whose context it knows) is
-    a distribution over the hole too."""
+    a distribution over the hole too. And inpaint's chain nll: -log p(x_1 | x_0) for the first hole pixel,
+    -log p(x_2 | x_0, SAMPLED x_1) for the second, both from the joint by summation."""
     model = tiny_model(channels=1, stages=1, transforms=(0, 1), filters=4)
     levels = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0
     first, second = torch.meshgrid(levels, levels, indexing="ij")
@@ -144,8 +161,20 @@ def test_hole_likelihood_is_a_distribution_over_the_hole_by_brute_force():
     assert abs(torch.logsumexp(log_mixed, 0).item()) < 1e-9
     assert not torch.allclose(log_mixed, log_best)
 
+    log_joint = log_joint.view(256, 256)  # [x_1 level, x_2 level]
+    generator = torch.Generator().manual_seed(8)
+    truth_levels = torch.randint(0, 256, (6, 2), generator=generator)
+    truth = x.view(256, 256, 1, 1, 3)[truth_levels[:, 0], truth_levels[:, 1]]
+    filled, nll = inpaint(model, truth, occlusion, "best_evidence", generator)
+    sampled = ((filled[:, 0, 0, 1] + 1) * 127.5).round().long()
+    log_first = torch.logsumexp(log_joint, 1) - torch.logsumexp(log_joint.flatten(), 0)
+    log_second = log_joint - torch.logsumexp(log_joint, 1, keepdim=True)
+    torch.testing.assert_close(nll[:, 0], -log_first[truth_levels[:, 0]], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(nll[:, 1], -log_second[sampled, truth_levels[:, 1]], rtol=1e-9, atol=1e-9)
+    assert not torch.equal(sampled, truth_levels[:, 0])  # conditioned on samples that differ from the truth
 
-def test_inpaint_keeps_the_evidence_and_matches_teacher_forcing_on_a_one_pixel_hole():
+
+def test_inpaint_keeps_the_evidence_and_fills_on_the_level_grid():
     model = tiny_model().float()
     g = torch.Generator().manual_seed(6)
     x = grid_values((5, 3, 8, 8), g).float()
@@ -154,19 +183,40 @@ def test_inpaint_keeps_the_evidence_and_matches_teacher_forcing_on_a_one_pixel_h
     assert torch.equal(filled[:, :, ~occlusion], x[:, :, ~occlusion])
     hole = filled[:, :, occlusion]
     assert torch.equal(hole, quantize(hole)) and torch.isfinite(nll).all()
-    one = torch.zeros(8, 8, dtype=torch.bool)
-    one[0, 7] = True
-    _, nll_one = inpaint(model, x, one, "evidence_weighted", g)
-    assert torch.allclose(nll_one, hole_nll_exact(model, x, one, "evidence_weighted"), atol=1e-4)
+    assert not torch.equal(hole, x[:, :, occlusion])  # sampled, not copied
 
 
-def test_evaluate_inpainting_and_figure(tmp_path):
+class MeanScorer:
+    """Scores images by their mean value: a score that says which images it was given."""
+
+    def classifier_score(self, images):
+        return float(images.double().mean())
+
+    def frechet_distance(self, images):
+        return float(images.double().std())
+
+
+def test_evaluate_inpainting_reports_exact_chain_and_the_score_of_the_inpainted_images(tmp_path):
     model = tiny_model().float()
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
-    metrics = evaluate_inpainting(model, images, "average", num_occlusions=2, images_per_occlusion=4)
-    assert set(metrics) == {"single/bpd_exact", "best_evidence/bpd_exact", "evidence_weighted/bpd_exact",
-                            "occluded_fraction"}
-    assert all(math.isfinite(v) and v > 0 for v in metrics.values())
+    metrics = evaluate_inpainting(model, images, "average", num_occlusions=2, images_per_occlusion=4, seed=5,
+                                  scorer=MeanScorer())
+    assert set(metrics) == {f"{fill}/{name}" for fill in ("single", "best_evidence", "evidence_weighted")
+                            for name in ("bpd_exact", "bpd_chain", "classifier_score")} | {"occluded_fraction"}
+    occlusions = make_occlusions("average", 2, 8, 8, seed=5)
+    hidden = 4 * int(occlusions.sum()) * 3 * math.log(2)  # sub-pixels x ln 2
+    for fill in ("single", "evidence_weighted"):
+        generator, exact, chain, filled = torch.Generator().manual_seed(5), 0.0, 0.0, []
+        for occlusion, block in zip(occlusions, images.split(4)):
+            x = block.float() / 127.5 - 1
+            exact += hole_nll_exact(model, x, occlusion, fill).double().sum().item()
+            inpainted, nll = inpaint(model, x, occlusion, fill, generator)
+            chain += nll.double().sum().item()
+            filled.append(inpainted)
+        assert metrics[f"{fill}/bpd_exact"] == pytest.approx(exact / hidden)
+        assert metrics[f"{fill}/bpd_chain"] == pytest.approx(chain / hidden)
+        assert metrics[f"{fill}/bpd_chain"] != pytest.approx(metrics[f"{fill}/bpd_exact"])
+        assert metrics[f"{fill}/classifier_score"] == pytest.approx(float(torch.cat(filled).double().mean()))
     assert inpainting_figure(model, images[:3], tmp_path / "table4.png", case="top_half").is_file()
 
 

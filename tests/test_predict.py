@@ -62,7 +62,7 @@ def test_fixed_point_to_the_end_is_the_sequential_sample(target) -> None:
 
 
 @pytest.mark.parametrize(("bad", "message"), [
-    (np.zeros((2, 8, 8)), r"shape \[2, 8, 8\]; this model takes .* \[N, 3, 8, 8\]"),
+    (np.zeros((2, 8, 8)), r"shape \[2, 8, 8\]; this model takes .* \(N, 3, 8, 8\); reshape them"),
     (np.full((1, 3, 8, 8), 300), "whole numbers 0..255"),
     (np.full((1, 3, 8, 8), 0.5), "whole numbers 0..255"),
 ])

@@ -2,10 +2,13 @@
 cifar10 is scored by the CIFAR classifier (a tiny cached one here)."""
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from farm_sweep import quality
 from farm_sweep.data import DataError, load_dataset
@@ -109,4 +112,59 @@ def test_cifar10_is_scored_by_the_cached_cifar_classifier(tmp_path, monkeypatch,
                                                  cached.state_dict().values()))
     test = load_dataset("cifar10", "test")
     assert scorer.frechet_distance(to_unit(test.images)) == pytest.approx(0, abs=1e-6)
-    assert 1 <= scorer.classifier_score(to_unit(test.images[:100])) <= 10
+    images = to_unit(test.images[:100])
+    with torch.no_grad():
+        probabilities = torch.softmax(cached(images), 1).double().numpy()
+    assert scorer.classifier_score(images) == pytest.approx(score_as_mutual_information(probabilities), rel=1e-9)
+
+
+class Passthrough(nn.Module):
+    """A "classifier" whose logits and features are its input, so scores of chosen logits and features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def score_as_mutual_information(probabilities: np.ndarray) -> float:
+    """exp(I(x; y)) = exp(H(y) - E_x H(y|x)): the classifier score by another formula than the scorer's."""
+    def entropy(p: np.ndarray) -> np.ndarray:
+        return -(p * np.log(p)).sum(-1)
+    return math.exp(entropy(probabilities.mean(0)) - entropy(probabilities).mean())
+
+
+def test_classifier_score_of_known_predictions():
+    scorer = quality.QualityScorer.over(Passthrough(), torch.randn(10, 3), 1, 3)
+    two_confident = torch.tensor([[0.9, 0.1], [0.1, 0.9]]).log()  # p(y) = (1/2, 1/2); exp(KL) = 2 * 0.9^0.9 0.1^0.1
+    assert scorer.classifier_score(two_confident) == pytest.approx(2 * 0.9 ** 0.9 * 0.1 ** 0.1, rel=1e-6)
+    assert scorer.classifier_score(torch.eye(5) * 60) == pytest.approx(5, rel=1e-6)  # certain and balanced
+    assert scorer.classifier_score(torch.zeros(7, 4)) == pytest.approx(1)  # undecided
+    logits = torch.randn(200, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    expected = score_as_mutual_information(torch.softmax(logits, 1).numpy())
+    assert scorer.classifier_score(logits) == pytest.approx(expected, rel=1e-6) and 1.5 < expected < 9
+
+
+def test_frechet_distance_of_known_gaussians():
+    """Features whose mean and covariance are exact: the columns of a 4x4 Hadamard matrix (bar the first)
+    have mean 0 and covariance (4/3) I, so scaled by s and shifted by m the distance is |m - m'|^2 +
+    (4/3) sum (s - s')^2. Random features against tr sqrt(S S_ref) from the eigenvalues of the product."""
+    hadamard = torch.tensor([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=torch.float64)[:, 1:]
+    s_ref, m_ref, s, m = (torch.tensor(v, dtype=torch.float64) for v in
+                          ([1.0, 2.0, 0.5], [0.0, 1.0, -1.0], [3.0, 1.0, 0.5], [2.0, 1.0, 0.0]))
+    scorer = quality.QualityScorer.over(Passthrough(), hadamard * s_ref + m_ref, 1, 3)
+    expected = ((m - m_ref) ** 2).sum() + 4 / 3 * ((s - s_ref) ** 2).sum()  # 5 + (4/3) 5
+    assert scorer.frechet_distance(hadamard * s + m) == pytest.approx(expected.item(), rel=1e-9)
+
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(300, 4, generator=generator, dtype=torch.float64) @ torch.randn(4, 4, generator=generator,
+                                                                                           dtype=torch.float64)
+    samples = torch.randn(200, 4, generator=generator, dtype=torch.float64) * 2 + 1
+    scorer = quality.QualityScorer.over(Passthrough(), reference, 1, 4)
+    features = [x.float().double().numpy() for x in (reference, samples)]  # the scorer's features are float32
+    (mean_ref, cov_ref), (mean, cov) = ((x.mean(0), np.cov(x, rowvar=False)) for x in features)
+    cross = np.sqrt(np.linalg.eigvals(cov @ cov_ref).real.clip(0)).sum()
+    expected = ((mean - mean_ref) ** 2).sum() + np.trace(cov) + np.trace(cov_ref) - 2 * cross
+    assert scorer.frechet_distance(samples) == pytest.approx(expected, rel=1e-9)

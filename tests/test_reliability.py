@@ -34,6 +34,7 @@ from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 from tests.processes import descendants, free_port, kill, start_mlflow_server, stop, stop_tree
+from tests.test_tables import check_study_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = {"dataset": "digits", "hidden_sizes": [32], "batch_size": 50}
@@ -290,6 +291,8 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_each_trial_once(tmp_path: Pa
     assert parent.info.status == "KILLED" and parent.data.tags[tracking.STATUS_TAG] == "interrupted"
     assert optuna_states(output, "ctrl_c") == {  # the unfinished ones stay RUNNING: --resume finishes them
         int(row["optuna_trial"]): "COMPLETE" if row["status"] == "completed" else "RUNNING" for row in rows}
+    stopped = check_study_tables(output, "ctrl_c")
+    assert [(t["trial_id"], t["status"]) for t in stopped["trials"]] == [(r["trial_id"], r["status"]) for r in rows]
 
     resumed = subprocess.run([sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output),
                               "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -300,6 +303,10 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_each_trial_once(tmp_path: Pa
     assert sorted(reported) == sorted(row["trial_id"] for row in rows)  # no Ray trial twice
     assert all(trial_epochs[-1] == epochs for trial_epochs in reported.values())
     assert optuna_states(output, "ctrl_c") == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
+    resumed_tables = check_study_tables(output, "ctrl_c")  # no epoch twice, though some trials ran in two runs
+    assert len(resumed_tables["epochs"]) == 3 * epochs and len(resumed_tables["trials"]) == 3
+    assert {(row["trial_id"], row["epoch"]) for row in stopped["epochs"]} < {
+        (row["trial_id"], row["epoch"]) for row in resumed_tables["epochs"]}
     runs = child_runs(tracking.default_uri(output), "ctrl_c")
     assert sorted(runs) == sorted(row["trial_id"] for row in rows)  # one MLflow run per trial
     for run in runs.values():

@@ -1,7 +1,5 @@
 """Samplers: the fixed-point sampler reproduces sequential samples bit for bit; multi_order's schedule."""
 
-import math
-
 import pytest
 import torch
 
@@ -20,18 +18,6 @@ def random_model(k: int, height: int, width: int, scale: float) -> FarmMADE:
     return model.eval()
 
 
-class Spy(torch.nn.Module):
-    """Wraps a model and records the input of every network evaluation."""
-
-    def __init__(self, model: FarmMADE) -> None:
-        super().__init__()
-        self.model, self.orders, self.dim, self.k, self.inputs = model, model.orders, model.dim, model.k, []
-
-    def forward(self, x: torch.Tensor, orderings: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        return self.model(x, orderings)
-
-
 @pytest.mark.parametrize("scale", [0.3, 1.0])
 def test_fixed_point_reproduces_sequential_bit_for_bit_in_fewer_evaluations(scale):
     model = random_model(k=2, height=8, width=8, scale=scale)
@@ -42,6 +28,25 @@ def test_fixed_point_reproduces_sequential_bit_for_bit_in_fewer_evaluations(scal
     assert torch.equal(fixed, sequential)
     assert fixed_evaluations < 64
     assert 0.05 < sequential.mean() < 0.95  # not a degenerate all-zero or all-one model
+
+
+@pytest.mark.parametrize("sharing,direct,num_masks", [("ordering_embedding", True, 1), ("separate", False, 3),
+                                                       ("shared_hidden", True, 2)])
+def test_fixed_point_is_exact_for_every_network_variant(sharing, direct, num_masks):
+    """Codes, per-ordering weights, direct connections and several mask sets (a mask set drawn per image):
+    the fast phase's plain network and incremental sums, then the check, give the sequential samples."""
+    torch.manual_seed(0)
+    model = FarmMADE(make_orderings("random", 3, 6, 6, seed=4), [48, 32], sharing, num_masks=num_masks, seed=1,
+                     direct_connections=direct).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.8)
+    generator = torch.Generator().manual_seed(5)
+    noise, masks = torch.rand(40, 36, generator=generator), torch.randint(num_masks, (40,), generator=generator)
+    sequential, _ = sample(model, "sequential", 40, noise=noise, masks=masks)
+    fixed, evaluations = sample(model, "fixed_point", 40, noise=noise, masks=masks)
+    assert torch.equal(fixed, sequential) and evaluations < 36
+    assert len(set(map(tuple, sequential.tolist()))) > 20
 
 
 def test_truncated_fixed_point_has_the_first_iterations_pixels_exact():
@@ -66,26 +71,45 @@ def test_samplers_are_seeded_and_binary():
         sample(model, "multi_order", 10, knob=5)
 
 
-def test_multi_order_fills_each_orderings_next_pixel_once_per_step():
-    spy = Spy(random_model(k=2, height=3, width=3, scale=1.0))  # raster and reversed raster
-    ones, evaluations = sample(spy, "multi_order", 4, knob=2, noise=torch.zeros(4, 9))  # u = 0: every pixel -> 1
-    assert ones.eq(1).all()
-    steps = [set(x[0].nonzero().flatten().tolist()) for x in [*spy.inputs, ones]]
-    new = [sorted(after - before) for before, after in zip(steps, steps[1:])]
-    assert new == [[0, 8], [1, 7], [2, 6], [3, 5], [4]]
-    assert evaluations == 2 * len(spy.inputs) and len(spy.inputs) == math.ceil(9 / 2)  # 2 orderings a step
+def naive_multi_order(model: FarmMADE, noise: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+    """The definition, one ordering and one image at a time: in every step each of the first `count`
+    orderings picks the first pixel in its order that was not filled before the step (when two pick the
+    same pixel, the lower-indexed ordering draws it) and draws it, 1[u < p], from its own conditional given
+    the image as it was before the step. Returns the samples and the number of steps."""
+    x = torch.zeros_like(noise)
+    filled: set[int] = set()
+    steps = 0
+    while len(filled) < model.dim:
+        before, claims = x.clone(), {}
+        for ordering in range(count):
+            claims.setdefault(next(p for p in model.orders[ordering].tolist() if p not in filled), ordering)
+        for pixel, ordering in claims.items():
+            for image in range(len(x)):
+                with torch.no_grad():
+                    logit = model(before[image:image + 1], torch.tensor([ordering]))[0, 0, pixel]
+                x[image, pixel] = float(noise[image, pixel] < torch.sigmoid(logit))
+        filled |= claims.keys()
+        steps += 1
+    return x, steps
 
 
-@pytest.mark.parametrize("knob", [1, 2, 4, 8])
-def test_multi_order_evaluations_scale_like_d_over_k(knob):
-    spy = Spy(random_model(k=8, height=8, width=8, scale=1.0))
-    samples, evaluations = sample(spy, "multi_order", 3, knob=knob, noise=torch.zeros(3, 64))
-    assert samples.eq(1).all() and evaluations == knob * len(spy.inputs)  # a step runs `knob` orderings
-    filled = [int(x[0].sum()) for x in [*spy.inputs, samples]]
-    assert all(0 < b - a <= knob for a, b in zip(filled, filled[1:]))  # at most one new pixel per ordering
-    assert math.ceil(64 / knob) <= len(spy.inputs) <= 1.5 * math.ceil(64 / knob)
-    if knob == 1:
-        assert torch.equal(samples, sample(spy.model, "sequential", 3, noise=torch.zeros(3, 64))[0])
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_multi_order_equals_the_naive_loop_with_random_noise(count):
+    """Random orderings (they collide on pixels), random noise, a model whose pixels depend on each other:
+    the batched sampler draws exactly the naive loop's samples, and counts `count` evaluations a step."""
+    torch.manual_seed(0)
+    model = FarmMADE(make_orderings("random", 4, 4, 4, seed=2), [32, 32], seed=1).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 1.0)
+    noise = torch.rand(6, 16, generator=torch.Generator().manual_seed(count), dtype=torch.float64)
+    samples, evaluations = sample(model, "multi_order", 6, count, noise=noise)
+    expected, steps = naive_multi_order(model, noise, count)
+    assert torch.equal(samples, expected)
+    assert evaluations == count * steps and (count == 1) == (steps == 16)
+    assert 0.1 < expected.mean() < 0.9 and len(set(map(tuple, expected.tolist()))) > 2  # the noise matters
+    if count == 1:
+        assert torch.equal(sample(model, "sequential", 6, noise=noise)[0], expected)
 
 
 class MeanScorer:
@@ -103,6 +127,8 @@ def test_speed_quality_curve_rows_and_files(tmp_path):
     assert [row["knob"] for row in rows if row["sampler"] == "multi_order"] == [2, 4]
     assert rows[0]["sampler"] == "sequential" and rows[0]["speedup"] == 1 and rows[0]["network_evaluations"] == 16
     assert all(list(row) == list(CURVE_FIELDS) and row["network_evaluations"] >= 1 for row in rows)
+    assert all(0 < row["wall_seconds_min"] <= row["wall_seconds"] <= row["wall_seconds_max"] for row in rows)
+    assert [row["network_evaluations"] for row in rows if row["sampler"] == "multi_order"] == [16, 24]  # j a step
     exact = [row for row in rows if row["sampler"] == "fixed_point" and row["knob"] == 16][0]
     assert exact["classifier_score"] == rows[0]["classifier_score"]  # the same samples
     table, plot = write_speed_quality(rows, tmp_path)
@@ -110,13 +136,15 @@ def test_speed_quality_curve_rows_and_files(tmp_path):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_samplers_run_in_eval_mode_and_restore_the_callers_mode():
-    """With dropout in training mode the network is random; samplers must use eval mode, so the exact fixed
-    point still equals sequential sampling, and hand the model back in the mode it came in."""
-    model = FarmMADE(make_orderings("raster", 2, 6, 6), (64,), dropout=0.5, seed=3)
-    model.train()
+@pytest.mark.parametrize("sampler", ["sequential", "multi_order", "fixed_point"])
+def test_samplers_run_in_eval_mode_and_restore_the_callers_mode(sampler):
+    """With dropout in training mode the network is random; every sampler must use eval mode, so a model
+    left in training mode samples what it samples in eval mode (and the exact fixed point converges), and
+    hand the model back in the mode it came in."""
+    model = FarmMADE(make_orderings("raster", 2, 6, 6), (64,), dropout=0.5, seed=3).eval()
     noise = torch.rand(20, 36, generator=torch.Generator().manual_seed(1))
-    sequential, _ = sample(model, "sequential", 20, noise=noise)
-    fixed, evaluations = sample(model, "fixed_point", 20, noise=noise)
-    assert torch.equal(fixed, sequential) and evaluations < 36
+    expected, expected_evaluations = sample(model, sampler, 20, noise=noise)
+    model.train()
+    samples, evaluations = sample(model, sampler, 20, noise=noise)
+    assert torch.equal(samples, expected) and evaluations == expected_evaluations
     assert model.training

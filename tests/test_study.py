@@ -129,6 +129,14 @@ def test_define_by_run_samples_conditionals_and_list_choices(tmp_path: Path) -> 
     assert set(seen) == {"none", "kl", "jsd"}
 
 
+def test_an_enqueued_list_choice_reaches_the_trial_as_its_list(tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path, {**STUDY, "enqueue": [{"hidden_sizes": [32, 32], "divergence": "none"}]}))
+    optuna_study = optuna.create_study()
+    optuna_study.enqueue_trial(study.space.as_optuna_point(study.enqueue[0]))
+    values = study.space(optuna_study.ask())
+    assert values["hidden_sizes"] == [32, 32] and values["divergence"] == "none"
+
+
 def test_cli_bad_file_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(tmp_path, {**STUDY, "trials": -1})
     output = tmp_path / "out"

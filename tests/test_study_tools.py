@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from farm_sweep.sweep import tracking
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import OPTUNA_FILE
-from tests.processes import free_port, start_server, stop
+from tests.processes import MLFLOW_SERVER_ENV, free_port, start_server, stop
 
 BROWSER, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 # Where the UI test leaves its screenshot (docs/images/mlflow_study.png is one).
@@ -55,7 +55,8 @@ def mlflow_ui(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     port = free_port()
     server = start_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                            "--workers", "1", "--backend-store-uri", tracking.default_uri(tiny_study)],
-                          f"http://127.0.0.1:{port}/health", tmp_path_factory.mktemp("ui") / "server.log")
+                          f"http://127.0.0.1:{port}/health", tmp_path_factory.mktemp("ui") / "server.log",
+                          MLFLOW_SERVER_ENV)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

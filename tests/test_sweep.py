@@ -24,11 +24,12 @@ from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
 import farm_sweep.sweep.trial as trial_module
-from farm_sweep.sweep import tracking
+from farm_sweep.sweep import results_command, tables, tracking
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
+from tests.test_tables import check_study_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = {"dataset": "digits", "hidden_sizes": [32], "epochs": 4, "batch_size": 50}
@@ -97,13 +98,22 @@ def test_pruner_stops_bad_trials_and_every_system_records_it(ray_address: str, t
     parent = {run.data.tags["mlflow.parentRunId"] for run in runs.values()}
     assert len(parent) == 1
     client = MlflowClient(tracking.default_uri(output))
-    assert {a.path for a in client.list_artifacts(parent.pop(), "study")} >= {"study/trials.csv"}
+    assert {a.path for a in client.list_artifacts(parent.pop(), "study")} >= {
+        "study/trials.csv", "study/learning_curves.png", "study/trials.parquet", "study/epochs.parquet",
+        "study/evaluation.parquet"}
     assert [a.path for a in client.list_artifacts(runs[rows[0]["trial_id"]].info.run_id)] == ["checkpoint"]
 
     assert [row["status"] for row in read_table(output / "trials.csv")] == [row["status"] for row in rows]
     printed = capsys.readouterr().out
     assert printed.count("completed after epoch 4") == sum(r["status"] == "completed" for r in rows)
     assert "epoch 1/4 nll_image" in printed and "pruned after epoch 1" in printed
+
+    found = check_study_tables(output, "pruning")
+    assert [(t["trial_id"], t["status"], t["param.lr"]) for t in found["trials"]] == [
+        (row["trial_id"], row["status"], row["param.lr"]) for row in rows]
+    assert len(found["epochs"]) == sum(row["epochs"] for row in rows) and found["evaluation"] == []
+    assert results_command.main([str(output), "--table", "epochs", "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + len(found["epochs"])
 
 
 def fail_once_after_epoch_2(config: dict[str, Any], context: TrialContext) -> None:
@@ -147,6 +157,7 @@ def test_resume_after_the_driver_is_killed(ray_address: str, tmp_path: Path) -> 
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     finished = [line.split()[0] for line in seen if "completed after epoch 4" in line]
+    written = tables.read(output / tables.FOLDER / "epochs.parquet").to_pylist()  # as the study ran
 
     rows = run_study(load_study(path), output, resume=True)
     assert len(rows) == 3 and {row["status"] for row in rows} == {"completed"}
@@ -158,6 +169,9 @@ def test_resume_after_the_driver_is_killed(ray_address: str, tmp_path: Path) -> 
     assert sorted(run.data.tags[tracking.TRIAL_TAG] for run in runs) == sorted(row["trial_id"] for row in rows)
     for run in runs:
         assert metric_steps(output, run.info.run_id) == [1, 2, 3, 4]
+    epochs = check_study_tables(output, "resume")["epochs"]
+    assert len(epochs) == 3 * 4 and {(row["trial_id"], row["epoch"]) for row in written} < {
+        (row["trial_id"], row["epoch"]) for row in epochs}
     client = MlflowClient(tracking.default_uri(output))
     parents = [r for r in client.search_runs([runs[0].info.experiment_id]) if tracking.TRIAL_TAG not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -20,12 +20,19 @@ A study file's `evaluation:` mapping selects what runs; every key is optional:
         seed: 0
 
 Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits;
-pixelcnn: bpd_exact, the teacher-forced bits/dim of the hole; both: occluded_fraction) and
-`sampling/<sampler>/<knob>/<field>` (network_evaluations, wall_seconds, speedup, evaluation_speedup,
-classifier_score, frechet_distance; pixelcnn samples are scored by the CIFAR-10 classifier, samples of your own
-data by a classifier of its labels, and without labels the two quality metrics are left out, with a warning).
+pixelcnn: bpd_exact, the teacher-forced bits/dim of the hole, bpd_chain, the same along the fill's own samples,
+and classifier_score of the inpainted images; both: occluded_fraction) and
+`sampling/<sampler>/<knob>/<field>` (farm_sweep.speed_quality.CURVE_FIELDS: network_evaluations, wall_seconds
+with wall_seconds_min and _max, speedup, evaluation_speedup, classifier_score, frechet_distance, threads; timed
+by farm_sweep.timing's method, a speedup the two runs disagree on is left out; pixelcnn samples are scored by the
+CIFAR-10 classifier, samples of your own data by a classifier of its labels, and without labels the two quality
+metrics are left out, with a warning).
 Artifacts: inpainting.png, speed_quality.csv, speed_quality.png. A PixelCNN++ with a weight average is
 evaluated with its averaged weights, as its validation is.
+
+A study's confirmation stage evaluates each of its models with `evaluate_on_test`: the whole-image likelihood on
+the test split, and the same settings with inpainting on the test split, named `test/nll_image` and
+`test/inpaint/...`.
 """
 
 from __future__ import annotations
@@ -45,12 +52,14 @@ from farm_sweep.made.network import FarmMADE
 from farm_sweep.pixelcnn import inpaint as pixelcnn_inpaint
 from farm_sweep.pixelcnn import sampling as pixelcnn_sampling
 from farm_sweep.pixelcnn.task import FarmPixelCNNWithEma
-from farm_sweep.speed_quality import write_speed_quality
+from farm_sweep.speed_quality import Scorer, write_speed_quality
 from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.loop import load_split, task_for
 from farm_sweep.untrusted import quote
 
 CASES = {"made": occlusions.CASES, "pixelcnn": pixelcnn_inpaint.CASES}  # the inpainting cases of each model
 CURVES = {"made": sampling.speed_quality_curve, "pixelcnn": pixelcnn_sampling.speed_quality_curve}
+TEST_PREFIX = "test/"  # the metrics evaluate_on_test measures on the test split
 
 
 def _defaults(cases: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -79,6 +88,26 @@ def evaluate_trained_model(model: FarmMADE | FarmPixelCNNWithEma, config: TrainC
             metrics |= found
             artifacts += written
     return metrics, artifacts
+
+
+def evaluate_on_test(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
+                     settings: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
+    """The confirmation stage's evaluation: the whole-image likelihood on the test split (test/nll_image, ...)
+    and, when `settings` (a study's evaluation section) is not empty, that evaluation with its inpainting on the
+    test split (test/inpaint/...; the speed-quality curve keeps its sampling/ names)."""
+    test = load_split(config, "test")
+    likelihood = task_for(config).evaluate(model.eval(), test.images)
+    metrics = {TEST_PREFIX + name: value for name, value in likelihood.items()}
+    if not settings:
+        return metrics, []
+    found, files = evaluate_trained_model(model, config, out_dir, _on_test_split(settings))
+    return metrics | {TEST_PREFIX + name if name.startswith("inpaint/") else name: value
+                      for name, value in found.items()}, files
+
+
+def _on_test_split(settings: dict[str, Any]) -> dict[str, Any]:
+    section = settings.get("inpaint", {})
+    return settings if section is None else {**settings, "inpaint": {**section, "split": "test"}}
 
 
 def validate_settings(settings: dict[str, Any] | None,
@@ -161,8 +190,10 @@ def _seeded_order(images: torch.Tensor, seed: int) -> torch.Tensor:
 def _inpaint(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
              section: dict[str, Any]) -> tuple[dict[str, float], Path]:
     data = _eval_split(config, section["split"])
-    inpaint_model = _inpaint_made if config.model == "made" else _inpaint_pixelcnn
-    return inpaint_model(model, data, out_dir / "inpainting.png", section)
+    if config.model == "made":
+        return _inpaint_made(model, data, out_dir / "inpainting.png", section)
+    scorer = quality_scorer(config.dataset, config.data_dir)
+    return _inpaint_pixelcnn(model, data, out_dir / "inpainting.png", section, scorer)
 
 
 def _inpaint_made(model: FarmMADE, data: ImageDataset, figure: Path,
@@ -179,18 +210,20 @@ def _inpaint_made(model: FarmMADE, data: ImageDataset, figure: Path,
     return metrics, inpaint.inpainting_figure(model, shown, data.height, data.width, figure, seed=section["seed"])
 
 
-def _inpaint_pixelcnn(model: FarmPixelCNNWithEma, data: ImageDataset, figure: Path,
-                      section: dict[str, Any]) -> tuple[dict[str, float], Path]:
-    """Metrics `<fill>/bpd_exact` and `occluded_fraction` per case, renamed to the MADE scheme."""
+def _inpaint_pixelcnn(model: FarmPixelCNNWithEma, data: ImageDataset, figure: Path, section: dict[str, Any],
+                      scorer: Scorer) -> tuple[dict[str, float], Path]:
+    """Metrics `<fill>/bpd_exact`, `<fill>/bpd_chain`, `<fill>/classifier_score` (left out when `scorer` has no
+    classifier: NaN) and `occluded_fraction` per case, renamed to the MADE scheme."""
     images = _seeded_order(data.images, section["seed"])
     metrics = {}
     for case in section["cases"]:
         found = pixelcnn_inpaint.evaluate_inpainting(model, images, case, tuple(section["fills"]),
                                                      section["num_occlusions"], section["images_per_occlusion"],
-                                                     section["seed"])
+                                                     section["seed"], scorer)
         for fill in section["fills"]:
-            metrics |= {f"inpaint/{case}/{fill}/bpd_exact": found[f"{fill}/bpd_exact"],
-                        f"inpaint/{case}/{fill}/occluded_fraction": found["occluded_fraction"]}
+            named = {name: value for name, value in found.items() if name.startswith(f"{fill}/")}
+            metrics |= {f"inpaint/{case}/{name}": value for name, value in named.items() if not math.isnan(value)}
+            metrics[f"inpaint/{case}/{fill}/occluded_fraction"] = found["occluded_fraction"]
     return metrics, pixelcnn_inpaint.inpainting_figure(model, images, figure, seed=section["seed"])
 
 

@@ -1,9 +1,11 @@
 """Export a study's best trials: `python -m farm_sweep.export (--study NAME | --output DIR) --top K --out DIR
-[--register]`.
+[--confirmed] [--register]`.
 
-Each trial becomes a folder in the export format (farm_sweep.export.format), and an MLflow Model logged to its
-trial's run in the study's MLflow store (farm_sweep.export.registry). `--register` also registers them as versions
-of `farm-<study>` in the MLflow model registry, the alias `champion` on the best.
+Each trial becomes a folder in its model family's export format (farm_sweep.export.formats), and an MLflow Model
+logged to its trial's run in the study's MLflow store (farm_sweep.export.registry). `--confirmed` exports the best
+configurations of the study's confirmation stage instead (confirmation.csv): ranked by mean validation nll_image
+over their seeds, each as its seed run with the lowest validation nll_image. `--register` also registers the
+exports as versions of `farm-<study>` in the MLflow model registry, the alias `champion` on the best.
 """
 
 from __future__ import annotations
@@ -14,22 +16,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from mlflow.exceptions import MlflowException
 from safetensors import SafetensorError
 
 from farm_sweep.data import DataError
 from farm_sweep.export import registry
-from farm_sweep.export.format import ExportError, export_model, require_made
-from farm_sweep.made.network import FarmMADE
+from farm_sweep.export.folder import ExportError
+from farm_sweep.export.formats import export_model
 from farm_sweep.sweep import tracking
+from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE, best_confirmed
 from farm_sweep.sweep.results_table import METRIC, TABLE_FILE, read_table
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import load_model
 from farm_sweep.untrusted import is_plain_name, quote
 
-TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint")
+TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint", "config_id", "kind")
 REQUIRED_COLUMNS = ("trial_id", "status", METRIC, "checkpoint")
-RESTORE_TABLE = "restore the table from the study's MLflow parent run (artifact study/trials.csv)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.register:
             _check_registry(output)
-        folders = export_study(output, args.top, args.out)
+        folders = export_study(output, args.top, args.out, confirmed=args.confirmed)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -59,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--study", help="the study's name (its results are in results/<name>)")
     source.add_argument("--output", type=Path, help="the study's output folder")
     parser.add_argument("--top", type=_positive, default=1, help="how many of the best completed trials (default 1)")
+    parser.add_argument("--confirmed", action="store_true",
+                        help="export the best configurations of the confirmation stage (confirmation.csv; by mean "
+                             "validation nll_image over seeds, each as its best seed run by validation nll_image)")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the exports into")
     parser.add_argument("--register", action="store_true", help="also register them in the MLflow model registry")
     return parser
@@ -86,7 +92,7 @@ def best_rows(output: Path, top: int) -> list[dict[str, str]]:
     rows = read_table(table)
     missing = [column for column in REQUIRED_COLUMNS if rows and column not in rows[0]]
     if missing:
-        raise ExportError(f"{table}: column(s) {', '.join(missing)} missing; {RESTORE_TABLE}")
+        raise ExportError(f"{table}: column(s) {', '.join(missing)} missing; {_restore(table)}")
     completed = [row for row in rows if row["status"] == "completed" and row["checkpoint"]]
     if not completed:
         raise ExportError(f"{table}: no completed trial to export; run the study (or --resume it) until one "
@@ -94,17 +100,40 @@ def best_rows(output: Path, top: int) -> list[dict[str, str]]:
     try:
         return sorted(completed, key=lambda row: float(row[METRIC]))[:top]
     except (TypeError, ValueError) as error:
-        raise ExportError(f"{table}: a {METRIC} value is not a number ({quote(str(error))}); {RESTORE_TABLE}") from None
+        raise ExportError(f"{table}: a {METRIC} value is not a number ({quote(str(error))}); "
+                          f"{_restore(table)}") from None
 
 
-def export_study(output: Path, top: int, out: Path) -> list[Path]:
-    """Export the `top` best trials to out/NN_<trial id>/. Every checkpoint is loaded and every target folder
-    checked before anything is written, and an existing export is never overwritten."""
+def confirmed_rows(output: Path, top: int) -> list[dict[str, str]]:
+    """The seed runs of the `top` best confirmed configurations, from <output>/confirmation.csv."""
+    table = output / CONFIRMATION_FILE
+    if not table.is_file():
+        raise ExportError(f"{table}: no confirmation table; pass the --output folder of a study with a confirm "
+                          "section whose confirmation finished, or export without --confirmed")
+    rows = read_table(table)
+    missing = [column for column in ("kind", "confirmed_rank", *REQUIRED_COLUMNS) if rows and column not in rows[0]]
+    if missing:
+        raise ExportError(f"{table}: column(s) {', '.join(missing)} missing; {_restore(table)}")
+    try:
+        chosen = best_confirmed(rows, top)
+    except (TypeError, ValueError) as error:
+        raise ExportError(f"{table}: a value is not a number ({quote(str(error))}); {_restore(table)}") from None
+    if not chosen:
+        raise ExportError(f"{table}: no confirmed configuration has a completed seed; --resume the study until one "
+                          "does, or export without --confirmed")
+    return chosen
+
+
+def export_study(output: Path, top: int, out: Path, confirmed: bool = False) -> list[Path]:
+    """Export the `top` best trials (`confirmed`: the best confirmed configurations' seed runs) to
+    out/NN_<trial id>/. Every checkpoint is loaded and every target folder checked before anything is written,
+    and an existing export is never overwritten."""
     study = output.resolve().name
+    table = output / (CONFIRMATION_FILE if confirmed else TABLE_FILE)
     planned = []
-    for rank, row in enumerate(best_rows(output, top), start=1):
-        folder = out / f"{rank:02d}_{_trial_name(output, row)}"
-        model, config = _load_trial(output, row)
+    for rank, row in enumerate(confirmed_rows(output, top) if confirmed else best_rows(output, top), start=1):
+        folder = out / f"{rank:02d}_{_trial_name(table, row)}"
+        model, config = _load_trial(output, table, row)
         metrics = {"study": study, "rank": rank,
                    **{k: v if k in TEXT_COLUMNS else _number(v) for k, v in row.items() if v != ""}}
         if folder.exists():
@@ -114,15 +143,15 @@ def export_study(output: Path, top: int, out: Path) -> list[Path]:
     return [_write(*export) for export in planned]
 
 
-def _trial_name(output: Path, row: Mapping[str, str]) -> str:
+def _trial_name(table: Path, row: Mapping[str, str]) -> str:
     """The trial id, which names its export folder: a plain name, so the folder stays inside --out."""
     if not is_plain_name(row["trial_id"]):
-        raise ExportError(f"{output / TABLE_FILE}: trial_id {quote(row['trial_id'])} is not a plain name (letters, "
-                          f"digits, '_', '-', '.'), so it cannot name an export folder; {RESTORE_TABLE}")
+        raise ExportError(f"{table}: trial_id {quote(row['trial_id'])} is not a plain name (letters, "
+                          f"digits, '_', '-', '.'), so it cannot name an export folder; {_restore(table)}")
     return row["trial_id"]
 
 
-def _write(model: FarmMADE, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
+def _write(model: torch.nn.Module, config: TrainConfig, metrics: Mapping[str, Any], folder: Path) -> Path:
     try:
         return export_model(model, config, metrics, folder)
     except OSError as error:
@@ -131,11 +160,11 @@ def _write(model: FarmMADE, config: TrainConfig, metrics: Mapping[str, Any], fol
                           "it: remove it)") from None
 
 
-def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[FarmMADE, TrainConfig]:
+def _load_trial(output: Path, table: Path, row: Mapping[str, str]) -> tuple[torch.nn.Module, TrainConfig]:
     checkpoint = output / row["checkpoint"]
     if not checkpoint.resolve().is_relative_to(output.resolve()):
-        raise ExportError(f"{output / TABLE_FILE}: trial {row['trial_id']}'s checkpoint "
-                          f"{quote(row['checkpoint'])} is outside the study folder; {RESTORE_TABLE}")
+        raise ExportError(f"{table}: trial {row['trial_id']}'s checkpoint "
+                          f"{quote(row['checkpoint'])} is outside the study folder; {_restore(table)}")
     try:
         model, config = load_model(checkpoint)
     except DataError as error:
@@ -144,7 +173,6 @@ def _load_trial(output: Path, row: Mapping[str, str]) -> tuple[FarmMADE, TrainCo
         raise ExportError(f"{checkpoint}: trial {row['trial_id']}'s checkpoint cannot be loaded ({error}); "
                           "restore it from the trial's MLflow run (artifacts checkpoint/), or export other "
                           "trials") from None
-    require_made(model, config)
     return model, config
 
 
@@ -162,6 +190,10 @@ def publish(output: Path, folders: Sequence[Path], register: bool) -> None:
         for entry, version in zip(logged, result.versions):
             print(f"registered {entry.folder.name} as models:/{result.name}/{version}")
         print(f"alias {registry.CHAMPION}: models:/{result.name}@{registry.CHAMPION} is version {result.champion}")
+
+
+def _restore(table: Path) -> str:
+    return f"restore the table from the study's MLflow parent run (artifact study/{table.name})"
 
 
 def _number(text: str) -> Any:

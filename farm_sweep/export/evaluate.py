@@ -5,7 +5,8 @@ nll: whole-image test NLL in nats (the k-ordering mixture, and each ordering alo
 `--per-image` also writes each test image's nll_image and bpd (farm_sweep.export.predict, what the export's
 MLflow Model answers) to a CSV file.
 inpaint: the occlusion protocol (DESIGN 4) on the test split. sample: the speed-quality curve (DESIGN 5).
-The model is read from the export format (farm_sweep.export.format.load_export); nothing is unpickled.
+The model is read from its export format, farm-made/2 or farm-pixelcnn/1 (farm_sweep.export.formats); nothing
+is unpickled. `evaluate_images` gives the values of each of a batch of images under an export folder.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from farm_sweep.data import DataError, dataset_label, load_dataset
 from farm_sweep.export import predict
-from farm_sweep.export.format import CONFIG, ExportError, load_export
-from farm_sweep.made.likelihood import nll_image
+from farm_sweep.export.folder import CONFIG, ExportError
+from farm_sweep.export.formats import load_export
+from farm_sweep.made import likelihood as made_likelihood
 from farm_sweep.made.network import FarmMADE
+from farm_sweep.pixelcnn import task as pixelcnn_task
+from farm_sweep.pixelcnn.task import FarmPixelCNNWithEma
 from farm_sweep.training.config import TrainConfig
 
 TASKS = ("nll", "inpaint", "sample")
@@ -70,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_per_image(model: FarmMADE, config: TrainConfig, path: Path) -> Path:
+def write_per_image(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, path: Path) -> Path:
     """One row per test image, in the split's order: image (its index), nll_image (nats), bpd."""
     test = load_dataset(config.dataset, "test", config.data_dir, binarize=config.binarize, seed=config.seed)
     target = predict.image_model(model, test.height, test.width)
@@ -82,18 +89,42 @@ def write_per_image(model: FarmMADE, config: TrainConfig, path: Path) -> Path:
     return path
 
 
-def evaluate(model: FarmMADE, config: TrainConfig, task: str) -> dict[str, float]:
+def evaluate(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, task: str) -> dict[str, float]:
     """Test-split metrics for one task."""
     if task == "nll":
         test = load_dataset(config.dataset, "test", config.data_dir, binarize=config.binarize, seed=config.seed)
-        if test.images[0].numel() != model.dim:
-            raise DataError(f"its test images have {test.images[0].numel()} pixels, the model {model.dim}; the "
-                            "export's config.yaml names another dataset than the model's: restore it, or re-export")
-        metrics = nll_image(model, test.images)
-        return {**metrics, "bpd": metrics["nll_image"] / (model.dim * math.log(2))}
+        _check_fits(model, test.images[0])
+        return nll_metrics(model, test.images)
     from farm_sweep.evaluation.end_of_trial import evaluate_trained_model  # heavy: inpainting and sampling
 
     with tempfile.TemporaryDirectory() as scratch:
         metrics, _ = evaluate_trained_model(model, config, Path(scratch), SETTINGS[task])
     return metrics
 
+
+def _check_fits(model: FarmMADE | FarmPixelCNNWithEma, image: torch.Tensor) -> None:
+    if isinstance(model, FarmMADE):
+        have, need, unit = image.numel(), model.dim, "pixels"
+    else:
+        have, need, unit = image.shape[0], model.config.channels, "channel(s)"
+    if have != need:
+        raise DataError(f"its test images have {have} {unit}, the model {need}; the export's config.yaml names "
+                        "another dataset than the model's: restore it, or re-export")
+
+
+def nll_metrics(model: FarmMADE | FarmPixelCNNWithEma, images: torch.Tensor) -> dict[str, float]:
+    """`nll_image` (the mixture's, nats per image), each ordering's and `bpd` (bits per dimension) on images."""
+    if isinstance(model, FarmMADE):
+        metrics = made_likelihood.nll_image(model, images)
+        return {**metrics, "bpd": metrics["nll_image"] / (model.dim * math.log(2))}
+    with model.averaged():
+        return pixelcnn_task.likelihood_metrics(model, images)
+
+
+def evaluate_images(export_dir: Path, images: Any) -> dict[str, list[float]]:
+    """`nll_image` (-log p(x) of the k-ordering mixture, nats) and `bpd` (bits per dimension) of each of N images
+    (array-like) under the export in `export_dir`, of either format: binary pixels (N, H, W) for FARM+MADE,
+    levels 0..255 (N, C, H, W) for FARM+PixelCNN++ (farm_sweep.export.predict.nll). ExportError for a bad export,
+    ValueError for images the export does not take."""
+    target, _ = predict.load(export_dir)
+    return {name: values.tolist() for name, values in predict.nll(target, images).items()}

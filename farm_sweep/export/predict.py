@@ -1,6 +1,6 @@
 """What an exported model answers for a batch of images, per image, for either model family: the likelihood
-(`nll`), inpainting a hole (`inpaint`) and drawing samples (`sample`). The MLflow Model (farm_sweep.export.pyfunc)
-and `python -m farm_sweep.evaluate --per-image` answer with these.
+(`nll`), inpainting a hole (`inpaint`) and drawing samples (`sample`). The MLflow Model (farm_sweep.export.pyfunc),
+`python -m farm_sweep.evaluate --per-image` and farm_sweep.export.evaluate.evaluate_images answer with these.
 
 Images are arrays in their natural shape: binary images (N, H, W) of 0 and 1 for FARM+MADE, 8-bit colour images
 (N, C, H, W) of 0..255 for FARM+PixelCNN++. Every answer is a mapping of numpy arrays whose first axis is the
@@ -13,23 +13,26 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from farm_sweep import occlusions
+from farm_sweep.export.formats import input_shape, load_export
 from farm_sweep.losses import mixture_nll
 from farm_sweep.made import inpaint as made_inpaint
+from farm_sweep.made import likelihood as made_likelihood
 from farm_sweep.made import sampling as made_sampling
-from farm_sweep.made.likelihood import ordering_log_probs
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.pixelcnn import inpaint as pixelcnn_inpaint
 from farm_sweep.pixelcnn import sampling as pixelcnn_sampling
+from farm_sweep.pixelcnn import task as pixelcnn_task
 from farm_sweep.pixelcnn.farm import FarmPixelCNN
 from farm_sweep.pixelcnn.logistic_mixture import to_levels, to_unit
 from farm_sweep.pixelcnn.task import FarmPixelCNNWithEma
+from farm_sweep.training.config import TrainConfig
 
-BATCH = 500
 Answer = dict[str, np.ndarray]
 
 
@@ -51,6 +54,13 @@ class ImageModel:
             yield self.model
 
 
+def load(folder: Path) -> tuple[ImageModel, TrainConfig]:
+    """An export of either format (verified and rebuilt by farm_sweep.export.formats.load_export) and its training
+    configuration."""
+    model, config, _ = load_export(folder)
+    return ImageModel(model, input_shape(folder)), config
+
+
 def image_model(model: torch.nn.Module, height: int, width: int) -> ImageModel:
     if isinstance(model, FarmMADE):
         return ImageModel(model, (height, width))
@@ -64,14 +74,15 @@ def check_images(images: np.ndarray | torch.Tensor, target: ImageModel) -> torch
     ValueError names what is wrong with their shape or values."""
     array = np.asarray(images)
     if array.ndim != len(target.shape) + 1 or tuple(array.shape[1:]) != target.shape or len(array) == 0:
-        raise ValueError(f"images: shape {list(array.shape)}; this model takes a batch of one or more images of "
-                         f"shape {list(target.shape)}, i.e. [N, {', '.join(map(str, target.shape))}]")
+        raise ValueError(f"images: shape {list(array.shape)}; this model takes a batch of one or more images, shape "
+                         f"(N, {', '.join(map(str, target.shape))}); reshape them")
     if isinstance(target.model, FarmMADE):
         if not np.isin(array, (0, 1)).all():
-            raise ValueError("images: values must be 0 or 1 (binary images)")
+            raise ValueError("images: values must be 0 or 1 (binary pixels); convert them")
         return torch.as_tensor(array, dtype=torch.float32).reshape(len(array), -1)
     if not (np.isfinite(array).all() and (array == np.round(array)).all() and array.min() >= 0 and array.max() <= 255):
-        raise ValueError("images: values must be whole numbers 0..255 (8-bit colour levels)")
+        raise ValueError("images: values must be whole numbers 0..255 (8-bit levels, not values scaled to [0, 1]); "
+                         "convert them")
     return torch.as_tensor(array.astype(np.uint8))
 
 
@@ -79,15 +90,9 @@ def nll(target: ImageModel, images: np.ndarray | torch.Tensor) -> Answer:
     """Per image: `nll_image`, -log (1/k) sum_i p_i(x) in nats, and `bpd`, the same in bits per dimension."""
     x = check_images(images, target)
     with target.weights() as model:
-        values = torch.cat([_nll_batch(model, batch).double() for batch in x.split(BATCH)])
+        family = made_likelihood if isinstance(model, FarmMADE) else pixelcnn_task
+        values = mixture_nll(family.dataset_log_probs(model, x))
     return {"nll_image": values.numpy(), "bpd": (values / (target.dims * math.log(2))).numpy()}
-
-
-@torch.no_grad()
-def _nll_batch(model: FarmMADE | FarmPixelCNN, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(model, FarmMADE):
-        return mixture_nll(ordering_log_probs(model, x))
-    return mixture_nll(model(to_unit(x)).sum((-2, -1)))
 
 
 def inpaint(target: ImageModel, images: np.ndarray | torch.Tensor, case: str, fill: str, seed: int) -> Answer:

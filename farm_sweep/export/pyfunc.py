@@ -26,9 +26,9 @@ from mlflow.models.model import ModelInfo
 
 from farm_sweep.data import load_dataset
 from farm_sweep.export import predict
-from farm_sweep.export.format import ARCHITECTURE, ExportError, load_export
+from farm_sweep.export.folder import ExportError
 from farm_sweep.training.config import TrainConfig
-from farm_sweep.untrusted import load_json, quote
+from farm_sweep.untrusted import quote
 
 TASKS = ("nll", "inpaint", "sample")
 PARAMS = {"task": "nll", "case": "average", "fill": "evidence_weighted", "seed": 0, "num_samples": 16,
@@ -37,15 +37,9 @@ EXAMPLE_IMAGES = 2
 
 
 def _load_pyfunc(data_path: str) -> FarmPyfunc:
-    """MLflow's entry point: the model in the export folder MLflow keeps as the MLflow Model's data."""
-    return FarmPyfunc(load(Path(data_path))[0])
-
-
-def load(folder: Path) -> tuple[predict.ImageModel, TrainConfig]:
-    """An export (verified and rebuilt by farm_sweep.export.format.load_export) and its training configuration."""
-    model, config, _ = load_export(folder)
-    architecture = load_json(folder / ARCHITECTURE)
-    return predict.image_model(model, architecture["height"], architecture["width"]), config
+    """MLflow's entry point: the model in the export folder MLflow keeps as the MLflow Model's data (either format:
+    farm_sweep.export.predict.load)."""
+    return FarmPyfunc(predict.load(Path(data_path))[0])
 
 
 class FarmPyfunc:
@@ -73,7 +67,7 @@ class FarmPyfunc:
 def log_model(folder: Path, model_id: str) -> ModelInfo:
     """Write the export as the MLflow Model of Logged Model `model_id` (MLflow's current tracking URI), with its
     signature, two test images as its input example and the requirements of the installed package."""
-    target, config = load(folder)
+    target, config = predict.load(folder)
     images = example_images(target, config)
     return mlflow.pyfunc.log_model(
         name=folder.name, loader_module=__name__, data_path=str(folder), model_id=model_id,

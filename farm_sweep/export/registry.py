@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 
 from farm_sweep.export import pyfunc
-from farm_sweep.export.format import ARCHITECTURE, CONFIG, METRICS, REEXPORT, TENSORS, ExportError
+from farm_sweep.export.folder import ARCHITECTURE, CONFIG, METRICS, REEXPORT, TENSORS, ExportError
 from farm_sweep.integrity import file_sha256
 from farm_sweep.sweep.results_table import METRIC
 from farm_sweep.sweep.tracking import Tracker

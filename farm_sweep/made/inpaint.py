@@ -4,7 +4,13 @@ metrics, over the occlusions and fill plans of farm_sweep.occlusions.
 Metrics (nats; *_bits divide by ln 2), pooled over every occluded pixel of every image:
 `l2` mean (sample - truth)^2; `nll_chain` mean -log p(true x_d | evidence, sampled earlier hole pixels);
 `nll_exact` the same conditioning on the true earlier hole pixels (one forward, no sampling).
-A model with several hidden-mask sets predicts with the uniform mixture of its masks.
+
+A model with M hidden-mask sets is the uniform mixture of M FARM models (mask set m: FARM_m), as its image
+likelihood is (docs/models.md). Its hole distribution is that mixture's: FARM_m's fill (the plan's
+ordering mixture, every conditional under mask set m), weighted by the posterior over mask sets given the
+evidence. The evidence scored is the plan leader's prefix (the observed pixels before its first hole pixel,
+exactly computable), and every hole pixel, true (nll_exact) or sampled (inpaint), updates the posterior;
+so each pixel's conditional is sum_m post_m(evidence, earlier hole pixels) q_m(x_d | ...).
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import torch
 
 from farm_sweep.figures import save_figure
 from farm_sweep.inference import inference
-from farm_sweep.losses import ensemble_log_probs
+from farm_sweep.losses import ensemble_log_probs, pixel_log_probs
 from farm_sweep.made.network import FarmMADE
-from farm_sweep.occlusions import fill_plan, make_occlusions
+from farm_sweep.made.staircase import logits_at
+from farm_sweep.occlusions import FillPlan, fill_plan, make_occlusions
 
 matplotlib.use("Agg")
 
@@ -31,44 +38,86 @@ def inpaint(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill
     """Sample the hole of every image (B, D), pixel by pixel in fill order, one batched forward each.
 
     Returns the filled images and the chain nll -log p(true x_d | evidence, sampled earlier pixels)
-    per pixel (B, D), zero outside the hole. x_d = 1[u_d < p_d] with u ~ U(0,1) from `generator`."""
+    per pixel (B, D), zero outside the hole. x_d = 1[u_d < p_d] with u ~ U(0,1) from `generator`, p_d the
+    model's conditional: with several mask sets, their mixture under the posterior over masks given the
+    evidence and the pixels filled so far (module docstring)."""
     plan = fill_plan(model.ranks, occlusion, fill)
     x = images * ~occlusion.to(images.device)
     nll = torch.zeros_like(images)
     noise = torch.rand(len(images), len(plan.pixels), generator=generator).to(images.device)
+    log_posterior = _mask_log_prior(model, x, plan)  # (M, B)
     for t, pixel in enumerate(plan.pixels.tolist()):
-        log_one, log_zero = _mixture_log_probs(model, x, plan.weights[:, t:t + 1], plan.pixels[t:t + 1])
+        used, weights = _usable(plan.weights[:, t:t + 1])
+        logits = _mask_logits(model, x, used, plan.pixels[t:t + 1])
+        log_one, log_zero = (v[..., 0] for v in _fill_log_probs(logits, weights))
+        mixed_one, mixed_zero = _mixed(log_posterior, log_one), _mixed(log_posterior, log_zero)
         truth = images[:, pixel]
-        nll[:, pixel] = -(truth * log_one[:, 0] + (1 - truth) * log_zero[:, 0])
-        x[:, pixel] = (noise[:, t] < log_one[:, 0].exp()).to(x.dtype)
+        nll[:, pixel] = -(truth * mixed_one + (1 - truth) * mixed_zero)
+        x[:, pixel] = (noise[:, t] < mixed_one.exp()).to(x.dtype)
+        log_posterior = log_posterior + torch.where(x[:, pixel].bool(), log_one, log_zero)
     return x, nll
 
 
 @inference
 def nll_exact(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str) -> torch.Tensor:
     """Teacher-forced -log p(true x_d | evidence, true earlier hole pixels) per pixel (B, D), zero
-    outside the hole: one forward of the orderings the plan uses, on the true images."""
+    outside the hole: one pass of the orderings the plan uses (per mask set) on the true images, each
+    computing only the hole pixels it predicts (farm_sweep.made.staircase)."""
     plan = fill_plan(model.ranks, occlusion, fill)
-    log_one, log_zero = _mixture_log_probs(model, images, plan.weights, plan.pixels)
-    truth = images[:, plan.pixels]
+    used, weights = _usable(plan.weights)
+    logits = _mask_logits(model, images, used, plan.pixels, weights > 0)  # (M, k', B, n)
+    log_one, log_zero = _fill_log_probs(logits, weights)
+    truth = images[:, plan.pixels].bool()
+    log_truth = torch.where(truth, log_one, log_zero)  # (M, B, n)
+    log_posterior = _mask_log_prior(model, images, plan)[..., None] + log_truth.cumsum(-1) - log_truth
     nll = torch.zeros_like(images)
-    nll[:, plan.pixels] = -(truth * log_one + (1 - truth) * log_zero)
+    nll[:, plan.pixels] = -_mixed(log_posterior, log_truth)
     return nll
 
 
-def _mixture_log_probs(model: FarmMADE, x: torch.Tensor, weights: torch.Tensor,
-                       pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x_d = 1), log p(x_d = 0)) at `pixels` (B, n) under the mixture with `weights` (k, n) of
-    the orderings, each ordering itself the uniform mixture of the model's hidden-mask sets. Only the
-    orderings with a nonzero weight somewhere are evaluated, all in one forward per mask set."""
+def _usable(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The orderings with a nonzero weight somewhere in `weights` (k, n), and their weights (k', n)."""
     used = weights.any(1).nonzero().squeeze(1)
-    active, logits = model.mask_index, []
+    return used, weights[used]
+
+
+def _mask_logits(model: FarmMADE, x: torch.Tensor, orderings: torch.Tensor, pixels: torch.Tensor,
+                 needed: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (M, k', B, n) of `orderings` at `pixels` under each of the M mask sets, computing only those
+    outputs (farm_sweep.made.staircase; with `needed` (k', n), only where an ordering is used)."""
+    per_mask = []
     for mask in range(model.num_masks):
-        model.set_mask(mask)
-        logits.append(model(x, used)[..., pixels])  # (k', B, n)
-    model.set_mask(active)
-    mixture = weights[used].repeat(model.num_masks, 1) / model.num_masks
-    return ensemble_log_probs(torch.cat(logits), mixture.to(x.dtype))
+        with model.using_mask(mask):
+            per_mask.append(logits_at(model, x, orderings, pixels, needed))
+    return torch.stack(per_mask)
+
+
+def _fill_log_probs(logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log q_m(x_d = 1), log q_m(x_d = 0)), each (M, B, n): the fill's predictor under each mask set m,
+    the mixture with `weights` (k', n) of the orderings' logits (M, k', B, n)."""
+    masks, orderings, batch, pixels = logits.shape
+    flat = logits.transpose(0, 1).reshape(orderings, masks * batch, pixels)
+    log_one, log_zero = ensemble_log_probs(flat, weights.to(logits.dtype))
+    return log_one.view(masks, batch, pixels), log_zero.view(masks, batch, pixels)
+
+
+def _mask_log_prior(model: FarmMADE, x: torch.Tensor, plan: FillPlan) -> torch.Tensor:
+    """log p_leader,m(evidence before the leader's first hole pixel) per mask set m, (M, B): the
+    unnormalized log posterior over mask sets given that evidence (a uniform prior). Zero with one mask set."""
+    rank = model.ranks[plan.leader]
+    prefix = (rank < rank[plan.pixels[0]]).nonzero()[:, 0]
+    if model.num_masks == 1 or not len(prefix):
+        return torch.zeros(model.num_masks, len(x), dtype=x.dtype, device=x.device)
+    logits = _mask_logits(model, x, torch.tensor([plan.leader], device=x.device), prefix)[:, 0]  # (M, B, p)
+    return pixel_log_probs(logits, x[:, prefix]).sum(-1)
+
+
+def _mixed(log_posterior: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """log sum_m post_m q_m: the mixture over mask sets (leading axis) under the (unnormalized) log
+    posterior; log_q itself with one mask set."""
+    if len(log_q) == 1:
+        return log_q[0]
+    return torch.logsumexp(log_posterior.log_softmax(0) + log_q, 0)
 
 
 def evaluate_inpainting(model: FarmMADE, images: torch.Tensor, height: int, width: int, case: str, fill: str,

@@ -14,28 +14,26 @@ from farm_sweep.made.network import FarmMADE
 @inference
 def ordering_log_probs(model: FarmMADE, x: torch.Tensor) -> torch.Tensor:
     """log p_i(x) for every ordering i, (k, B). With several hidden-mask sets, p_i is the mask
-    ensemble (1/M) sum_m p_i,m(x), as MADE averages masks at test time."""
-    active = model.mask_index
+    ensemble (1/M) sum_m p_i,m(x): the model is the uniform mixture of its mask sets (docs/models.md)."""
     per_mask = []
     for m in range(model.num_masks):
-        model.set_mask(m)
-        per_mask.append(image_log_probs(model(x), x))
-    model.set_mask(active)
+        with model.using_mask(m):
+            per_mask.append(image_log_probs(model(x), x))
     return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(model.num_masks)
 
 
 @inference
+def dataset_log_probs(model: FarmMADE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """log p_i(x) in nats of every ordering i and binary image x (N, D), in batches: (k, N) float64."""
+    device = next(model.parameters()).device
+    return torch.cat([ordering_log_probs(model, images[start:start + batch_size].to(device)).double().cpu()
+                      for start in range(0, len(images), batch_size)], dim=1)
+
+
 def nll_image(model: FarmMADE, images: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
     """Mean test NLL in nats per image: `nll_image` for the mixture -log (1/k) sum_i p_i(x), and
     `nll_image_ordering_<i>` for each ordering alone."""
-    device = next(model.parameters()).device
-    mixture, per_ordering = 0.0, torch.zeros(model.k, dtype=torch.float64)
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        log_probs = ordering_log_probs(model, x)
-        mixture += mixture_nll(log_probs).double().sum().item()
-        per_ordering -= log_probs.double().sum(1).cpu()
-    n = len(images)
-    metrics = {"nll_image": mixture / n}
-    metrics.update({f"nll_image_ordering_{i}": value / n for i, value in enumerate(per_ordering.tolist())})
+    log_probs = dataset_log_probs(model, images, batch_size)
+    metrics = {"nll_image": mixture_nll(log_probs).mean().item()}
+    metrics.update({f"nll_image_ordering_{i}": -value for i, value in enumerate(log_probs.mean(1).tolist())})
     return metrics

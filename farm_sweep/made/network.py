@@ -25,7 +25,9 @@ rank_i(d') < rank_i(d) (a strictly lower-triangular matrix in that ordering), wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +59,7 @@ class FarmMADE(nn.Module):
         self.register_buffer("ranks", ranks(orders))
 
         sizes = [self.dim, *self.hidden_sizes, self.dim]
-        self.layer_sets = [self._sets(layer, len(sizes) - 1) for layer in range(len(sizes) - 1)]
+        self.layer_sets = layer_sets(weight_sharing, self.k, len(sizes) - 1)
         self.weights = nn.ParameterList(
             nn.Parameter(_init_weight(sets, fan_out, fan_in))
             for sets, fan_in, fan_out in zip(self.layer_sets, sizes, sizes[1:]))
@@ -74,21 +76,14 @@ class FarmMADE(nn.Module):
     def direct_connections(self) -> bool:
         return self.direct is not None
 
-    def _sets(self, layer: int, layers: int) -> int:
-        """Weight sets of one layer (0 = input layer, layers - 1 = output layer)."""
-        if self.weight_sharing == "separate":
-            return self.k
-        if self.weight_sharing == "shared_hidden" and layer in (0, layers - 1):
-            return self.k
-        return 1
-
     def _register_masks(self, seed: int) -> None:
         """Masks per hidden-degree set m: input (M, k, h1, D), hidden (M, h_{l+1}, h_l), output (M, k, D, hL)."""
         generator = torch.Generator().manual_seed(seed)
         input_degree = self.ranks + 1  # (k, D), values 1..D
-        firsts, middles, lasts = [], [], []
+        firsts, middles, lasts, all_degrees = [], [], [], []
         for _ in range(self.num_masks):
             degrees = _hidden_degrees(self.hidden_sizes, self.dim, generator)
+            all_degrees.append(degrees)
             firsts.append(degrees[0][None, :, None] >= input_degree[:, None, :])
             middles.append([later[:, None] >= earlier[None, :] for earlier, later in zip(degrees, degrees[1:])])
             lasts.append(input_degree[:, :, None] > degrees[-1][None, None, :])
@@ -97,6 +92,12 @@ class FarmMADE(nn.Module):
         for layer in range(len(self.hidden_sizes) - 1):
             self.register_buffer(f"hidden_masks_{layer}", torch.stack([m[layer] for m in middles]))
         self.register_buffer("output_masks", torch.stack(lasts))
+        for layer in range(len(self.hidden_sizes)):  # follow from the seed, as the masks: not saved
+            self.register_buffer(f"degrees_{layer}", torch.stack([d[layer] for d in all_degrees]), persistent=False)
+
+    def degrees(self) -> list[torch.Tensor]:
+        """The active mask set's hidden degrees, one (h_l,) tensor per hidden layer."""
+        return [getattr(self, f"degrees_{layer}")[self.mask_index] for layer in range(len(self.hidden_sizes))]
 
     def masks(self, orderings: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The active masks, one per layer; per-ordering masks are restricted to `orderings`."""
@@ -131,10 +132,65 @@ class FarmMADE(nn.Module):
         """A per-ordering tensor (k sets) restricted to the orderings in use; a shared one (1 set) as it is."""
         return tensor[index] if orderings is not None and tensor.shape[0] == self.k > 1 else tensor
 
+    def ordering_network(self, ordering: int) -> OrderingNetwork:
+        """Ordering `ordering` under the active mask set as a plain MLP, for inference: forward(x, [ordering])[0]
+        in eval mode equals it (up to rounding: it sums in another order)."""
+        index = torch.tensor([ordering], device=self.orders.device)
+        weights, biases = [], []
+        for layer, (weight, bias, mask) in enumerate(zip(self.weights, self.biases, self.masks(index))):
+            weights.append(torch.where(mask.view(mask.shape[-2:]), self._used(weight, index, index)[0], 0.0))
+            code = self.codes[layer][ordering, 0] if self.codes and layer < len(self.codes) else 0.0
+            biases.append(self._used(bias, index, index)[0, 0] + code)
+        direct = None
+        if self.direct is not None:
+            direct = torch.where(self.direct_masks[ordering], self._used(self.direct, index, index)[0], 0.0)
+        return OrderingNetwork(weights, biases, direct)
+
     def set_mask(self, index: int) -> None:
         if not 0 <= index < self.num_masks:
             raise ValueError(f"mask index {index} out of range 0..{self.num_masks - 1}")
         self.mask_index = index
+
+    @contextmanager
+    def using_mask(self, index: int) -> Iterator[None]:
+        """Mask set `index` active inside the block, the one active before restored after it."""
+        active = self.mask_index
+        self.set_mask(index)
+        try:
+            yield
+        finally:
+            self.set_mask(active)
+
+
+@dataclass(frozen=True)
+class OrderingNetwork:
+    """One ordering of a FarmMADE as a plain MLP: masked `weights` (out, in) and `biases` (out,) per layer (an
+    ordering code folded into its layer's bias), ReLU between layers, plus masked `direct` weights (D, D)."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    direct: torch.Tensor | None
+
+
+
+def layer_sets(weight_sharing: str, k: int, layers: int) -> list[int]:
+    """Weight sets of each of `layers` weight layers (the first takes the input, the last gives the output)."""
+    if weight_sharing == "separate":
+        return [k] * layers
+    if weight_sharing == "shared_hidden":
+        return [k if layer in (0, layers - 1) else 1 for layer in range(layers)]
+    return [1] * layers
+
+
+def parameter_count(dim: int, hidden_sizes: Sequence[int], k: int, weight_sharing: str,
+                    direct_connections: bool) -> int:
+    """The number of parameters FarmMADE(...) holds, from the sizes alone (masks are buffers, not counted)."""
+    sizes = [dim, *hidden_sizes, dim]
+    sets = layer_sets(weight_sharing, k, len(sizes) - 1)
+    count = sum(s * (fan_in * fan_out + fan_out) for s, fan_in, fan_out in zip(sets, sizes, sizes[1:]))
+    if weight_sharing == "ordering_embedding":
+        count += k * sum(hidden_sizes)
+    return count + (sets[-1] * dim * dim if direct_connections else 0)
 
 
 def _masked_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

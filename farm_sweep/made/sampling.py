@@ -1,7 +1,8 @@
 """Fast sampling from a FARM+MADE (paper 3.5, DESIGN 5) and the speed-quality curve.
 
 Every sampler draws pixel d as x_d = 1[u_d < p_d], i.e. 1[logit(u_d) < logit_d], from frozen uniform
-noise u (N, D) indexed by pixel, with the model's active hidden-mask set. Knobs:
+noise u (N, D) indexed by pixel. A model with several hidden-mask sets is the uniform mixture of its mask
+sets (docs/models.md): each image draws its mask set, then is sampled under it. Knobs:
 - `sequential`: ordering 0, one pixel per network evaluation: D evaluations (no knob).
 - `multi_order`: knob j = how many orderings (the first j) sample together: in every step each fills
   its next unfilled pixel (paper 3.5; when two pick the same pixel the lower-indexed ordering fills
@@ -12,11 +13,21 @@ noise u (N, D) indexed by pixel, with the model's active hidden-mask set. Knobs:
   evaluation per iteration, until nothing changes; knob = the most iterations. After t iterations the
   first t pixels of ordering 0 are final, so D iterations always reach the sequential sample with the
   same noise, bit for bit; stopped earlier it gives an approximate sample (the speed-quality knob).
+  Two phases. The fast phase iterates only the images still changing (an image that maps to itself is
+  the sequential sample and stops), computes only the pixels not yet final, runs the hidden layers along
+  the masks' staircase (farm_sweep.made.staircase), and keeps the first layer's pre-activations (and the
+  direct connections' sums), adding the rows of the pixels that changed (x W^T updated by delta W^T over
+  the changed pixels, not recomputed). Its sums are rounded in another order than the network's own
+  forward, so the check follows: plain iterations of the network's forward on every image until one
+  leaves them all unchanged (usually just one), which makes the result the sequential sample bit for bit.
+  Every iteration of either phase counts as one network evaluation, though a fast one costs less (wall
+  time shows how much).
 """
 
 from __future__ import annotations
 
-import time
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -24,7 +35,9 @@ import torch
 
 from farm_sweep.inference import inference
 from farm_sweep.made.network import FarmMADE
-from farm_sweep.speed_quality import CURVE_FIELDS, Scorer
+from farm_sweep.made.staircase import blocked, ordering_staircase
+from farm_sweep.speed_quality import Scorer, speed_quality_rows
+from farm_sweep.timing import MIN_ROUNDS
 
 matplotlib.use("Agg")
 
@@ -33,20 +46,44 @@ SAMPLERS = ("sequential", "multi_order", "fixed_point")
 
 @inference
 def sample(model: FarmMADE, sampler: str, num_samples: int, knob: int | None = None, *,
-           generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+           masks: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(samples (N, D) in {0,1}, network evaluations). Noise: `noise` (N, D) uniform, or drawn from
-    `generator`. Knob: orderings for multi_order (default all k), most iterations for fixed_point
-    (default D: exact)."""
+    `generator`. Mask sets: `masks` (N,) one per image, or drawn uniformly from `generator` when the model
+    has several (each image is a sample of the mixture over mask sets). Knob: orderings for multi_order
+    (default all k), most iterations for fixed_point (default D: exact)."""
     device = model.orders.device
     if noise is None:
         noise = torch.rand(num_samples, model.dim, generator=generator)
-    threshold = torch.logit(noise.to(device, torch.float32))
+    if masks is None:
+        masks = draw_masks(model, num_samples, generator)
+    threshold = torch.logit(noise.to(device, model.weights[0].dtype))
+    run = _sampler(model, sampler, knob)
+    x, evaluations = torch.zeros_like(threshold), 0
+    for mask in masks.unique().tolist():  # the images of one mask set sample together
+        rows = (masks == mask).to(device)
+        with model.using_mask(mask):
+            x[rows], count = run(model, threshold[rows])
+        evaluations = max(evaluations, count)
+    return x, evaluations
+
+
+def draw_masks(model: FarmMADE, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A mask set per image (N,), uniform over the model's mask sets (all 0 with one, drawing nothing)."""
+    if model.num_masks == 1:
+        return torch.zeros(num_samples, dtype=torch.long)
+    return torch.randint(model.num_masks, (num_samples,), generator=generator)
+
+
+def _sampler(model: FarmMADE, sampler: str, knob: int | None) -> Callable[[FarmMADE, torch.Tensor],
+                                                                        tuple[torch.Tensor, int]]:
+    """The sampler as a function of (model, threshold), its knob checked."""
     if sampler == "sequential":
-        return _multi_order(model, threshold, 1)
+        return functools.partial(_multi_order, count=1)
     if sampler == "multi_order":
-        return _multi_order(model, threshold, _in_range("orderings", knob or model.k, model.k))
+        return functools.partial(_multi_order, count=_in_range("orderings", knob or model.k, model.k))
     if sampler == "fixed_point":
-        return _fixed_point(model, threshold, _in_range("iterations", knob or model.dim, model.dim))
+        return functools.partial(_fixed_point, max_iterations=_in_range("iterations", knob or model.dim, model.dim))
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -69,16 +106,58 @@ def _multi_order(model: FarmMADE, threshold: torch.Tensor, count: int) -> tuple[
 
 
 def _fixed_point(model: FarmMADE, threshold: torch.Tensor, max_iterations: int) -> tuple[torch.Tensor, int]:
+    """Jacobi iteration of the ordering-0 rule: the fast phase, then the check (module docstring)."""
+    x, evaluations = _incremental_fixed_point(model, threshold, max_iterations)
     first = torch.zeros(1, dtype=torch.long, device=threshold.device)
-    x = torch.zeros_like(threshold)
-    evaluations = 0
-    while evaluations < max_iterations:
+    while evaluations < max_iterations:  # the network itself, on every image: a fixed point of it is exact
         update = (threshold < model(x, first)[0]).to(x.dtype)
         evaluations += 1
         if torch.equal(update, x):
             break
         x = update
     return x, evaluations
+
+
+def _incremental_fixed_point(model: FarmMADE, threshold: torch.Tensor,
+                             max_iterations: int) -> tuple[torch.Tensor, int]:
+    """The fast phase: iterate only the images still changing, only their pixels not yet final (rank >= the
+    iteration), on the ordering's sorted network (farm_sweep.made.staircase: hidden layers in row blocks
+    along the masks' staircase), with the first layer's pre-activations (and the direct connections' sums)
+    kept and updated by the pixels that changed. Works in rank order: after t iterations the first t
+    columns are final. Returns when no image changes or after `max_iterations`."""
+    net = ordering_staircase(model, 0)
+    order, (first, *hidden) = net.order, net.layers
+    threshold = threshold[:, order]
+    x = torch.zeros_like(threshold)
+    preactivation = first.bias.expand(len(x), -1).clone()  # x = 0
+    first_columns = first.weight.T.contiguous()  # (D, h1): a changed pixel's row
+    output, output_bias = net.output[order], net.output_bias[order, None]  # rows in rank order
+    direct = net.direct[order][:, order].T.contiguous() if net.direct is not None else None
+    direct_sums = torch.zeros_like(x) if direct is not None else None
+    active = torch.arange(len(x), device=x.device)  # the images still changing
+    evaluations = 0
+    while len(active) and evaluations < max_iterations:
+        pending = evaluations
+        h = preactivation[active].T.relu()
+        for layer in hidden:
+            h = blocked(layer.weight, h, layer.support, [1], len(active)).add_(layer.bias[:, None]).relu_()
+        logits = torch.addmm(output_bias[pending:], output[pending:], h).T
+        if direct_sums is not None:
+            logits += direct_sums[active, pending:]
+        delta = (threshold[active, pending:] < logits).to(x.dtype) - x[active, pending:]
+        evaluations += 1
+        moved = delta.any(1)
+        active, delta = active[moved], delta[moved]
+        columns = delta.any(0).nonzero()[:, 0]
+        delta = delta[:, columns]
+        columns += pending
+        x[active[:, None], columns] += delta
+        preactivation[active] += delta @ first_columns[columns]
+        if direct_sums is not None:
+            direct_sums[active] += delta @ direct[columns]
+    samples = torch.empty_like(x)
+    samples[:, order] = x
+    return samples, evaluations
 
 
 def _in_range(what: str, knob: int, high: int) -> int:
@@ -89,34 +168,27 @@ def _in_range(what: str, knob: int, high: int) -> int:
 
 def curve_settings(k: int, dim: int) -> list[tuple[str, int]]:
     """(sampler, knob) pairs of the curve: sequential, multi_order with 2, 4, ... up to k orderings, and
-    fixed_point capped at D/16, D/8, D/4, D/2 and D iterations."""
+    fixed_point capped at D/100 (100x fewer evaluations than sequential), D/64, D/32, D/16, D/4 and D
+    iterations (D: exact)."""
     orderings = sorted({min(2 ** e, k) for e in range(1, k.bit_length() + 1)} - {1})
-    iterations = sorted({dim // 2 ** e for e in range(5)} - {0})
+    iterations = sorted({dim // share for share in (100, 64, 32, 16, 4, 1)} - {0})
     return ([("sequential", 1)] + [("multi_order", j) for j in orderings]
             + [("fixed_point", m) for m in iterations])
 
 
 def speed_quality_curve(model: FarmMADE, height: int, width: int, scorer: Scorer, num_samples: int,
-                        seed: int, repeats: int = 3) -> list[dict[str, Any]]:
-    """One row per sampler setting, all with the same batch and noise in this run: network evaluations,
-    wall seconds (best of `repeats`), speed-up over `sequential` (wall clock, and in evaluations) and
-    sample quality."""
+                        seed: int, settings: list[tuple[str, int]] | None = None,
+                        rounds: int = MIN_ROUNDS) -> list[dict[str, Any]]:
+    """farm_sweep.speed_quality's rows for `settings` (default `curve_settings`), every setting with the same
+    batch, noise and mask sets, timed by the project's benchmark method (farm_sweep.timing, `rounds` per
+    run); ratios are to the first setting."""
     if height * width != model.dim:
         raise ValueError(f"a {height}x{width} image has {height * width} pixels; the model has {model.dim}")
-    noise = torch.rand(num_samples, model.dim, generator=torch.Generator().manual_seed(seed))
-    model(torch.zeros(num_samples, model.dim, device=model.orders.device))  # warm-up before timing
-    rows = []
-    for sampler, knob in curve_settings(model.k, model.dim):
-        walls = []
-        for _ in range(repeats):  # the same samples every time: the fastest run is the least disturbed
-            began = time.perf_counter()
-            samples, evaluations = sample(model, sampler, num_samples, knob, noise=noise)
-            walls.append(time.perf_counter() - began)
-        wall = min(walls)
-        rows.append({"sampler": sampler, "knob": knob, "network_evaluations": evaluations, "wall_seconds": wall,
-                     "classifier_score": scorer.classifier_score(samples),
-                     "frechet_distance": scorer.frechet_distance(samples)})
-    for row in rows:
-        row["speedup"] = rows[0]["wall_seconds"] / row["wall_seconds"]
-        row["evaluation_speedup"] = rows[0]["network_evaluations"] / row["network_evaluations"]
-    return [{field: row[field] for field in CURVE_FIELDS} for row in rows]
+    generator = torch.Generator().manual_seed(seed)
+    noise, masks = torch.rand(num_samples, model.dim, generator=generator), draw_masks(model, num_samples, generator)
+
+    def draw(sampler: str, knob: int) -> tuple[torch.Tensor, int]:
+        return sample(model, sampler, num_samples, knob, noise=noise, masks=masks)
+
+    synchronize = torch.cuda.synchronize if model.orders.is_cuda else None
+    return speed_quality_rows(settings or curve_settings(model.k, model.dim), draw, scorer, synchronize, rounds)

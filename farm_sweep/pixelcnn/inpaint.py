@@ -18,6 +18,7 @@ Metrics per pixel are the whole RGB pixel's -log p (nats); bits/dim divide by C 
   `bpd_exact`: teacher-forced, every hole pixel conditioned on the evidence and the TRUE earlier hole
                pixels: one forward per ordering, no sampling: the exact likelihood of the hole.
   `bpd_chain`: conditioned on the SAMPLED earlier hole pixels (the paper's protocol), from `inpaint`.
+  `classifier_score`: of the inpainted images, under the dataset's classifier (the paper's Inception score).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from farm_sweep.occlusions import FILLS, FillPlan, fill_plan, randint, side_rang
 from farm_sweep.orderings import ranks
 from farm_sweep.pixelcnn.farm import FarmPixelCNN, ordering_log_probs
 from farm_sweep.pixelcnn.logistic_mixture import log_prob, sample, to_unit
+from farm_sweep.speed_quality import Scorer
 
 matplotlib.use("Agg")
 
@@ -107,24 +109,35 @@ def inpaint(model: FarmPixelCNN, x: torch.Tensor, occlusion: torch.Tensor, fill:
 
 
 def evaluate_inpainting(model: FarmPixelCNN, images: torch.Tensor, case: str, fills: tuple[str, ...] = FILLS,
-                        num_occlusions: int = 15, images_per_occlusion: int = 16,
-                        seed: int = 0) -> dict[str, float]:
-    """Teacher-forced hole bits/dim per fill (`<fill>/bpd_exact`), occlusion j applied to the j-th block
-    of `images_per_occlusion` uint8 images (N, C, H, W) (the paper: 15 batches of 16); pooled over pixels."""
+                        num_occlusions: int = 15, images_per_occlusion: int = 16, seed: int = 0,
+                        scorer: Scorer | None = None) -> dict[str, float]:
+    """Hole bits/dim per fill, pooled over pixels: teacher-forced (`<fill>/bpd_exact`) and along the fill's
+    own samples (`<fill>/bpd_chain`, the paper's Table 3 kind); with a `scorer`, the classifier score of the
+    inpainted images (`<fill>/classifier_score`, Table 3's other column). Occlusion j applies to the j-th
+    block of `images_per_occlusion` uint8 images (N, C, H, W) (the paper: 15 batches of 16); every fill
+    samples with the same seeded noise."""
     needed = num_occlusions * images_per_occlusion
     if len(images) < needed:
         raise ValueError(f"{needed} images needed (occlusions x images per occlusion); {len(images)} given")
     device = next(model.parameters()).device
     _, channels, height, width = images.shape
     occlusions = make_occlusions(case, num_occlusions, height, width, seed)
-    totals = dict.fromkeys(fills, 0.0)
+    generators = {fill: torch.Generator().manual_seed(seed) for fill in fills}
+    exact, chain, filled = dict.fromkeys(fills, 0.0), dict.fromkeys(fills, 0.0), {fill: [] for fill in fills}
     for occlusion, block in zip(occlusions, images[:needed].split(images_per_occlusion)):
         x = to_unit(block).to(device)
         for fill in fills:
-            totals[fill] += hole_nll_exact(model, x, occlusion, fill).double().sum().item()
-    hidden_dims = images_per_occlusion * occlusions.sum().item() * channels
-    metrics = {f"{fill}/bpd_exact": total / (hidden_dims * math.log(2)) for fill, total in totals.items()}
-    return metrics | {"occluded_fraction": occlusions.float().mean().item()}
+            exact[fill] += hole_nll_exact(model, x, occlusion, fill).double().sum().item()
+            inpainted, nll = inpaint(model, x, occlusion, fill, generators[fill])
+            chain[fill] += nll.double().sum().item()
+            filled[fill].append(inpainted.cpu())
+    per_bit = images_per_occlusion * occlusions.sum().item() * channels * math.log(2)  # hidden sub-pixels x ln 2
+    metrics = {"occluded_fraction": occlusions.float().mean().item()}
+    for fill in fills:
+        metrics |= {f"{fill}/bpd_exact": exact[fill] / per_bit, f"{fill}/bpd_chain": chain[fill] / per_bit}
+        if scorer is not None:
+            metrics[f"{fill}/classifier_score"] = scorer.classifier_score(torch.cat(filled[fill]))
+    return metrics
 
 
 def inpainting_figure(model: FarmPixelCNN, images: torch.Tensor, path: Path, *, baseline: FarmPixelCNN | None = None,

@@ -126,20 +126,22 @@ class ShiftedDeconv2d(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, right_shifted: bool) -> None:
         super().__init__()
-        self.kernel = (2, 2) if right_shifted else (2, 3)
-        self.right_shifted = right_shifted
-        self.deconv = weight_norm(nn.ConvTranspose2d(c_in, c_out, self.kernel, stride=2, output_padding=1), dim=1)
+        kh, kw = (2, 2) if right_shifted else (2, 3)
+        self.deconv = weight_norm(nn.ConvTranspose2d(c_in, c_out, (kh, kw), stride=2, output_padding=1), dim=1)
+        left, right = (0, kw - 1) if right_shifted else (kw // 2, kw // 2)
+        self.crop = (left, right, 0, kh - 1)  # columns cut on the left and right, rows on top and bottom
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel
+        left, right, top, bottom = self.crop
         y = self.deconv(x)
-        left, right = (0, kw - 1) if self.right_shifted else (kw // 2, kw // 2)
-        return y[:, :, :y.shape[2] - kh + 1, left:y.shape[3] - right]
+        return y[:, :, top:y.shape[2] - bottom, left:y.shape[3] - right]
 
 
 class AntidiagonalConv2d(nn.Module):
     """3x3 convolution restricted to offsets (dr, dc) with dr + dc <= 0 (strict: < 0), i.e. to the
     anti-diagonals at or (strict) before the output's. Stride 2 maps (i, j) to centre (2i, 2j)."""
+
+    padding = 1  # zeros on every side: the 3x3 kernel is centred on its output
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, strict: bool = False) -> None:
         super().__init__()
@@ -150,7 +152,7 @@ class AntidiagonalConv2d(nn.Module):
         self.register_buffer("mask", (diagonal < 0) if strict else (diagonal <= 0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.conv.weight * self.mask, self.conv.bias, self.stride, padding=1)
+        return F.conv2d(x, self.conv.weight * self.mask, self.conv.bias, self.stride, padding=self.padding)
 
 
 class GatedResnet(nn.Module):

@@ -9,8 +9,9 @@ evaluation on the whole batch; the pixels of the step's group are then drawn fro
 - `wavefront`: knob w = pixels per step: each anti-diagonal (of the ordering's transformed grid) is
   filled in chunks of w pixels, so w = 1 is one pixel a step and w >= min(H, W) one anti-diagonal a step,
   H + W - 1 evaluations (63 for 32x32, 16.3x fewer than 1024). Exact for the `antidiagonal` variant,
-  whose pixels depend only on earlier anti-diagonals; on a `raster` network it is an approximation that
-  drops the context the wavefront has not reached yet (placeholders hold 0).
+  whose pixels depend only on earlier anti-diagonals; on a `raster` network it is an approximation: the
+  pixels the wavefront has not reached yet hold 0.0 (mid-grey, not one of the 256 levels), and the network
+  reads them as observed values (docs/pixelcnn.md).
 - `fixed_point`: Jacobi iteration x <- draw(network(x)) on all pixels at once until nothing changes;
   knob = the most evaluations. After t evaluations the first t pixels (anti-diagonals for the
   `antidiagonal` variant) of the causal order are final, and the only fixed point is the sequential
@@ -22,7 +23,6 @@ Activation caching (the other exact speed-up) is not implemented.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from farm_sweep.inference import inference
 from farm_sweep.pixelcnn.farm import FarmPixelCNN, transform_ranks
 from farm_sweep.pixelcnn.logistic_mixture import sample as draw
-from farm_sweep.speed_quality import CURVE_FIELDS, Scorer
+from farm_sweep.speed_quality import Scorer, speed_quality_rows
 
 SAMPLERS = ("sequential", "wavefront", "fixed_point")
 
@@ -114,26 +114,14 @@ def curve_settings(height: int, width: int) -> list[tuple[str, int]]:
 
 def speed_quality_curve(model: FarmPixelCNN, height: int, width: int, scorer: Scorer, num_samples: int, seed: int,
                         settings: list[tuple[str, int]] | None = None, ordering: int = 0) -> list[dict[str, Any]]:
-    """One row per (sampler, knob) (default `curve_settings`), all on the same batch and noise in this run:
-    network evaluations, wall seconds, speed-up over the first row (wall clock and in evaluations) and the
-    quality of the samples under `scorer`. Rows have farm_sweep.speed_quality.CURVE_FIELDS, so
-    `farm_sweep.speed_quality.write_speed_quality` writes the table and the figure."""
+    """farm_sweep.speed_quality's rows for `settings` (default `curve_settings`), every setting with the same
+    batch and noise, timed by the project's benchmark method (farm_sweep.timing); ratios are to the first
+    setting. `farm_sweep.speed_quality.write_speed_quality` writes the table and the figure."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.rand(num_samples, 1 + model.config.channels, height, width, generator=generator)
-    sample(model, "wavefront", num_samples, height, width, noise=noise, ordering=ordering)  # warm-up
-    rows = []
-    for sampler, knob in settings or curve_settings(height, width):
-        began = time.perf_counter()
-        samples, evaluations = sample(model, sampler, num_samples, height, width, knob, noise=noise,
-                                      ordering=ordering)
-        if samples.is_cuda:
-            torch.cuda.synchronize()
-        rows.append({"sampler": sampler, "knob": knob, "network_evaluations": evaluations,
-                     "wall_seconds": time.perf_counter() - began, "samples": samples})
-    for row in rows:
-        samples = row.pop("samples")
-        row |= {"speedup": rows[0]["wall_seconds"] / row["wall_seconds"],
-                "evaluation_speedup": rows[0]["network_evaluations"] / row["network_evaluations"],
-                "classifier_score": scorer.classifier_score(samples),
-                "frechet_distance": scorer.frechet_distance(samples)}
-    return [{field: row[field] for field in CURVE_FIELDS} for row in rows]
+
+    def draw(sampler: str, knob: int) -> tuple[torch.Tensor, int]:
+        return sample(model, sampler, num_samples, height, width, knob, noise=noise, ordering=ordering)
+
+    synchronize = torch.cuda.synchronize if next(model.parameters()).is_cuda else None
+    return speed_quality_rows(settings or curve_settings(height, width), draw, scorer, synchronize)

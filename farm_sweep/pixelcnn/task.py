@@ -16,7 +16,6 @@ first. Every optimizer step is counted exactly once, and resuming from a checkpo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from farm_sweep.losses import mixture_nll
 from farm_sweep.pixelcnn.farm import FarmPixelCNN, transform_indices
 from farm_sweep.pixelcnn.logistic_mixture import to_unit
 from farm_sweep.pixelcnn.losses import bits_per_dim, divergence, farm_loss
@@ -100,17 +100,19 @@ def pixelcnn_config(config: TrainConfig, channels: int) -> PixelCNNConfig:
 
 
 @torch.no_grad()
+def dataset_log_probs(model: FarmPixelCNN, images: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """log p_i(x) in nats of every ordering i and uint8 image x (N, C, H, W), in batches: (k, N) float64."""
+    device = next(model.parameters()).device
+    return torch.cat([model(to_unit(images[start:start + batch_size]).to(device)).sum((-2, -1)).double().cpu()
+                      for start in range(0, len(images), batch_size)], dim=1)
+
+
 def likelihood_metrics(model: FarmPixelCNN, images: torch.Tensor, batch_size: int = EVAL_BATCH) -> dict[str, float]:
     """On uint8 images (N, C, H, W): `nll_image` (mixture -log (1/k) sum_i p_i(x), nats per image), `bpd`
     (the same in bits per dimension) and `bpd_ordering_<i>` (each ordering alone)."""
-    device = next(model.parameters()).device
-    image_log_probs = []
-    for start in range(0, len(images), batch_size):
-        x = to_unit(images[start:start + batch_size]).to(device)
-        image_log_probs.append(model(x).sum((-2, -1)).double().cpu())  # (k, B)
-    log_p = torch.cat(image_log_probs, dim=1)
+    log_p = dataset_log_probs(model, images, batch_size)
     dims = images[0].numel()
-    nll = (math.log(model.k) - torch.logsumexp(log_p, dim=0)).mean().item()
+    nll = mixture_nll(log_p).mean().item()
     metrics = {"nll_image": nll, "bpd": bits_per_dim(nll, dims)}
     metrics |= {f"bpd_ordering_{i}": bits_per_dim(-value, dims) for i, value in enumerate(log_p.mean(1).tolist())}
     return metrics

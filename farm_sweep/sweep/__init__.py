@@ -1,2 +1,2 @@
 """The sweep: study and search-space files, the Optuna-Tune bridge (sampling and pruning), one trial,
-MLflow tracking, the results table and the runner."""
+MLflow tracking, the results table (trials.csv) and the typed tables, the runner and the results command."""

@@ -4,35 +4,46 @@
 The study is validated first (exit status 2 on a bad file, nothing written). Then Ray Tune runs the trials
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
 on a stored Optuna study) and prunes them (farm_sweep.sweep.pruning), MLflow tracks them (farm_sweep.sweep.tracking).
-Everything lands in the output folder (default results/<study name>/): trials.csv, figures, optuna.db,
+Everything lands in the output folder (default results/<study name>/): trials.csv, the typed tables in tables/
+(written as the study runs: farm_sweep.sweep.tables, farm_sweep.sweep.table_recorder), figures, optuna.db,
 mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storage folder ray/. One run at a
 time holds the folder (farm_sweep.sweep.output_lock). Ctrl-C or SIGTERM stops the study (exit status 130 or
 143) and `--resume` continues it; `--resume` trusts only Tune state whose checksums the study's own run
-recorded in the folder (farm_sweep.sweep.tune_state), as Tune's state holds pickles, which run code.
+recorded in the folder (farm_sweep.sweep.tune_state), as Tune's state holds pickles, which run code. A study
+with a `confirm` section then trains its best configurations again with fresh seeds and evaluates them on the
+test split (farm_sweep.sweep.confirmation); `--resume` continues that stage too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from ray import tune
-from ray.tune.callback import Callback
-from ray.tune.experiment import Trial
 
 from farm_sweep import figures
-from farm_sweep.sweep import cluster, interrupts, output_lock, tracking, tune_state
+from farm_sweep.sweep import (
+    cluster,
+    confirmation,
+    confirmation_table,
+    experiment,
+    interrupts,
+    output_lock,
+    table_recorder,
+    tables,
+    tracking,
+    tune_state,
+)
+from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, trial_name
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -40,16 +51,12 @@ from farm_sweep.sweep.pruning import (
     PruningOptunaSearch,
     make_pruner,
 )
-from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler, point_text
 from farm_sweep.sweep.study import Study, StudyError, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
-MODE = "min"
-RAY_FOLDER, OPTUNA_FILE = "ray", "optuna.db"
-
-Trainable = Callable[[dict[str, Any], TrialContext], None]
+OPTUNA_FILE = "optuna.db"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,9 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted before the study started", file=sys.stderr)
         return 128 + signal.SIGINT
     tracker = tracking.load(output)
+    confirmed = confirmation.rows(output, study.name)
     print("\n".join(summary(rows, time.perf_counter() - began, output, uri, tracker.ui_path(),
-                             len(tracker.unlogged()))))
-    return _exit_status(rows, study, output)
+                             len(tracker.unlogged()), confirmed)))
+    return _exit_status([*rows, *confirmed], study, output)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,14 +114,15 @@ def _parser() -> argparse.ArgumentParser:
 def check_output(study: Study, output: Path, resume: bool) -> None:
     """The output folder must be new (or empty) for a new study, and hold a restorable one for --resume whose
     Tune state the study's own run recorded."""
-    experiment = output / RAY_FOLDER / study.name
+    folder = output / RAY_FOLDER / study.name
     if output.exists() and not output.is_dir():
         raise StudyError(output, "--output", "is not a folder; choose a folder for --output")
     if resume:
-        if not (tune.Tuner.can_restore(experiment) and (output / tracking.STATE_FILE).is_file()):
+        if not (tune.Tuner.can_restore(folder) and (output / tracking.STATE_FILE).is_file()):
             raise StudyError(output, "--resume", "no interrupted study to resume here; run without --resume")
         try:
-            tune_state.verify(experiment, output)
+            tune_state.verify(folder, output)
+            tune_state.verify(confirmation.folder(output, study.name), output, confirmation.SCOPE)
         except tune_state.UntrustedState as error:
             raise StudyError(output, "--resume", f"{error}; --resume loads only Tune state that the study's own "
                              "run recorded (it holds pickles, which run code when loaded): start the study again "
@@ -124,11 +133,12 @@ def check_output(study: Study, output: Path, resume: bool) -> None:
 
 
 def _exit_status(rows: Sequence[Mapping[str, Any]], study: Study, output: Path) -> int:
-    """0, or 128 + the signal that stopped the study, saying how to continue it."""
+    """0, or 128 + the signal that stopped the study (`rows`: its trials and confirmation rows), saying how to
+    continue it."""
     signum = interrupts.received()
     if signum is None:
         return 0
-    unfinished = sum(row["status"] == "interrupted" for row in rows)
+    unfinished = sum(row.get("status") == "interrupted" for row in rows)
     print(f"stopped by {signal.Signals(signum).name}: {unfinished} trial(s) unfinished; continue the study with\n"
           f"  python -m farm_sweep.run {study.path} --output {output} --resume", file=sys.stderr)
     return 128 + signum
@@ -151,6 +161,8 @@ def plan(study: Study, output: Path, uri: str, address: str | None) -> list[str]
              f"max concurrent: {study.max_concurrent_trials or 'as resources allow'}; "
              f"max_failures: {study.max_failures}",
              f"  evaluation: {json.dumps(study.evaluation) if study.evaluation else 'none'}",
+             f"  confirm: the {study.confirm.top} best configuration(s) x {study.confirm.seeds} fresh seeds each, "
+             "evaluated on the test split" if study.confirm else "  confirm: none",
              f"  ray: {address or 'embedded local Ray'}; storage {output / RAY_FOLDER}",
              f"  optuna: sqlite:///{output / OPTUNA_FILE} (study {study.name!r})",
              f"  mlflow: {uri}",
@@ -163,36 +175,55 @@ def _custom_text(custom: Mapping[str, float]) -> str:
 
 def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, address: str | None = None,
               resume: bool = False, trainable: Trainable = run_trial) -> list[dict[str, Any]]:
-    """Run (or resume) the study; returns one row per trial (also written to <output>/trials.csv). When a
-    signal stops it (farm_sweep.sweep.interrupts), unfinished trials are `interrupted` and the MLflow parent run
-    is KILLED until --resume finishes them. StudyError when no node of the embedded Ray could run a trial."""
+    """Run (or resume) the study and its confirmation stage; returns one row per trial of the search (also
+    written to <output>/trials.csv; farm_sweep.sweep.confirmation.rows gives the confirmation's). When a signal
+    stops it (farm_sweep.sweep.interrupts), unfinished trials are `interrupted` and the MLflow parent run is
+    KILLED until --resume finishes them. StudyError when no node of the embedded Ray could run a trial."""
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
     cluster.connect(address)
     _check_resources(study, address)
-    uri = tracking_uri or tracking.default_uri(output)
+    folder = output / RAY_FOLDER / study.name
+    if resume and confirmation.planned(output):  # the search had finished: only its confirmation is left
+        tracker = tracking.reopen(output)
+        rows = trial_rows(folder, tracker, output)
+    else:
+        tracker, rows = _search(study, output, tracking_uri or tracking.default_uri(output), resume, trainable)
+        if any(row["status"] == "interrupted" for row in rows):
+            return rows
+    if confirmation.follows(study, output, rows):
+        confirmation.run(study, output, tracker, rows, resume=resume)
+    elif study.confirm:
+        print("confirmation: none, as no trial of the search completed", flush=True)
+    return rows
+
+
+def _search(study: Study, output: Path, uri: str, resume: bool,
+            trainable: Trainable) -> tuple[tracking.Tracker, list[dict[str, Any]]]:
+    """Run (or resume) the search: its tracker and its rows, written to trials.csv and logged (the parent run
+    stays open when a confirmation follows)."""
     link = OptunaLink(f"sqlite:///{output / OPTUNA_FILE}", study.name,
                       make_pruner(study.pruner.type, study.pruner.options, study.epochs))
-    experiment = output / RAY_FOLDER / study.name
+    folder = output / RAY_FOLDER / study.name
     if resume:
-        logging.getLogger("ray.tune.execution.tune_controller").addFilter(AlreadyDeletedCheckpoint())
+        experiment.quiet_deleted_checkpoints()
         tracker = tracking.reopen(output)
-        tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(study, tracker, trainable))
+        tuner = tune.Tuner.restore(str(folder), trainable=_trainable(study, tracker, trainable))
     else:
         tracker = tracking.start(study.name, output, uri, _settings(study),
                                  [p for p in (study.path, study.search_space_path) if p and p.is_file()],
                                  study_note(study))
         tuner = _new_tuner(study, output, link, tracker, trainable)
-    tune_state.record(experiment, output)
+    tune_state.record(folder, output)
     tuner.fit()
-    tune_state.record(experiment, output)
-    rows = trial_rows(experiment, tracker, output)
+    tune_state.record(folder, output)
+    rows = trial_rows(folder, tracker, output)
     _fail_orphans(link, rows)
     if any(row["status"] == "interrupted" for row in rows):
-        _interrupt(output, tracker, rows)
+        _interrupt(study, output, tracker, rows)
     else:
-        _finish(study, output, link, tracker, rows)
-    return rows
+        _finish(study, output, link, tracker, rows, end=not confirmation.follows(study, output, rows))
+    return tracker, rows
 
 
 def _check_resources(study: Study, address: str | None) -> None:
@@ -207,32 +238,18 @@ def _check_resources(study: Study, address: str | None) -> None:
               "the trials wait", file=sys.stderr, flush=True)
 
 
-class AlreadyDeletedCheckpoint(logging.Filter):
-    """Drops Tune's traceback for deleting an older checkpoint of a trial that is already gone.
-
-    After a killed driver, --resume restores Tune's bookkeeping from its last snapshot, which can still list
-    a checkpoint Tune deleted after that snapshot; deleting it again fails with FileNotFoundError, which Tune
-    logs with a traceback although the new checkpoint is registered all the same."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, FileNotFoundError) and "Error handling checkpoint" in str(record.msg))
-
-
 def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) -> Any:
-    context = TrialContext(dict(study.space.fixed), tracker, dict(study.evaluation))
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus if has_gpu else 0,
-                 **study.resources.custom}
-    return tune.with_resources(tune.with_parameters(trainable, context=context), resources)
+    return experiment.trainable(trainable, TrialContext(dict(study.space.fixed), tracker, dict(study.evaluation)),
+                                study)
 
 
 def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
                trainable: Trainable) -> tune.Tuner:
     storage = optuna.storages.RDBStorage(link.storage_url)
     optuna.create_study(study_name=study.name, storage=storage, direction="minimize", load_if_exists=True)
+    enqueued = [study.space.as_optuna_point(point) for point in study.enqueue]
     searcher = PruningOptunaSearch(
-        space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=[dict(p) for p in study.enqueue] or None,
+        space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=enqueued or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
         study_name=study.name, storage=storage)
     return tune.Tuner(
@@ -241,17 +258,8 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
                                     scheduler=OptunaPruningScheduler(link, METRIC), num_samples=study.trials,
                                     max_concurrent_trials=study.max_concurrent_trials,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(
-            name=study.name, storage_path=str(output / RAY_FOLDER), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[PrunedFlag(link), tracking.TrackingCallback(tracker), ProgressPrinter(),
-                       interrupts.StopOnSignal(), tune_state.StateRecorder(output)]))
-
-
-def trial_name(trial: Trial) -> str:
-    """`trial_<id>`: the Ray trial and its folder (the MLflow child run is named by its parameters)."""
-    return f"trial_{trial.trial_id}"
+        run_config=experiment.run_config(study, output, study.name, tracker, first=[
+            PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
 
 
 def study_note(study: Study) -> str:
@@ -262,7 +270,10 @@ def study_note(study: Study) -> str:
         "Searched:", "", *(f"- {line}" for line in study.space.describe()), "",
         f"Fixed: `{json.dumps(study.space.fixed)}`", "",
         f"Sampler {study.sampler.type}, pruner {study.pruner.type}; each child run is one trial, named by its "
-        "sampled parameters."])
+        "sampled parameters.",
+        *([f"\nConfirmation: the best {study.confirm.top} configuration(s) trained again with "
+           f"{study.confirm.seeds} fresh seeds each and evaluated on the test split, in the nested run "
+           f"`{confirmation.STAGE}`."] if study.confirm else [])])
 
 
 def _settings(study: Study) -> dict[str, Any]:
@@ -271,79 +282,37 @@ def _settings(study: Study) -> dict[str, Any]:
             "sampler_options": study.sampler.options, "pruner": study.pruner.type,
             "pruner_options": study.pruner.options, "search_space": study.space.describe(),
             "enqueue": list(study.enqueue), "cpus_per_trial": study.resources.cpus,
+            "confirm": study.confirm and {"top": study.confirm.top, "seeds": study.confirm.seeds},
             "gpus_per_trial": study.resources.gpus, "max_failures": study.max_failures,
             **{f"fixed.{name}": value for name, value in study.space.fixed.items()}}
 
 
-class ProgressPrinter(Callback):
-    """One line per trial result and per trial end, printed by the driver."""
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
-                        **info: Any) -> None:
-        status = "pruned" if result.get(PRUNED_KEY) else "running"
-        print(f"{trial.trial_id} {point_text(trial.config)} epoch {result['epoch']}/{result[FINAL_STEP_KEY]} "
-              f"{METRIC} {result[METRIC]:.3f} {status}", flush=True)
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        status = "pruned" if trial.last_result.get(PRUNED_KEY) else "completed"
-        print(f"{trial.trial_id} {status} after epoch {trial.last_result.get('epoch')}", flush=True)
-
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        print(f"{trial.trial_id} failed (error: {trial.error_file})", flush=True)
-
-
-def trial_rows(experiment: Path, tracker: tracking.Tracker, output: Path) -> list[dict[str, Any]]:
+def trial_rows(folder: Path, tracker: tracking.Tracker, output: Path) -> list[dict[str, Any]]:
     """One flat row per trial: ids, status, epochs, last metrics, parameters, checkpoint, MLflow run.
 
     Read from the experiment state Tune saved last: it keeps the trials a signal stopped unfinished (in
     memory Tune marks them terminated as it cleans up), and the configuration of a trial that never started."""
-    analysis = tune.ExperimentAnalysis(str(experiment))
-    rows = []
-    for trial, result in zip(analysis.trials, tune.ResultGrid(analysis)):
-        metrics = trial.last_result or {}
-        status = _status(trial)
-        checkpoint = result.checkpoint.path if result.checkpoint else ""
-        rows.append({
-            "trial_id": trial.trial_id, "optuna_trial": trial.config.get(OPTUNA_TRIAL_KEY),
-            "status": status, "epochs": metrics.get(STEP_KEY, 0),
-            "failure_reason": _reason(result.error) if status == "failed" else "",
-            METRIC: metrics.get(METRIC), "train_loss": metrics.get("train_loss"),
-            **{key: metrics[key] for key in ("best_epoch", "stopped_early") if key in metrics},
-            "mlflow_run_id": tracker.run_of(trial.trial_id), "checkpoint": _relative(checkpoint, output),
-            **{f"param.{k}": v for k, v in trial.config.items() if k != OPTUNA_TRIAL_KEY},
-            **{k: v for k, v in metrics.items() if k.startswith(("inpaint/", "sampling/"))}})
+    analysis = tune.ExperimentAnalysis(str(folder))
+    rows = [{"trial_id": trial.trial_id, "optuna_trial": trial.config.get(OPTUNA_TRIAL_KEY),
+             **experiment.outcome(trial, result, tracker, output),
+             **{f"param.{k}": v for k, v in trial.config.items() if k != OPTUNA_TRIAL_KEY},
+             **experiment.evaluation_metrics(trial)}
+            for trial, result in zip(analysis.trials, tune.ResultGrid(analysis))]
     return sorted(rows, key=lambda row: (row["optuna_trial"] is None, row["optuna_trial"] or 0))
 
 
-def _reason(error: Exception | None) -> str:
-    """The root cause of a failed trial, in one line (Ray wraps it in its own error types)."""
-    while error is not None and error.__cause__ is not None:
-        error = error.__cause__
-    return "" if error is None else f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
-
-
-def _status(trial: Trial) -> str:
-    """completed, pruned, failed, interrupted (unfinished when a signal stopped the study: --resume continues
-    it), or incomplete (ended without an error before its last epoch, which no trial here does)."""
-    if trial.status == Trial.ERROR:
-        return "failed"
-    if trial.last_result.get(PRUNED_KEY):
-        return "pruned"
-    if trial.status != Trial.TERMINATED:
-        return "interrupted"
-    epoch = trial.last_result.get(STEP_KEY)
-    return "completed" if epoch is not None and epoch == trial.last_result.get(FINAL_STEP_KEY) else "incomplete"
-
-
-def _relative(path: str, output: Path) -> str:
-    return str(Path(path).relative_to(output)) if path and Path(path).is_relative_to(output) else path
-
-
-def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
-            rows: list[dict[str, Any]]) -> None:
-    """trials.csv and the study figures in the output folder, all logged on the parent run."""
-    files = [write_table(rows, output / TABLE_FILE)]
-    points = figures.speed_quality_points(rows)
+def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker, rows: list[dict[str, Any]],
+            end: bool) -> None:
+    """trials.csv, the tables and the study figures in the output folder, all logged on the parent run (which
+    ends, unless a confirmation follows: `end`)."""
+    table = write_table(rows, output / TABLE_FILE)
+    written = _write_tables(study, output, rows)
+    files = [table, *written]
+    trials, epochs, evaluation = (tables.read(path).to_pylist() for path in written)  # the figures' one source
+    if epochs:
+        statuses = {trial["trial_id"]: trial["status"] for trial in trials}
+        files.append(figures.learning_curves_figure(epochs, statuses, output / "learning_curves.png"))
+    points = figures.speed_quality_points(evaluation)
     if points:
         files.append(figures.pareto_figure(points, output / "speed_quality_pareto.png"))
     importances = _importances(link.study)
@@ -352,18 +321,23 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     counts = Counter(row["status"] for row in rows)
     best = best_row(rows)
     tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
-                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study))
+                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
     tracker.replay()
 
 
-def _interrupt(output: Path, tracker: tracking.Tracker, rows: list[dict[str, Any]]) -> None:
-    """trials.csv as it stands; the MLflow runs of unfinished trials and the parent run KILLED."""
-    table = write_table(rows, output / TABLE_FILE)
+def _interrupt(study: Study, output: Path, tracker: tracking.Tracker, rows: list[dict[str, Any]]) -> None:
+    """trials.csv and the tables as they stand; the MLflow runs of unfinished trials and the parent run KILLED."""
+    files = [write_table(rows, output / TABLE_FILE), *_write_tables(study, output, rows)]
     for row in rows:
         if row["status"] == "interrupted" and row["mlflow_run_id"]:
             tracker.end_trial(row["mlflow_run_id"], "interrupted")
-    tracker.interrupt_study([table])
+    tracker.interrupt_study(files)
     tracker.replay()
+
+
+def _write_tables(study: Study, output: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """trials.parquet, epochs.parquet, evaluation.parquet in <output>/tables/."""
+    return table_recorder.write_tables(output, output / RAY_FOLDER / study.name, study.name, rows)
 
 
 def _fail_orphans(link: OptunaLink, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -386,9 +360,9 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
 
 def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, ui_path: str,
-            unlogged: int = 0) -> list[str]:
-    """The table of trials, the counts, the best trial, and where to look: the results and the MLflow UI (its
-    page of the study's runs)."""
+            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows), and where
+    to look: the results and the MLflow UI (its page of the study's runs)."""
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
@@ -400,6 +374,7 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
     lines += [f"{len(rows)} trials in {seconds:.0f}s: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
               f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed",
+              *confirmation_table.summary(confirmed),
               f"results: {output}",
               *([f"tracking: {unlogged} calls could not be logged to {uri}; they are kept in "
                  f"{output / tracking.JOURNAL_FILE}"] if unlogged else []),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +115,14 @@ class SearchSpace:
     def describe(self) -> list[str]:
         return [p.describe() for p in self.parameters]
 
+    def as_optuna_point(self, point: dict[str, Any]) -> dict[str, Any]:
+        """An enqueued point in Optuna's terms: categorical values that are lists or mappings become the
+        JSON labels their parameters suggest."""
+        categorical = {p.name for p in self.parameters if p.distribution == "categorical"}
+        return {name: _label(value) if name in categorical else value for name, value in point.items()}
 
-def point_text(values: dict[str, Any]) -> str:
+
+def point_text(values: Mapping[str, Any]) -> str:
     """A point of the search space in words, `lr=0.002 num_orderings=8` (floats to 3 significant digits), without
     the Optuna trial number."""
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

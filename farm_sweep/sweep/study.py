@@ -37,6 +37,7 @@ from farm_sweep.untrusted import (
 MAX_CHECKED_COMBINATIONS = 2000  # corner configurations checked against TrainConfig before a study starts
 MAX_GRID_SIZE = 100_000  # the grid sampler lists every configuration up front
 MAX_SEED = 2**32 - 1  # NumPy's (and so Optuna's) seed range
+MAX_CONFIRM_SEEDS = 100  # seeds per configuration in the confirmation stage
 
 
 class StudyError(ValueError):
@@ -67,6 +68,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """The confirmation stage: the `top` best configurations of the search trained again with `seeds` fresh seeds
+    each and evaluated on the test split (farm_sweep.sweep.confirmation)."""
+
+    top: int
+    seeds: int
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     path: Path
@@ -82,6 +92,7 @@ class Study:
     max_failures: int = 1
     enqueue: tuple[dict[str, Any], ...] = ()
     evaluation: dict[str, Any] = field(default_factory=dict)
+    confirm: Confirm | None = None
 
     @property
     def epochs(self) -> int:
@@ -129,6 +140,16 @@ def _as_float(value: Any) -> float:
     if not math.isfinite(number):
         raise _Invalid(f"{quote(value)} must be a finite number, not infinity or NaN")
     return number
+
+
+def _hinted(check: Check, fix: str) -> Check:
+    """`check`, its message followed by `fix`."""
+    def hinted(value: Any) -> Any:
+        try:
+            return check(value)
+        except _Invalid as error:
+            raise _Invalid(f"{error}; {fix}") from None
+    return hinted
 
 
 def _either(check: Check, literal: str) -> Check:
@@ -238,7 +259,8 @@ def _join(where: str, key: str) -> str:
 
 
 STUDY_KEYS = ("name", "description", "search_space", "fixed", "trials", "max_concurrent_trials", "seed",
-              "sampler", "pruner", "resources", "max_failures", "enqueue", "evaluation")
+              "sampler", "pruner", "resources", "max_failures", "enqueue", "evaluation", "confirm")
+CONFIRM_KEYS = ("top", "seeds")
 SPACE_KEYS = ("parameters",)
 PARAMETER_KEYS = ("distribution", "choices", "low", "high", "step", "when")
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
@@ -265,9 +287,9 @@ def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
     origins |= {name: (path, f"fixed.{name}") for name in study_fixed}
     space = SearchSpace(space.parameters, {**space.fixed, **study_fixed})
     sampler = reader.component("sampler", document.get("sampler", "tpe"), SAMPLER_OPTIONS, "tpe")
+    trials = _trials(reader, document.get("trials"), sampler, space)
     study = Study(
-        name=name, path=path, search_space_path=space_path, space=space,
-        trials=_trials(reader, document.get("trials"), sampler, space),
+        name=name, path=path, search_space_path=space_path, space=space, trials=trials,
         seed=reader.check("seed", document.get("seed", 0), _integer(0, MAX_SEED)),
         description=reader.check("description", document.get("description", ""), _text),
         max_concurrent_trials=_optional(reader, "max_concurrent_trials", document, _integer(1)),
@@ -277,6 +299,7 @@ def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
         max_failures=reader.check("max_failures", document.get("max_failures", 1), _integer(0)),
         enqueue=_enqueue(reader, document.get("enqueue", []), space),
         evaluation=_evaluation(reader, document.get("evaluation")),
+        confirm=_confirm(reader, document.get("confirm"), trials),
     )
     origins["evaluation"] = (path, "evaluation")  # the memory check may blame the evaluation batch
     _check_configurations(study, lambda name: origins.get(name, (path, f"fixed.{name}")), runs_here)
@@ -476,6 +499,19 @@ def _evaluation(reader: _Reader, value: Any) -> dict[str, Any]:
     except ValueError as error:
         raise StudyError(reader.path, "evaluation", str(error)) from error
     return settings
+
+
+def _confirm(reader: _Reader, value: Any, trials: int) -> Confirm | None:
+    """`confirm: {top: K, seeds: N}`, or nothing (no confirmation stage)."""
+    if value is None:
+        return None
+    value = reader.check("confirm", value, _mapping)
+    reader.keys("confirm", value, CONFIRM_KEYS, CONFIRM_KEYS)
+    top = _hinted(_integer(1, trials), f"confirm at most as many configurations as the study has trials ({trials})")
+    seeds = _hinted(_integer(2, MAX_CONFIRM_SEEDS), "a standard deviation over seeds needs two or more, and "
+                    f"{MAX_CONFIRM_SEEDS} are plenty")
+    return Confirm(top=reader.check("confirm.top", value["top"], top),
+                   seeds=reader.check("confirm.seeds", value["seeds"], seeds))
 
 
 # ------------------------------------------------------------------ whole-configuration checks

@@ -1,4 +1,5 @@
-"""MLflow tracking: one parent run per study, one nested child run per trial.
+"""MLflow tracking: one parent run per study, one nested child run per trial; a study's confirmation stage
+nests a run of its own under the parent run, and one child run per seed under that (`Tracker.stage`).
 
 The study's experiment is marked as model training (tag `mlflow.experimentKind`). The parent run holds the
 study's settings, its files, a description of what it searched (`mlflow.note.content`, Markdown), and at the end
@@ -29,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ from farm_sweep.sweep.reports import PRUNED_KEY
 TRIAL_TAG = "farm.trial_id"
 STATUS_TAG = "farm.status"
 STUDY_TAG = "farm.study"
+STAGE_TAG = "farm.stage"  # the run of a stage of the study (the confirmation), nested under the parent run
 STATE_FILE = "tracking.json"
 JOURNAL_FILE = "tracking_unlogged.jsonl"
 PENDING = "pending:"
@@ -139,8 +141,8 @@ class Tracker:
         log.warning("tracking: %s could not be logged (%s); kept in %s", name, error, self.journal)
         if self.journal is None:
             return
-        line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": str(error)[:500]},
-                          default=str)
+        line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": str(error)[:500],
+                           "parent_run_id": self.parent_run_id}, default=str)
         try:
             with open(self.journal, "a") as handle:
                 handle.write(line + "\n")
@@ -155,13 +157,15 @@ class Tracker:
         return [json.loads(line) for line in Path(self.journal).read_text().splitlines() if line.strip()]
 
     def replay(self) -> int:
-        """Retry every journaled call once, in order; keep the ones that fail again. Returns how many remain."""
+        """Retry every journaled call once, in order, by a tracker with the parent run of the one that made it (the
+        study's, or a stage's); keep the ones that fail again. Returns how many remain."""
         entries = self.unlogged()
         if not entries:
             return 0
         Path(self.journal).unlink()
         for entry in entries:
-            getattr(self, entry["call"])(*entry["args"], **entry["kwargs"])
+            tracker = replace(self, parent_run_id=entry.get("parent_run_id", self.parent_run_id))
+            getattr(tracker, entry["call"])(*entry["args"], **entry["kwargs"])
         return len(self.unlogged())
 
     def _resolve(self, run_id: str) -> str:
@@ -253,13 +257,46 @@ class Tracker:
             else:
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
+    # ---------------------------------------------------------- a stage of the study (the confirmation)
+
+    def stage(self, name: str, params: Mapping[str, Any]) -> Tracker:
+        """The tracker of stage `name`: its runs nest under a run of the stage (tag farm.stage), itself nested
+        under the study's parent run; a resumed stage finds its run again (RUNNING once more). Where the store
+        cannot be reached, the study's own tracker: the stage's runs then nest under the parent run."""
+        try:
+            run_id = self._find_stage(name)
+            if run_id is None:
+                run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                    MLFLOW_PARENT_RUN_ID: self.parent_run_id, STAGE_TAG: name}).info.run_id
+                self.client.log_batch(run_id, params=_params(params))
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.client.set_tag(run_id, STATUS_TAG, "running")
+        except Exception as error:  # MLflow raises many types (HTTP, SQL, its own) for one cause
+            log.warning("tracking: the %s run cannot be created (%s); its runs go under the study's run", name, error)
+            return self
+        return replace(self, parent_run_id=run_id)
+
+    def stage_of(self, name: str) -> Tracker:
+        """The tracker of stage `name` as it stands (the study's own tracker where the stage has no run)."""
+        try:
+            run_id = self._find_stage(name)
+        except Exception:  # an unreachable store: the rows then name no runs
+            return self
+        return self if run_id is None else replace(self, parent_run_id=run_id)
+
+    def _find_stage(self, name: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STAGE_TAG}` = '{name}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'")
+        return runs[0].info.run_id if runs else None
+
     # ---------------------------------------------------------- the study's parent run
 
     @_journaled
     def finish_study(self, best: Mapping[str, Any] | None, files: Iterable[Path], counts: Mapping[str, int],
-                     note: str) -> None:
-        """Log the end-of-study summary on the parent run, its description: links to the best trial and to the
-        study's files, then `note`; and end it."""
+                     note: str, end: bool = True) -> None:
+        """Log the end-of-search summary on the parent run, its description: links to the best trial and to the
+        study's files, then `note`; and end it (or leave it running for the confirmation stage: `end` false)."""
         run, files = self.parent_run_id, list(files)
         self.log_metrics(run, {f"trials_{status}": n for status, n in counts.items()}, step=0)
         if best is not None:
@@ -269,8 +306,25 @@ class Tracker:
             self.client.log_dict(run, best, "best_trial.json")
         self.log_files(run, files, "study")
         self.client.set_tag(run, MLFLOW_RUN_NOTE, f"{self._results_note(best, files)}\n\n{note}")
-        self.client.set_tag(run, STATUS_TAG, "finished")
-        self.client.set_terminated(run, "FINISHED")
+        if end:
+            self.client.set_tag(run, STATUS_TAG, "finished")
+            self.client.set_terminated(run, "FINISHED")
+
+    @_journaled
+    def finish_confirmation(self, stage_run_id: str, aggregates: Mapping[str, float], best: Mapping[str, Any] | None,
+                            files: Iterable[Path]) -> None:
+        """Log the confirmation stage's aggregates and table on its run, the table and the best confirmed
+        configuration (`config_id` and metrics) on the parent run, and end both."""
+        files = list(files)
+        self.log_metrics(stage_run_id, aggregates, step=0)
+        self.log_files(stage_run_id, files, "confirmation")
+        self.log_files(self.parent_run_id, files, "study")
+        if best is not None:
+            self.client.set_tag(self.parent_run_id, "farm.confirmed_config_id", best["config_id"])
+            self.log_metrics(self.parent_run_id, best, step=0)
+        for run in dict.fromkeys((stage_run_id, self.parent_run_id)):
+            self.client.set_tag(run, STATUS_TAG, "finished")
+            self.client.set_terminated(run, "FINISHED")
 
     def _results_note(self, best: Mapping[str, Any] | None, files: Iterable[Path]) -> str:
         """Markdown: the best trial and the study's figures and table, linked to their pages in the UI."""

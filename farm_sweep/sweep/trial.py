@@ -5,7 +5,8 @@ context the study's fixed parameters, evaluation settings and MLflow tracker. Th
 TrainConfig, resumes from Tune's checkpoint when Tune restarts it (retry after a failure, or --resume),
 trains one epoch at a time, logs each epoch to its MLflow child run (step = epoch) and reports the
 epoch's metrics with the epoch's checkpoint to Tune. After the last epoch a study with an `evaluation`
-section runs the end-of-trial evaluation and logs its metrics and artifacts.
+section runs the end-of-trial evaluation and logs its metrics and artifacts; a trial of the confirmation stage
+(farm_sweep.sweep.confirmation, `TrialContext.on_test`) is evaluated on the test split instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow.fs
 from ray import tune
 
 from farm_sweep.data import DatasetSpec, spec_sha256
-from farm_sweep.sweep.reports import FINAL_STEP_KEY
+from farm_sweep.sweep.reports import EPOCH_METRIC_KEY, FINAL_STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, point_text
 from farm_sweep.sweep.tracking import MAX_RUN_NAME, Tracker
 from farm_sweep.training import checkpoint
@@ -42,17 +43,22 @@ class TrialContext:
     fixed: dict[str, Any]
     tracker: Tracker
     evaluation: dict[str, Any] = field(default_factory=dict)
+    on_test: bool = False  # evaluate the final model on the test split (the confirmation stage)
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """The Tune trainable: train, log and report every epoch; evaluate after the last one."""
+    """The Tune trainable of a search: train, log and report every epoch; evaluate after the last one."""
     params = {name: value for name, value in config.items() if name != OPTUNA_TRIAL_KEY}
-    train_config = TrainConfig.from_dict({**context.fixed, **params})
-    trial_dir = Path(tune.get_context().get_trial_dir())
     trial_id = tune.get_context().get_trial_id()
-    run_id = context.tracker.child_run(
-        trial_id, _run_name(params, trial_id), _params(train_config),
-        tags={"farm.optuna_trial": config[OPTUNA_TRIAL_KEY], "farm.sampled": ",".join(sorted(params))})
+    run_tracked(TrainConfig.from_dict({**context.fixed, **params}), context, run_name(params, trial_id),
+                {"farm.optuna_trial": config[OPTUNA_TRIAL_KEY], "farm.sampled": ",".join(sorted(params))})
+
+
+def run_tracked(train_config: TrainConfig, context: TrialContext, name: str, tags: dict[str, Any]) -> None:
+    """Train `train_config` as the current Tune trial, logging to its MLflow child run (named `name`, tagged
+    `tags`)."""
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    run_id = context.tracker.child_run(tune.get_context().get_trial_id(), name, _params(train_config), tags=tags)
     try:
         _train_and_report(train_config, trial_dir, context, run_id)
     except NonFiniteLossError as error:  # a retry resumes before the divergence and diverges again: one epoch
@@ -60,9 +66,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         raise
 
 
-def _run_name(params: dict[str, Any], trial_id: str) -> str:
-    """The child run's name: the trial's sampled parameters, then its id (MLflow keeps MAX_RUN_NAME characters)."""
-    suffix = f" ({trial_id})"
+def run_name(params: dict[str, Any], label: str) -> str:
+    """A child run's name: the trial's parameters, then `label` (its id; MLflow keeps MAX_RUN_NAME characters)."""
+    suffix = f" ({label})"
     text, room = point_text(params), MAX_RUN_NAME - len(suffix)
     return (text if len(text) <= room else text[:room - 3] + "...") + suffix
 
@@ -89,17 +95,18 @@ def _report_epochs(epochs: Iterator[dict[str, Any]], train_config: TrainConfig, 
                    context: TrialContext, run_id: str, logged: int) -> None:
     """Log and report every epoch. The last one (`final`: the planned last epoch or an early stop) is
     evaluated, and with early stopping it reports the best epoch's validation value, which is what its
-    checkpoint holds: Optuna's value, trials.csv and exports all see the best epoch."""
+    checkpoint holds: Optuna's value, trials.csv and exports all see the best epoch (the epoch's own value goes
+    along under EPOCH_METRIC_KEY, for the study's epochs table)."""
     for metrics in epochs:
         epoch, final = metrics["epoch"], metrics.get("final", False)
-        if final and context.evaluation:
+        if final and (context.evaluation or context.on_test):
             metrics |= _evaluate(Path(metrics["checkpoint"]), train_config, trial_dir / EVALUATION, context, run_id)
         numbers = {key: value for key, value in metrics.items() if key != "checkpoint"}
         if epoch > logged:
             context.tracker.log_metrics(run_id, numbers, step=epoch)
         report = {**numbers, FINAL_STEP_KEY: epoch if final else train_config.epochs}
         if final and "best_epoch" in metrics:
-            report["nll_image"] = metrics["best_nll_image"]
+            report |= {"nll_image": metrics["best_nll_image"], EPOCH_METRIC_KEY: metrics["nll_image"]}
             context.tracker.set_tags(run_id, {"farm.stopped_early": metrics["stopped_early"],
                                               "farm.best_epoch": metrics["best_epoch"]})
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(metrics["checkpoint"]))
@@ -136,10 +143,12 @@ def _older_checkpoints(latest: tune.Checkpoint) -> list[Path]:
 
 def _evaluate(checkpoint: Path, train_config: TrainConfig, out_dir: Path, context: TrialContext,
               run_id: str) -> dict[str, float]:
-    """The end-of-trial evaluation (inpainting, speed-quality curve); artifacts go to the child run."""
-    from farm_sweep.evaluation.end_of_trial import evaluate_trained_model  # heavy: only when a study asks for it
+    """The end-of-trial evaluation (inpainting, speed-quality curve; on the test split for the confirmation
+    stage); artifacts go to the child run."""
+    from farm_sweep.evaluation import end_of_trial  # heavy: only when a study asks for it
 
     model, config = load_model(checkpoint, str(resolve_device(train_config.device)))
-    metrics, files = evaluate_trained_model(model, config, out_dir, context.evaluation)
+    evaluate = end_of_trial.evaluate_on_test if context.on_test else end_of_trial.evaluate_trained_model
+    metrics, files = evaluate(model, config, out_dir, context.evaluation)
     context.tracker.log_files(run_id, files, EVALUATION)
     return metrics

@@ -9,7 +9,9 @@ When: after the Tuner is created (tuner.pkl), at every snapshot of the experimen
 every second; `StateRecorder`, a Tune callback, hashes the snapshot in the driver's staging folder just after
 Tune wrote it and before Tune copies it into the output folder), and when the run ends or is interrupted.
 A run killed while Tune copied a snapshot can leave a half-copied file that matches nothing; the last few
-checksums of each path are kept, so a copy that completed is accepted whichever snapshot it was.
+checksums of each path are kept, so a copy that completed is accepted whichever snapshot it was. A study's
+second experiment (its confirmation stage) is recorded in the same file, its paths prefixed by a scope
+(`confirmation/`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from ray.tune.experiment import Trial
 
 RECORD_FILE = "tune_state.json"
 KEPT = 8  # checksums kept per path
-_PATTERNS = ("*.pkl", "experiment_state-*.json", "search_gen_state-*.json")  # what Tune.restore deserializes
+_PATTERNS = ("*.pkl", "experiment_state-*.json", "search_gen_state-*.json",  # what Tune.restore deserializes
+             "basic-variant-state-*.json")  # the searcher state of an experiment without Optuna: a pickle too
 
 
 class UntrustedState(ValueError):
@@ -37,13 +40,14 @@ def state_files(experiment: Path) -> list[Path]:
     return sorted({path for pattern in _PATTERNS for path in experiment.rglob(pattern) if path.is_file()})
 
 
-def record(experiment: Path, output: Path) -> None:
+def record(experiment: Path, output: Path, scope: str = "") -> None:
     """Add the checksums of the state files under `experiment` (Tune's folder in `output`, or the driver's
-    staging copy of it) to `output`'s record."""
+    staging copy of it) to `output`'s record, each under its path in the experiment prefixed by `scope` (one
+    scope per experiment of the study: "" for the search)."""
     recorded = _load(output)
     changed = False
     for path in state_files(experiment):
-        name = path.relative_to(experiment).as_posix()
+        name = scope + path.relative_to(experiment).as_posix()
         digest = _sha256(path)
         known = recorded.setdefault(name, [])
         if digest not in known:
@@ -53,13 +57,14 @@ def record(experiment: Path, output: Path) -> None:
         _save(output, recorded)
 
 
-def verify(experiment: Path, output: Path) -> None:
-    """UntrustedState unless every state file under `experiment` has a checksum recorded in `output`."""
+def verify(experiment: Path, output: Path, scope: str = "") -> None:
+    """UntrustedState unless every state file under `experiment` has a checksum recorded in `output` under
+    `scope`."""
     recorded = _load(output)
     if not recorded:
         raise UntrustedState(f"{output / RECORD_FILE} is missing, so nothing vouches for Tune's state in {experiment}")
     for path in state_files(experiment):
-        name = path.relative_to(experiment).as_posix()
+        name = scope + path.relative_to(experiment).as_posix()
         if _sha256(path) not in recorded.get(name, []):
             raise UntrustedState(f"{path} was not written by this study's run (its sha256 is not among those "
                                  f"recorded in {output / RECORD_FILE})")
@@ -87,8 +92,8 @@ def _save(output: Path, recorded: dict[str, list[str]]) -> None:
 class StateRecorder(Callback):
     """Records each experiment snapshot as Tune writes it (see the module docstring)."""
 
-    def __init__(self, output: Path) -> None:
-        self.output = output
+    def __init__(self, output: Path, scope: str = "") -> None:
+        self.output, self.scope = output, scope
         self._staging: Path | None = None
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
@@ -99,5 +104,5 @@ class StateRecorder(Callback):
         """Tune asks callbacks for their state right after writing its own snapshot to the staging folder and
         before copying it to the output folder: the moment to record the snapshot. Stateless: returns None."""
         if self._staging is not None:
-            record(self._staging, self.output)
+            record(self._staging, self.output, self.scope)
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from farm_sweep.figures import save_figure
 
@@ -33,11 +34,12 @@ def curve_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) 
     """Validation nll_image per epoch for each named run, its best epoch marked."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for label, history in curves.items():
-        epochs = [row["epoch"] for row in history]
+        epochs = [int(row["epoch"]) for row in history]
         values = [float(row["nll_image"]) for row in history]
         best = min(range(len(values)), key=values.__getitem__)
-        line, = axes.plot(epochs, values, label=f"{label} (best {values[best]:.2f} at epoch {epochs[best]})")
+        line, = axes.plot(epochs, values, label=f"{label} (lowest {values[best]:.2f} at epoch {epochs[best]})")
         axes.plot(epochs[best], values[best], "o", color=line.get_color())
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set(xlabel="epoch", ylabel="validation nll_image (nats)", title="Learning curves")
     bests = [min(float(row["nll_image"]) for row in history) for history in curves.values()]
     axes.set_ylim(min(bests) - 1, max(bests) + 12)  # the first epochs are far above: show where runs end

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm_sweep.data import SPLITS, DataError, DatasetSpec, dataset_label, load_dataset
+from farm_sweep.made.network import parameter_count
 from farm_sweep.orderings import SYMMETRIES, make_orderings, max_orderings
 from farm_sweep.pixelcnn.farm import transform_indices
 from farm_sweep.training.config import TrainConfig
@@ -122,7 +123,7 @@ def memory_need(config: TrainConfig, shape: tuple[int, int, int], evaluation_bat
     if config.model == "made":
         dim = height * width * channels
         sizes = [dim, *config.hidden_sizes, dim]
-        parameters = sets * sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes, sizes[1:]))
+        parameters = parameter_count(dim, config.hidden_sizes, k, config.weight_sharing, config.direct_connections)
         per_ordering = dim * (sizes[1] + sizes[-2])  # the input and output masks of each ordering
         shared = sum(a * b for a, b in zip(sizes[1:-2], sizes[2:-1]))  # the hidden masks
         masks = (config.num_masks * (k * per_ordering + shared)  # 0/1 masks, a byte each

@@ -1,0 +1,280 @@
+"""The confirmation stage (`confirm: {top, seeds}`) on a real local Ray, real Optuna and real MLflow.
+
+One study serves every check: a search of two configurations (digits, a hidden layer of 16, 2 epochs), then
+its two best trained again with two fresh seeds each and evaluated on the test split. The real command runs it
+and is stopped with SIGINT once the first seed has finished; `--resume` completes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import ray
+import yaml
+from mlflow import MlflowClient
+from ray import tune
+
+from farm_sweep.export.command import export_study
+from farm_sweep.sweep import confirmation, tables, tracking
+from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE, is_measure
+from farm_sweep.sweep.results_table import read_table
+from farm_sweep.sweep.runner import plan as plan_lines
+from farm_sweep.sweep.runner import run_study
+from farm_sweep.sweep.study import load_study
+from farm_sweep.training import checkpoint
+from farm_sweep.training.loop import load_model, load_split, task_for
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME, EPOCHS, TOP, SEEDS = "confirm", 2, 2, 2
+LRS = [2e-2, 1e-2]
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The study after the interruption and after --resume."""
+
+    output: Path
+    said: str  # the interrupted command's output
+    exit_status: int
+    interrupted: list[dict[str, str]]  # confirmation.csv as the interrupted run left it
+    killed: dict[str, str]  # the MLflow status of the parent and the confirmation run after the interruption
+    search: list[dict[str, Any]]  # the search's rows after --resume
+    table: list[dict[str, str]]  # confirmation.csv after --resume
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
+    folder = tmp_path_factory.mktemp("confirm")
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": NAME, "fixed": {"dataset": "digits", "hidden_sizes": [16], "epochs": EPOCHS, "batch_size": 50},
+        "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": LRS}}},
+        "trials": len(LRS), "enqueue": [{"lr": lr} for lr in LRS], "pruner": "none", "max_concurrent_trials": 2,
+        "resources": {"cpus": 1}, "confirm": {"top": TOP, "seeds": SEEDS},
+        "evaluation": {"inpaint": {"cases": ["best"], "fills": ["single"], "num_occlusions": 2,
+                                   "images_per_occlusion": 4}, "sampling": None}}, sort_keys=False))
+    output = folder / "out"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), "--address", address],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        try:
+            said = _read_until(driver, "completed after epoch", after="confirmation:", timeout=600)
+            driver.send_signal(signal.SIGINT)
+            said += driver.communicate(timeout=300)[0]
+        finally:
+            driver.kill()
+            driver.wait()
+        interrupted = read_table(output / CONFIRMATION_FILE)
+        killed = {name: run.info.status for name, run in study_runs(output).items()}
+        search = run_study(load_study(path), output, resume=True)
+        yield Confirmed(output, said, driver.returncode, interrupted, killed, search,
+                        read_table(output / CONFIRMATION_FILE))
+    finally:
+        ray.shutdown()
+
+
+def _read_until(process: subprocess.Popen, marker: str, after: str, timeout: float) -> str:
+    """The driver's output up to the first line with `marker` that follows a line starting with `after`."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line and any(seen.startswith(after) for seen in lines[:-1]):
+            return "".join(lines)
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError("driver output ended early:\n" + "".join(lines[-40:]))
+
+
+def study_runs(output: Path) -> dict[str, Any]:
+    """The study's parent run and its confirmation run."""
+    client = MlflowClient(tracking.default_uri(output))
+    runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    (stage,) = [run for run in runs if run.data.tags.get("farm.stage") == "confirmation"]
+    return {"parent": parent, "confirmation": stage}
+
+
+def seed_rows(table: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [row for row in table if row["kind"] == "seed"]
+
+
+def test_the_best_configurations_are_trained_again_with_fresh_distinct_seeds(confirmed: Confirmed) -> None:
+    seeds = seed_rows(confirmed.table)
+    assert len(seeds) == TOP * SEEDS and {row["status"] for row in seeds} == {"completed"}
+    best_first = sorted(confirmed.search, key=lambda row: row["nll_image"])
+    assert [(row["search_rank"], row["config_id"]) for row in seeds] == [
+        (str(rank), best_first[rank - 1]["trial_id"]) for rank in range(1, TOP + 1) for _ in range(SEEDS)]
+    plan = confirmation.load_plan(confirmed.output)
+    assert plan.seeds == (1, 2)  # the search trained with seed 0 (TrainConfig's default)
+    for row in seeds:
+        state = checkpoint.read_state(confirmed.output / row["checkpoint"])
+        assert state["config"]["seed"] == int(row["seed"])  # the seed reached training
+        assert state["config"]["lr"] == float(row["param.lr"]) == best_first[int(row["search_rank"]) - 1]["param.lr"]
+    by_configuration: dict[str, list[str]] = {}
+    for row in seeds:
+        by_configuration.setdefault(row["config_id"], []).append(row["seed"])
+    assert all(values == ["1", "2"] for values in by_configuration.values())
+    assert len({row["nll_image"] for row in seeds}) == len(seeds)  # different seeds, different models
+
+
+def test_each_seed_is_evaluated_on_the_test_split(confirmed: Confirmed) -> None:
+    row = seed_rows(confirmed.table)[0]
+    model, config = load_model(confirmed.output / row["checkpoint"])
+    test = task_for(config).evaluate(model, load_split(config, "test").images)["nll_image"]
+    assert float(row["test/nll_image"]) == pytest.approx(test)
+    assert float(row["test/nll_image"]) != pytest.approx(float(row["nll_image"]))
+    assert {column for column in row if column.startswith("test/inpaint/")} == {
+        f"test/inpaint/best/single/{name}" for name in
+        ("l2", "nll_chain", "nll_exact", "nll_chain_bits", "nll_exact_bits", "occluded_fraction")}
+    assert not any(column.startswith("inpaint/") for column in row)
+
+
+def test_aggregate_rows_are_the_mean_and_std_of_the_seed_rows(confirmed: Confirmed) -> None:
+    table = confirmed.table
+    assert [row["kind"] for row in table] == ["seed", "seed", "mean", "std"] * TOP
+    measures = [column for column in table[0] if is_measure(column)]
+    assert {"nll_image", "test/nll_image", "test/inpaint/best/single/l2", "epochs"} <= set(measures)
+    for start in range(0, len(table), SEEDS + 2):
+        seeds, mean, std = table[start:start + SEEDS], table[start + SEEDS], table[start + SEEDS + 1]
+        assert mean["config_id"] == std["config_id"] == seeds[0]["config_id"] and mean["n"] == str(SEEDS)
+        for column in measures:
+            values = [float(row[column]) for row in seeds]
+            assert float(mean[column]) == pytest.approx(statistics.fmean(values)), column
+            assert float(std[column]) == pytest.approx(statistics.stdev(values)), column
+    means = sorted((float(row["nll_image"]), row["confirmed_rank"]) for row in table if row["kind"] == "mean")
+    assert [rank for _, rank in means] == [str(place) for place in range(1, TOP + 1)]
+
+
+def test_an_interrupted_confirmation_resumes_without_running_finished_seeds(confirmed: Confirmed) -> None:
+    assert confirmed.exit_status == 130, confirmed.said[-3000:]
+    assert "--resume" in confirmed.said
+    assert len(seed_rows(confirmed.interrupted)) == TOP * SEEDS  # seeds not started yet too
+    finished = [row["trial_id"] for row in seed_rows(confirmed.interrupted) if row["status"] == "completed"]
+    unfinished = [row for row in seed_rows(confirmed.interrupted) if row["status"] != "completed"]
+    assert finished and unfinished and {row["status"] for row in unfinished} == {"interrupted"}
+    assert confirmed.killed == {"parent": "KILLED", "confirmation": "KILLED"}
+
+    reported = {trial_id: list(frame["epoch"]) for trial_id, frame in
+                tune.ExperimentAnalysis(str(confirmation.folder(confirmed.output, NAME))).trial_dataframes.items()}
+    assert sorted(reported) == sorted(row["trial_id"] for row in seed_rows(confirmed.table))  # no trial twice
+    for trial_id in finished:
+        assert reported[trial_id] == list(range(1, EPOCHS + 1)), f"finished seed {trial_id} ran again"
+    search = tune.ExperimentAnalysis(str(confirmed.output / "ray" / NAME)).trial_dataframes
+    assert len(search) == len(LRS)  # the search ran no trial again
+    assert all(list(frame["epoch"]) == list(range(1, EPOCHS + 1)) for frame in search.values())
+
+    client = MlflowClient(tracking.default_uri(confirmed.output))
+    runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
+    parent, stage = study_runs(confirmed.output).values()
+    assert parent.info.status == stage.info.status == "FINISHED"
+    assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    seed_runs = {run.data.tags[tracking.TRIAL_TAG]: run for run in runs
+                 if run.data.tags.get("mlflow.parentRunId") == stage.info.run_id}
+    assert len(seed_runs) == TOP * SEEDS  # one run per seed, the resumed ones included
+    for row in seed_rows(confirmed.table):
+        run = seed_runs[row["trial_id"]]
+        assert (run.data.tags["farm.config_id"], run.data.tags["farm.search_rank"], run.data.tags["farm.seed"]) == (
+            row["config_id"], row["search_rank"], row["seed"])
+        assert run.info.status == "FINISHED" and run.info.run_id == row["mlflow_run_id"]
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "nll_image"))
+        assert steps == list(range(1, EPOCHS + 1))
+    best = next(row for row in confirmed.table if row["kind"] == "mean" and row["confirmed_rank"] == "1")
+    assert parent.data.tags["farm.confirmed_config_id"] == best["config_id"]
+    assert parent.data.metrics["confirmed/test/nll_image/mean"] == pytest.approx(float(best["test/nll_image"]))
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {f"study/{CONFIRMATION_FILE}"}
+
+
+def test_export_takes_the_best_seed_of_the_best_confirmed_configuration(confirmed: Confirmed, tmp_path: Path) -> None:
+    (folder,) = export_study(confirmed.output, 1, tmp_path, confirmed=True)
+    best = next(row for row in confirmed.table if row["kind"] == "mean" and row["confirmed_rank"] == "1")
+    seeds = [row for row in seed_rows(confirmed.table) if row["config_id"] == best["config_id"]]
+    chosen = min(seeds, key=lambda row: float(row["nll_image"]))
+    assert folder.name == f"01_{chosen['trial_id']}"
+
+
+def test_the_rows_and_the_printed_summary_match_the_table(confirmed: Confirmed) -> None:
+    rows = confirmation.rows(confirmed.output, NAME)
+    assert [(row["kind"], row["config_id"], row["seed"]) for row in rows] == [
+        (row["kind"], row["config_id"], int(row["seed"]) if row["seed"] else None) for row in confirmed.table]
+    assert "confirmation: 2 configuration(s) x 2 seeds (1, 2)" in confirmed.said
+
+
+def test_the_confirmation_is_also_a_typed_table(confirmed: Confirmed) -> None:
+    table = tables.read(confirmed.output / tables.FOLDER / "confirmation.parquet")
+    assert table.column("kind").to_pylist() == [row["kind"] for row in confirmed.table]
+    assert table.schema.field("seed").type == pa.int64() and table.schema.field("test/nll_image").type == pa.float64()
+    assert table.column("test/nll_image").to_pylist() == pytest.approx(
+        [float(row["test/nll_image"]) for row in confirmed.table])
+
+
+# ------------------------------------------------------------------ the plan and the table, without Ray
+
+
+def test_the_plan_takes_distinct_completed_configurations_and_seeds_the_search_did_not_use(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "plan", "fixed": {"dataset": "digits", "hidden_sizes": [16], "epochs": 1}, "trials": 4,
+        "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": [0.02, 0.01, 0.005]},
+                                        "seed": {"distribution": "categorical", "choices": [0, 1, 3, 4]}}},
+        "confirm": {"top": 3, "seeds": 3}}))
+    rows = [{"trial_id": "a", "status": "completed", "nll_image": 30.0, "param.lr": 0.01, "param.seed": 0},
+            {"trial_id": "b", "status": "completed", "nll_image": 29.0, "param.lr": 0.01, "param.seed": 1},
+            {"trial_id": "c", "status": "pruned", "nll_image": 20.0, "param.lr": 0.02, "param.seed": 3},
+            {"trial_id": "d", "status": "completed", "nll_image": 31.0, "param.lr": 0.005, "param.seed": 4}]
+    study = load_study(path)
+    assert "  confirm: the 3 best configuration(s) x 3 fresh seeds each, evaluated on the test split" in plan_lines(
+        study, tmp_path, "sqlite:///unused", None)
+    plan = confirmation.make_plan(study, rows)
+    assert [(c.search_rank, c.config_id, c.params) for c in plan.configurations] == [
+        (1, "b", {"lr": 0.01}), (2, "d", {"lr": 0.005})]  # a repeats b's configuration; c did not complete
+    assert plan.seeds == (2, 5, 6)
+    assert plan.points()[0] == {"search_rank": 1, "config_id": "b", "seed": 2, "lr": 0.01}
+
+
+def test_aggregates_count_completed_seeds_only() -> None:
+    def seed(rank: int, number: int, status: str, nll: float | None) -> dict[str, Any]:
+        return {"kind": "seed", "search_rank": rank, "config_id": f"c{rank}", "seed": number, "n": None,
+                "trial_id": f"t{rank}{number}", "status": status, "nll_image": nll, "test/nll_image": nll and nll + 1,
+                "checkpoint": f"ck{rank}{number}", "param.lr": 0.01 * rank}
+    from farm_sweep.sweep.confirmation_table import best_confirmed, summary, table
+
+    rows = table([seed(2, 1, "completed", 20.0), seed(1, 1, "completed", 30.0), seed(1, 2, "failed", None),
+                  seed(2, 2, "completed", 24.0), seed(1, 3, "completed", 32.0)])
+    assert [(row["kind"], row["search_rank"], row["seed"]) for row in rows] == [
+        ("seed", 1, 1), ("seed", 1, 2), ("seed", 1, 3), ("mean", 1, None), ("std", 1, None),
+        ("seed", 2, 1), ("seed", 2, 2), ("mean", 2, None), ("std", 2, None)]
+    mean, std = rows[3], rows[4]
+    assert (mean["n"], mean["nll_image"], std["nll_image"]) == (2, 31.0, pytest.approx(2 ** 0.5))
+    assert {row["confirmed_rank"] for row in rows[:5]} == {2} and {row["confirmed_rank"] for row in rows[5:]} == {1}
+    assert [row["trial_id"] for row in best_confirmed(rows, 2)] == ["t21", "t11"]
+    printed = "\n".join(summary(rows))
+    assert "22.000 ± 2.828" in printed and "31.000 ± 1.414" in printed and "seed 2: - / - (failed)" in printed
+
+
+def test_a_journaled_seed_run_is_replayed_under_the_confirmation_run(tmp_path: Path) -> None:
+    """A seed's run that the store refused to create is created by the replay under the confirmation run, where
+    --resume and the table look for it, not under the study's parent run."""
+    study = tracking.start("journal", tmp_path, tracking.default_uri(tmp_path), {}, [])
+    stage = study.stage("confirmation", {"seeds": [1, 2]})
+    stage.journal_call("_child_run", ("t1", "rank1_seed1", {"lr": 0.01}, {"farm.seed": 1}), {}, OSError("down"))
+    assert study.replay() == 0
+    seed_run = stage.find_child("t1")
+    assert seed_run is not None and study.find_child("t1") is None
+    assert study.stage_of("confirmation").parent_run_id == stage.parent_run_id != study.parent_run_id
