@@ -16,15 +16,16 @@ A study file's `evaluation:` mapping selects what runs; every key is optional:
         protocol: ours              # or paper: the FARM paper's occlusions and per-occlusion averaging
                                     #   (farm_sweep.occlusions; made only)
       sampling:                     # null skips the speed-quality curve
-        num_samples: 100
+        num_samples: 100            # the samples each setting's quality is scored on
+        timed_samples: 10           # the first of them, the batch each setting is timed on (11 draws each)
         seed: 0
 
-Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits;
-pixelcnn: bpd_exact, the teacher-forced bits/dim of the hole, bpd_chain, the same along the fill's own samples,
-and classifier_score of the inpainted images; both: occluded_fraction) and
-`sampling/<sampler>/<knob>/<field>` (farm_sweep.speed_quality.CURVE_FIELDS: network_evaluations, wall_seconds
-with wall_seconds_min and _max, speedup, evaluation_speedup, classifier_score, frechet_distance, threads; timed
-by farm_sweep.timing's method, a speedup the two runs disagree on is left out; pixelcnn samples are scored by the
+Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits; pixelcnn:
+bpd_exact, the teacher-forced bits/dim of the hole, bpd_chain, the same along the fill's own samples, and
+classifier_score of the inpainted images; both: occluded_fraction) and `sampling/<sampler>/<knob>/<field>`
+(farm_sweep.speed_quality.CURVE_FIELDS: network_evaluations, wall_seconds with wall_seconds_min and _max,
+speedup, evaluation_speedup, classifier_score, frechet_distance, threads and timed_samples; timed by
+farm_sweep.timing's method, a speedup the two runs disagree on is left out; pixelcnn samples are scored by the
 CIFAR-10 classifier, samples of your own data by a classifier of its labels, and without labels the two quality
 metrics are left out, with a warning).
 Artifacts: inpainting.png, speed_quality.csv, speed_quality.png. A PixelCNN++ with a weight average is
@@ -66,7 +67,7 @@ def _defaults(cases: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Every setting's default, inpainting all of `cases`."""
     return {"inpaint": {"cases": list(cases), "fills": ["single", "evidence_weighted"], "num_occlusions": 10,
                         "images_per_occlusion": 10, "split": "valid", "seed": 0, "protocol": "ours"},
-            "sampling": {"num_samples": 100, "seed": 0}}
+            "sampling": {"num_samples": 100, "timed_samples": 10, "seed": 0}}
 
 
 def evaluate_trained_model(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
@@ -231,7 +232,7 @@ def _sampling(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_di
               section: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
     scorer = quality_scorer(config.dataset, config.data_dir)
     rows = CURVES[config.model](model, scorer.height, scorer.width, scorer, section["num_samples"],
-                                section["seed"])
+                                section["seed"], timed_samples=min(section["timed_samples"], section["num_samples"]))
     metrics = {f"sampling/{row['sampler']}/{row['knob']}/{field}": float(value)
                for row in rows for field, value in row.items()
                if field not in ("sampler", "knob") and not math.isnan(value)}  # NaN: not scored
