@@ -1,11 +1,12 @@
 """The speed-quality curve of fast sampling (DESIGN 5), shared by every model family: its rows, timed by
 the project's benchmark method (farm_sweep.timing), the scorer it needs, and its table and figure.
 
-Columns: `network_evaluations` (single-ordering forwards of the batch, as each sampler counts them),
-`wall_seconds` (median) with `wall_seconds_min` / `wall_seconds_max` over the timed rounds of both runs,
-`speedup` (the first row's wall median over this row's; NaN, not published, when the two runs' ratios differ
-by more than 20%), `evaluation_speedup` (the first row's evaluations over this row's), `classifier_score`,
-`frechet_distance`, and `threads` (torch threads while timing)."""
+Columns: `network_evaluations` (single-ordering forwards of the scored batch, as each sampler counts them),
+`wall_seconds` (median, for a batch of `timed_samples`) with `wall_seconds_min` / `wall_seconds_max` over the
+timed rounds of both runs, `speedup` (the first row's wall median over this row's; NaN, not published, when
+the two runs' ratios differ by more than 20%), `evaluation_speedup` (the first row's evaluations over this
+row's), `classifier_score`, `frechet_distance` (of the scored batch), `threads` (torch threads while timing)
+and `timed_samples`."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from farm_sweep.timing import MIN_ROUNDS, measure
 matplotlib.use("Agg")
 
 CURVE_FIELDS = ("sampler", "knob", "network_evaluations", "wall_seconds", "wall_seconds_min", "wall_seconds_max",
-                "speedup", "evaluation_speedup", "classifier_score", "frechet_distance", "threads")
+                "speedup", "evaluation_speedup", "classifier_score", "frechet_distance", "threads", "timed_samples")
 
 
 class Scorer(Protocol):
@@ -34,28 +35,32 @@ class Scorer(Protocol):
     def frechet_distance(self, images: torch.Tensor) -> float: ...
 
 
-Sampler = Callable[[str, int], tuple[torch.Tensor, int]]  # (sampler, knob) -> (samples, network evaluations)
+Sampler = Callable[[str, int, int], tuple[torch.Tensor, int]]  # (sampler, knob, batch) -> (samples, evaluations)
 
 
-def speed_quality_rows(settings: list[tuple[str, int]], draw: Sampler, scorer: Scorer,
-                       synchronize: Callable[[], None] | None = None, rounds: int = MIN_ROUNDS) -> list[dict[str, Any]]:
-    """One row per (sampler, knob), every setting drawing the same batch from the same noise, timed
-    together by farm_sweep.timing.measure (`rounds` per run); ratios are to the first setting. The quality
-    is that of the warm-up round's samples (every round draws the same ones)."""
+def speed_quality_rows(settings: list[tuple[str, int]], draw: Sampler, scorer: Scorer, num_samples: int,
+                       timed_samples: int, synchronize: Callable[[], None] | None = None,
+                       rounds: int = MIN_ROUNDS) -> list[dict[str, Any]]:
+    """One row per (sampler, knob), every setting drawing from the same noise: its quality scored on a batch
+    of `num_samples`, its wall time measured on the first `timed_samples` of them by farm_sweep.timing.measure
+    (`rounds` per run; the two batches are apart so that the method's 11 draws per setting stay cheap);
+    ratios are to the first setting."""
     names = [f"{sampler}/{knob}" for sampler, knob in settings]
-    measurement = measure({name: (lambda s=s, k=k: draw(s, k)) for name, (s, k) in zip(names, settings)},
-                          rounds, synchronize=synchronize)
-    reference_evaluations = measurement.results[names[0]][1]
+    drawn = {name: draw(sampler, knob, num_samples) for name, (sampler, knob) in zip(names, settings)}
+    measurement = measure({name: (lambda s=s, k=k: draw(s, k, timed_samples)) for name, (s, k) in
+                           zip(names, settings)}, rounds, synchronize=synchronize)
+    reference_evaluations = drawn[names[0]][1]
     rows = []
     for name, (sampler, knob) in zip(names, settings):
-        samples, evaluations = measurement.results[name]
+        samples, evaluations = drawn[name]
         timing, speedup = measurement.timing(name), measurement.ratio(names[0], name)
         rows.append({"sampler": sampler, "knob": knob, "network_evaluations": evaluations,
                      "wall_seconds": timing.median, "wall_seconds_min": timing.low, "wall_seconds_max": timing.high,
                      "speedup": math.nan if speedup is None else speedup,
                      "evaluation_speedup": reference_evaluations / evaluations,
                      "classifier_score": scorer.classifier_score(samples),
-                     "frechet_distance": scorer.frechet_distance(samples), "threads": measurement.threads})
+                     "frechet_distance": scorer.frechet_distance(samples), "threads": measurement.threads,
+                     "timed_samples": timed_samples})
     return rows
 
 

@@ -6,7 +6,7 @@ import torch
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.made.sampling import curve_settings, sample, speed_quality_curve
 from farm_sweep.orderings import make_orderings
-from farm_sweep.speed_quality import CURVE_FIELDS, write_speed_quality
+from farm_sweep.speed_quality import CURVE_FIELDS, speed_quality_rows, write_speed_quality
 
 
 def random_model(k: int, height: int, width: int, scale: float) -> FarmMADE:
@@ -134,6 +134,20 @@ def test_speed_quality_curve_rows_and_files(tmp_path):
     table, plot = write_speed_quality(rows, tmp_path)
     assert table.read_text().splitlines()[0] == ",".join(CURVE_FIELDS)
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_is_scored_on_every_sample_and_time_measured_on_the_timed_batch():
+    """Each setting draws the scored batch once, then the timed batch in the timing method's 11 rounds."""
+    batches: dict[str, list[int]] = {"a": [], "b": []}
+
+    def draw(sampler: str, knob: int, batch: int) -> tuple[torch.Tensor, int]:
+        batches[sampler].append(batch)
+        return torch.full((batch, 4), float(batch)), knob
+
+    rows = speed_quality_rows([("a", 8), ("b", 2)], draw, MeanScorer(), num_samples=50, timed_samples=5)
+    assert batches == {"a": [50] + [5] * 11, "b": [50] + [5] * 11}
+    assert [row["classifier_score"] for row in rows] == [51.0, 51.0]  # the scored batch's images, all 50.0
+    assert [row["evaluation_speedup"] for row in rows] == [1.0, 4.0] and rows[1]["timed_samples"] == 5
 
 
 @pytest.mark.parametrize("sampler", ["sequential", "multi_order", "fixed_point"])

@@ -16,7 +16,7 @@ from tests.test_quality import cache_tiny_cifar_classifier
 
 ARTIFACTS = ["inpainting.png", "speed_quality.csv", "speed_quality.png"]
 CURVE_FIELDS = {"network_evaluations", "wall_seconds", "wall_seconds_min", "wall_seconds_max", "speedup",
-                "evaluation_speedup", "classifier_score", "frechet_distance", "threads"}
+                "evaluation_speedup", "classifier_score", "frechet_distance", "threads", "timed_samples"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,12 +4,12 @@ farm_sweep.pixelcnn.sampling).
 
 A study file's `evaluation:` section selects what runs (farm_sweep.evaluation.settings declares it).
 
-Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits;
-pixelcnn: bpd_exact, the teacher-forced bits/dim of the hole, bpd_chain, the same along the fill's own samples,
-and classifier_score of the inpainted images; both: occluded_fraction) and
-`sampling/<sampler>/<knob>/<field>` (farm_sweep.speed_quality.CURVE_FIELDS: network_evaluations, wall_seconds
-with wall_seconds_min and _max, speedup, evaluation_speedup, classifier_score, frechet_distance, threads; timed
-by farm_sweep.timing's method, a speedup the two runs disagree on is left out; pixelcnn samples are scored by the
+Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits; pixelcnn:
+bpd_exact, the teacher-forced bits/dim of the hole, bpd_chain, the same along the fill's own samples, and
+classifier_score of the inpainted images; both: occluded_fraction) and `sampling/<sampler>/<knob>/<field>`
+(farm_sweep.speed_quality.CURVE_FIELDS: network_evaluations, wall_seconds with wall_seconds_min and _max,
+speedup, evaluation_speedup, classifier_score, frechet_distance, threads and timed_samples; timed by
+farm_sweep.timing's method, a speedup the two runs disagree on is left out; pixelcnn samples are scored by the
 CIFAR-10 classifier, samples of your own data by a classifier of its labels, and without labels the two quality
 metrics are left out, with a warning).
 Artifacts: inpainting.png, speed_quality.csv, speed_quality.png. A PixelCNN++ with a weight average is
@@ -141,7 +141,7 @@ def _sampling(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_di
               section: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
     scorer = quality_scorer(config.dataset, config.data_dir)
     rows = CURVES[config.model](model, scorer.height, scorer.width, scorer, section["num_samples"],
-                                section["seed"])
+                                section["seed"], timed_samples=min(section["timed_samples"], section["num_samples"]))
     metrics = {f"sampling/{row['sampler']}/{row['knob']}/{field}": float(value)
                for row in rows for field, value in row.items()
                if field not in ("sampler", "knob") and not math.isnan(value)}  # NaN: not scored

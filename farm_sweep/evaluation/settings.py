@@ -45,8 +45,10 @@ class InpaintSettings(BaseModel):
 class SamplingSettings(BaseModel):
     model_config = STRICT
 
-    num_samples: Annotated[Count, Field(description="samples per sampler setting of the speed-quality "
-                                                    "curve")] = 100
+    num_samples: Annotated[Count, Field(description="the samples each sampler setting's quality is scored "
+                                                    "on")] = 100
+    timed_samples: Annotated[Count, Field(description="the first of them, the batch each setting is timed on (11 "
+                                                      "draws each)")] = 10
     seed: Annotated[Seed, Field(description="the seed of the samples")] = 0
 
 

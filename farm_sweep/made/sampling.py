@@ -177,18 +177,20 @@ def curve_settings(k: int, dim: int) -> list[tuple[str, int]]:
 
 
 def speed_quality_curve(model: FarmMADE, height: int, width: int, scorer: Scorer, num_samples: int,
-                        seed: int, settings: list[tuple[str, int]] | None = None,
-                        rounds: int = MIN_ROUNDS) -> list[dict[str, Any]]:
+                        seed: int, settings: list[tuple[str, int]] | None = None, rounds: int = MIN_ROUNDS,
+                        timed_samples: int | None = None) -> list[dict[str, Any]]:
     """farm_sweep.speed_quality's rows for `settings` (default `curve_settings`), every setting with the same
-    batch, noise and mask sets, timed by the project's benchmark method (farm_sweep.timing, `rounds` per
-    run); ratios are to the first setting."""
+    noise and mask sets: quality of `num_samples` samples, wall time of the first `timed_samples` (default:
+    all) by the project's benchmark method (farm_sweep.timing, `rounds` per run); ratios are to the first
+    setting."""
     if height * width != model.dim:
         raise ValueError(f"a {height}x{width} image has {height * width} pixels; the model has {model.dim}")
     generator = torch.Generator().manual_seed(seed)
     noise, masks = torch.rand(num_samples, model.dim, generator=generator), draw_masks(model, num_samples, generator)
 
-    def draw(sampler: str, knob: int) -> tuple[torch.Tensor, int]:
-        return sample(model, sampler, num_samples, knob, noise=noise, masks=masks)
+    def draw(sampler: str, knob: int, batch: int) -> tuple[torch.Tensor, int]:
+        return sample(model, sampler, batch, knob, noise=noise[:batch], masks=masks[:batch])
 
     synchronize = torch.cuda.synchronize if model.orders.is_cuda else None
-    return speed_quality_rows(settings or curve_settings(model.k, model.dim), draw, scorer, synchronize, rounds)
+    return speed_quality_rows(settings or curve_settings(model.k, model.dim), draw, scorer, num_samples,
+                              timed_samples or num_samples, synchronize, rounds)

@@ -113,15 +113,18 @@ def curve_settings(height: int, width: int) -> list[tuple[str, int]]:
 
 
 def speed_quality_curve(model: FarmPixelCNN, height: int, width: int, scorer: Scorer, num_samples: int, seed: int,
-                        settings: list[tuple[str, int]] | None = None, ordering: int = 0) -> list[dict[str, Any]]:
+                        settings: list[tuple[str, int]] | None = None, ordering: int = 0,
+                        timed_samples: int | None = None) -> list[dict[str, Any]]:
     """farm_sweep.speed_quality's rows for `settings` (default `curve_settings`), every setting with the same
-    batch and noise, timed by the project's benchmark method (farm_sweep.timing); ratios are to the first
-    setting. `farm_sweep.speed_quality.write_speed_quality` writes the table and the figure."""
+    noise: quality of `num_samples` samples, wall time of the first `timed_samples` (default: all) by the
+    project's benchmark method (farm_sweep.timing); ratios are to the first setting.
+    `farm_sweep.speed_quality.write_speed_quality` writes the table and the figure."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.rand(num_samples, 1 + model.config.channels, height, width, generator=generator)
 
-    def draw(sampler: str, knob: int) -> tuple[torch.Tensor, int]:
-        return sample(model, sampler, num_samples, height, width, knob, noise=noise, ordering=ordering)
+    def draw(sampler: str, knob: int, batch: int) -> tuple[torch.Tensor, int]:
+        return sample(model, sampler, batch, height, width, knob, noise=noise[:batch], ordering=ordering)
 
     synchronize = torch.cuda.synchronize if next(model.parameters()).is_cuda else None
-    return speed_quality_rows(settings or curve_settings(height, width), draw, scorer, synchronize)
+    return speed_quality_rows(settings or curve_settings(height, width), draw, scorer, num_samples,
+                              timed_samples or num_samples, synchronize)

@@ -43,7 +43,7 @@ from farm_sweep.sweep import (
     tracking,
     tune_state,
 )
-from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, params_text, trial_name
+from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, trial_name
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -52,7 +52,7 @@ from farm_sweep.sweep.pruning import (
     make_pruner,
 )
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler, point_text
 from farm_sweep.sweep.study import SCHEMAS, Study, StudyError, json_schema, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
@@ -95,9 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the study started: nothing to resume
         print("interrupted before the study started", file=sys.stderr)
         return 128 + signal.SIGINT
-    unlogged = tracking.load(output).unlogged()
+    tracker = tracking.load(output)
     confirmed = confirmation.rows(output, study.name)
-    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, len(unlogged), confirmed)))
+    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, tracker.ui_path(),
+                             len(tracker.unlogged()), confirmed)))
     return _exit_status([*rows, *confirmed], study, output)
 
 
@@ -219,7 +220,8 @@ def _search(study: Study, output: Path, uri: str, resume: bool,
         tuner = tune.Tuner.restore(str(folder), trainable=_trainable(study, tracker, trainable))
     else:
         tracker = tracking.start(study.name, output, uri, _settings(study),
-                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()])
+                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()],
+                                 study_note(study))
         tuner = _new_tuner(study, output, link, tracker, trainable)
     tune_state.record(folder, output)
     tuner.fit()
@@ -269,6 +271,20 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
             PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
 
 
+def study_note(study: Study) -> str:
+    """The parent run's description (Markdown): what the study searched, and how."""
+    return "\n".join([
+        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
+        f"{METRIC} (nats per image). {study.description}".rstrip(), "",
+        "Searched:", "", *(f"- {line}" for line in study.space.describe()), "",
+        f"Fixed: `{json.dumps(study.space.fixed)}`", "",
+        f"Sampler {study.sampler.type}, pruner {study.pruner.type}; each child run is one trial, named by its "
+        "sampled parameters.",
+        *([f"\nConfirmation: the best {study.confirm.top} configuration(s) trained again with "
+           f"{study.confirm.seeds} fresh seeds each and evaluated on the test split, in the nested run "
+           f"`{confirmation.STAGE}`."] if study.confirm else [])])
+
+
 def _settings(study: Study) -> dict[str, Any]:
     """The study's settings as parent-run parameters."""
     return {"trials": study.trials, "seed": study.seed, "sampler": study.sampler.type,
@@ -314,7 +330,7 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     counts = Counter(row["status"] for row in rows)
     best = best_row(rows)
     tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
-                         files, {s: counts.get(s, 0) for s in STATUSES}, end=end)
+                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
     tracker.replay()
 
 
@@ -352,16 +368,17 @@ def _importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, unlogged: int = 0,
-            confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows)."""
+def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, ui_path: str,
+            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows), and where
+    to look: the results and the MLflow UI (its page of the study's runs)."""
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
         value = "-" if row[METRIC] is None else f"{float(row[METRIC]):.3f}"
         params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
         lines.append(f"{row['trial_id']:<14}{row['optuna_trial']!s:>7}  {row['status']:<11}{row['epochs']!s:>7}  "
-                     f"{value:>10}  {params_text(params)}")
+                     f"{value:>10}  {point_text(params)}")
     best = best_row(rows)
     lines += [f"{len(rows)} trials in {seconds:.0f}s: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
@@ -370,6 +387,7 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               f"results: {output}",
               *([f"tracking: {unlogged} calls could not be logged to {uri}; they are kept in "
                  f"{output / tracking.JOURNAL_FILE}"] if unlogged else []),
-              f"MLflow UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow: {uri}"]
+              f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{ui_path}"
+              if uri.startswith("sqlite") else f"MLflow UI: {uri.rstrip('/')}/{ui_path}"]
     return lines
 
