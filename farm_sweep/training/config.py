@@ -23,7 +23,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass
-from pydantic_core import PydanticCustomError
 
 from farm_sweep.data import DATASETS, SPEC_FIELDS, DataError, DatasetSpec, dataset_label
 from farm_sweep.declared import STRICT, number, problem, rule
@@ -57,8 +56,8 @@ class EarlyStopping(BaseModel):
     @classmethod
     def _patience_given(cls, value: Any) -> Any:
         if isinstance(value, dict) and "patience" not in value:
-            raise PydanticCustomError("rule", "a mapping {patience: N, min_delta: D} (patience required, min_delta "
-                                      "default 0), or null; add patience")
+            raise rule("", "a mapping {patience: N, min_delta: D} (patience required, min_delta default 0), or null; "
+                       "add patience")
         return value
 
 
@@ -68,13 +67,12 @@ def _dataset(value: Any, info: ValidationInfo) -> str | DatasetSpec:
     if isinstance(value, DatasetSpec) or (isinstance(value, str) and value in DATASETS):
         return value
     if not isinstance(value, dict):
-        raise PydanticCustomError("rule", "{reason}", {"reason": f"{quote(value)} is not allowed; choose one of "
-                                  f"{', '.join(DATASETS)}, or your own data: a mapping {{format: npz, path: ...}} "
-                                  "(docs/data.md)"})
+        raise rule("", f"{quote(value)} is not allowed; choose one of {', '.join(DATASETS)}, or your own data: a "
+                   "mapping {format: npz, path: ...} (docs/data.md)")
     try:
         return DatasetSpec.from_value(value, (info.context or {}).get("folder"))
     except DataError as error:
-        raise PydanticCustomError("rule", "{reason}", {"reason": str(error)}) from None
+        raise rule("", str(error)) from None
 
 
 def _plain_dataset(value: str | DatasetSpec) -> str | dict[str, Any]:
