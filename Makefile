@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test lint system-packages
+.PHONY: install quickstart test lint system-packages browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,16 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) -m farm_sweep.run studies/quickstart.yaml --output results/quickstart/$(shell date +%Y%m%d-%H%M%S)
 
+# The MLflow UI test drives a real headless browser: Debian's chromium and chromium-driver, installed where this
+# runs as root (as in CI); elsewhere the test is skipped and says why.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+		echo "no chromium-driver here: the MLflow UI test will be skipped (as root: apt-get install chromium chromium-driver)"
+
 # Tests use the real datasets beside the checkout unless FARM_DATA_DIR points elsewhere.
 test: export FARM_DATA_DIR ?= $(abspath ../shared/data)
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages browser
 	$(VENV)/bin/ruff check farm_sweep tests bench
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q

@@ -1,5 +1,6 @@
-"""Real server processes for tests: an `mlflow server`, Ray nodes and a PostgreSQL server, each stopped by process
-id; and watching a study's driver: its output, the epochs its trials reported."""
+"""Real server processes for tests (`mlflow server`, `mlflow models serve`, `optuna-dashboard`, Ray nodes, a
+PostgreSQL server), each started on 127.0.0.1 and stopped by process id; and watching a study's driver: its
+output, the epochs its trials reported."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+# `mlflow server` without MLflow's job runner (a second process for GenAI jobs, which no test uses): it starts
+# faster on a busy machine.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -28,32 +33,41 @@ def free_port() -> int:
 def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     """`mlflow server` on 127.0.0.1:port with its store in `folder`; returns once it answers /health."""
     folder.mkdir(parents=True, exist_ok=True)
-    log = folder / "server.log"
-    process = subprocess.Popen(
+    return start_server(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
-         str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=open(log, "a"), start_new_session=True)  # noqa: SIM115 (closed with the process)
+         str(folder / "artifacts")], f"http://127.0.0.1:{port}/health", folder / "server.log", MLFLOW_SERVER_ENV)
+
+
+def start_server(command: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None,
+                 timeout: float = 180) -> subprocess.Popen:
+    """Start `command` in a process group of its own (stderr to `log`); returns once `ready_url` answers 200.
+    The environment is this one plus `env`, with this interpreter's bin folder first on PATH (MLflow starts its
+    servers by name: uvicorn, gunicorn)."""
+    bin_folder = str(Path(sys.executable).parent)
+    environment = {**os.environ, "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "a"), env=environment,  # noqa: SIM115 (closed with the process)
+                               start_new_session=True)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", process, log)
+        wait_ready(ready_url, process, log, timeout)
     except BaseException:
         stop(process)
         raise
     return process
 
 
-def wait_healthy(uri: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"mlflow server exited:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"{process.args[:4]} exited:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    raise AssertionError(f"mlflow server did not become healthy in {timeout}s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:

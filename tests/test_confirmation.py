@@ -257,7 +257,7 @@ def test_aggregates_count_completed_seeds_only() -> None:
 def test_a_journaled_seed_run_is_replayed_under_the_confirmation_run(tmp_path: Path) -> None:
     """A seed's run that the store refused to create is created by the replay under the confirmation run, where
     --resume and the table look for it, not under the study's parent run."""
-    study = tracking.start("journal", tmp_path, tracking.default_uri(tmp_path), {}, [])
+    study = tracking.start("journal", tmp_path, tracking.default_uri(tmp_path), {}, [], "a journal test")
     stage = study.stage("confirmation", {"seeds": [1, 2]})
     stage.journal_call("_child_run", ("t1", "rank1_seed1", {"lr": 0.01}, {"farm.seed": 1}), {}, OSError("down"))
     assert study.replay() == 0

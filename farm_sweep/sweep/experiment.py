@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 from farm_sweep.sweep import interrupts, stores, tracking, tune_state
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.results_table import METRIC
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
+from farm_sweep.sweep.search_space import point_text
 from farm_sweep.sweep.study import Study
 from farm_sweep.sweep.trial import TrialContext
 
@@ -55,7 +55,7 @@ def run_config(study: Study, output: Path, name: str, tracker: tracking.Tracker,
 
 
 def trial_name(trial: Trial) -> str:
-    """`trial_<id>`: the Ray trial folder and the MLflow child run name."""
+    """`trial_<id>`: the Ray trial and its folder (the MLflow child run is named by its parameters)."""
     return f"trial_{trial.trial_id}"
 
 
@@ -68,7 +68,7 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
         status = "pruned" if result.get(PRUNED_KEY) else "running"
-        print(f"{trial.trial_id} {params_text(self.label(trial.config))} epoch {result['epoch']}/"
+        print(f"{trial.trial_id} {point_text(self.label(trial.config))} epoch {result['epoch']}/"
               f"{result[FINAL_STEP_KEY]} {METRIC} {result[METRIC]:.3f} {status}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -77,11 +77,6 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         print(f"{trial.trial_id} failed (error: {trial.error_file})", flush=True)
-
-
-def params_text(config: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in config.items() if k != OPTUNA_TRIAL_KEY)
 
 
 class AlreadyDeletedCheckpoint(logging.Filter):

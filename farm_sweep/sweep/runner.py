@@ -1,5 +1,6 @@
 """Run a study: `python -m farm_sweep.run STUDY.yaml [--output DIR] [--tracking-uri URI] [--optuna-storage URL]
-[--address ADDR] [--resume] [--dry-run]`.
+[--address ADDR] [--resume] [--dry-run]`; `python -m farm_sweep.run --print-schema [study|search_space]` prints a
+file's JSON Schema.
 
 The study is validated first (exit status 2 on a bad file, nothing written). Then Ray Tune runs the trials
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
@@ -47,7 +48,7 @@ from farm_sweep.sweep import (
     tracking,
     tune_state,
 )
-from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, params_text, trial_name
+from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, trial_name
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -56,8 +57,8 @@ from farm_sweep.sweep.pruning import (
     make_pruner,
 )
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
-from farm_sweep.sweep.study import Study, StudyError, load_study
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler, point_text
+from farm_sweep.sweep.study import SCHEMAS, Study, StudyError, json_schema, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
 OPTUNA_FILE = "optuna.db"
@@ -65,7 +66,13 @@ OPTUNA_RECORD = "optuna_storage.json"  # the Optuna storage's public URL and stu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.print_schema:
+        print(json_schema(args.print_schema), end="")
+        return 0
+    if args.study is None:
+        parser.error("the study file is required (or --print-schema)")
     try:
         study = load_study(args.study, runs_here=args.address is None)
         output = (args.output or Path("results") / study.name).resolve()
@@ -99,16 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the study started: nothing to resume
         print("interrupted before the study started", file=sys.stderr)
         return 128 + signal.SIGINT
-    unlogged = tracking.load(output).unlogged()
+    tracker = tracking.load(output)
     confirmed = confirmation.rows(output, study.name)
-    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, len(unlogged), confirmed)))
+    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, tracker.ui_path(),
+                             len(tracker.unlogged()), confirmed)))
     return _exit_status([*rows, *confirmed], study, output)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m farm_sweep.run", description=__doc__.split("\n\n")[1],
                                      allow_abbrev=False)  # `--address` is looked for before Ray is imported
-    parser.add_argument("study", type=Path, help="the study file (studies/*.yaml)")
+    parser.add_argument("study", type=Path, nargs="?", help="the study file (studies/*.yaml)")
     parser.add_argument("--output", type=Path, help="results folder (default: results/<study name>)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI: a server (http://HOST:PORT) or a database "
                                                "(postgresql://USER:PASSWORD@HOST:PORT/DB); default: "
@@ -121,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                              f"every file matches a checksum the study's own run recorded ({tune_state.RECORD_FILE}),"
                              " as that state holds pickles, which run code when loaded")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and start nothing")
+    parser.add_argument("--print-schema", nargs="?", const="study", choices=SCHEMAS,
+                        help="print the JSON Schema of a study file (default) or a search-space file, as in "
+                             "schemas/, and exit")
     return parser
 
 
@@ -270,7 +281,8 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
         _create_optuna_study(study, link)
         (output / OPTUNA_RECORD).write_text(json.dumps({"storage": storage, "study": study.name}))
         tracker = tracking.start(study.name, output, uri, _settings(study, storage),
-                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()])
+                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()],
+                                 study_note(study))
         tuner = _new_tuner(study, output, link, tracker, trainable)
     tune_state.record(folder, output)
     try:
@@ -336,6 +348,20 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
             PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
 
 
+def study_note(study: Study) -> str:
+    """The parent run's description (Markdown): what the study searched, and how."""
+    return "\n".join([
+        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
+        f"{METRIC} (nats per image). {study.description}".rstrip(), "",
+        "Searched:", "", *(f"- {line}" for line in study.space.describe()), "",
+        f"Fixed: `{json.dumps(study.space.fixed)}`", "",
+        f"Sampler {study.sampler.type}, pruner {study.pruner.type}; each child run is one trial, named by its "
+        "sampled parameters.",
+        *([f"\nConfirmation: the best {study.confirm.top} configuration(s) trained again with "
+           f"{study.confirm.seeds} fresh seeds each and evaluated on the test split, in the nested run "
+           f"`{confirmation.STAGE}`."] if study.confirm else [])])
+
+
 def _settings(study: Study, storage: str) -> dict[str, Any]:
     """The study's settings as parent-run parameters (the Optuna storage's URL without its password)."""
     return {"trials": study.trials, "optuna_storage": storage, "seed": study.seed, "sampler": study.sampler.type,
@@ -381,7 +407,7 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     counts = Counter(row["status"] for row in rows)
     best = best_row(rows)
     tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
-                         files, {s: counts.get(s, 0) for s in STATUSES}, end=end)
+                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
     tracker.replay()
 
 
@@ -430,16 +456,17 @@ def _importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, unlogged: int = 0,
-            confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows)."""
+def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, ui_path: str,
+            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows), and where
+    to look: the results and the MLflow UI (its page of the study's runs)."""
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
         value = "-" if row[METRIC] is None else f"{float(row[METRIC]):.3f}"
         params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
         lines.append(f"{row['trial_id']:<14}{row['optuna_trial']!s:>7}  {row['status']:<11}{row['epochs']!s:>7}  "
-                     f"{value:>10}  {params_text(params)}")
+                     f"{value:>10}  {point_text(params)}")
     best = best_row(rows)
     lines += [f"{len(rows)} trials in {seconds:.0f}s: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
@@ -448,7 +475,7 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               f"results: {output}",
               *([f"tracking: {unlogged} calls could not be logged to {stores.shown(uri)}; they are kept in "
                  f"{output / tracking.JOURNAL_FILE}"] if unlogged else []),
-              f"MLflow: {stores.shown(uri)}" if uri.startswith(("http://", "https://")) else
-              f"MLflow UI: mlflow ui --backend-store-uri {stores.shown(uri)}"]
+              f"MLflow UI: {stores.shown(uri).rstrip('/')}/{ui_path}" if uri.startswith(("http://", "https://")) else
+              f"MLflow UI: mlflow ui --backend-store-uri {stores.shown(uri)}, then open http://127.0.0.1:5000/{ui_path}"]
     return lines
 
