@@ -226,7 +226,7 @@ def test_the_plan_takes_distinct_completed_configurations_and_seeds_the_search_d
             {"trial_id": "d", "status": "completed", "nll_image": 31.0, "param.lr": 0.005, "param.seed": 4}]
     study = load_study(path)
     assert "  confirm: the 3 best configuration(s) x 3 fresh seeds each, evaluated on the test split" in plan_lines(
-        study, tmp_path, "sqlite:///unused", None)
+        study, tmp_path, "sqlite:///unused", "sqlite:///unused", None)
     plan = confirmation.make_plan(study, rows)
     assert [(c.search_rank, c.config_id, c.params) for c in plan.configurations] == [
         (1, "b", {"lr": 0.01}), (2, "d", {"lr": 0.005})]  # a repeats b's configuration; c did not complete
