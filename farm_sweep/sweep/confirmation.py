@@ -155,7 +155,7 @@ def _tuner(study: Study, output: Path, location: Path, stage: tracking.Tracker, 
     return tune.Tuner(
         function, param_space={POINT_KEY: tune.grid_search(plan.points())},  # in order, each once
         tune_config=tune.TuneConfig(metric=METRIC, mode=experiment.MODE,
-                                    max_concurrent_trials=study.max_concurrent_trials,
+                                    max_concurrent_trials=study.max_concurrent_trials, reuse_actors=True,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=experiment.run_config(study, output, location.name, stage, scope=SCOPE, label=_point))
 

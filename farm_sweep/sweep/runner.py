@@ -342,7 +342,7 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
         _trainable(study, tracker, trainable),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
                                     scheduler=OptunaPruningScheduler(link, METRIC), num_samples=study.trials,
-                                    max_concurrent_trials=study.max_concurrent_trials,
+                                    max_concurrent_trials=study.max_concurrent_trials, reuse_actors=True,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=experiment.run_config(study, output, study.name, tracker, first=[
             PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))

@@ -24,7 +24,6 @@ from farm_sweep.made.task import MadeTask
 from farm_sweep.pixelcnn.task import PixelCNNTask
 from farm_sweep.training import checkpoint, early_stopping, preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
-from farm_sweep.training.curve import write_curve
 from farm_sweep.training.schedule import learning_rate
 from farm_sweep.untrusted import InputError, parse_json
 
@@ -104,7 +103,9 @@ def train(config: TrainConfig, checkpoint_dir: Path | None = None, resume_from: 
     train_set, valid_set = load_split(config, "train"), load_split(config, "valid")
     images = train_set.images[:config.max_train_examples]
     model = build_model(config, train_set.height, train_set.width, train_set.channels).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # fused: one kernel per step instead of a dozen passes over the weights; the unfused update of a 2 x 1000
+    # MADE's 3.2M parameters takes about as long as its forward and backward on a CPU (BENCHMARKS.md)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
 
     start = resume_from or (checkpoint.latest_valid(checkpoint_dir) if checkpoint_dir else None)
     state = checkpoint.load(start, model, optimizer) if start else {"history": []}
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from farm_sweep.training.curve import write_curve  # matplotlib: here, not in every trial worker
+
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.checkpoint_dir or Path(scratch)
