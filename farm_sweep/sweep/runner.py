@@ -295,6 +295,7 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     tune_state.record(folder, output)
     rows = trial_rows(folder, tracker, output)
     _fail_orphans(link, rows)
+    tracker.end_unrecorded({row["trial_id"] for row in rows})
     if any(row["status"] == "interrupted" for row in rows):
         _interrupt(study, output, tracker, rows)
     else:

@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -53,7 +53,8 @@ STAGE_TAG = "farm.stage"  # the run of a stage of the study (the confirmation), 
 STATE_FILE = "tracking.json"
 JOURNAL_FILE = "tracking_unlogged.jsonl"
 PENDING = "pending:"
-RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's status of a trial's run; else FINISHED
+# MLflow's status of a trial's run; else FINISHED
+RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED", "lost": "KILLED"}
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 MAX_RUN_NAME = 250  # and on a run's name
 # MLflow 3 marks an experiment's kind with this tag; its UI (3.17) shows the kind its `workflowType` asks for.
@@ -210,6 +211,23 @@ class Tracker:
         if reason:
             self.client.set_tag(run_id, "farm.failure_reason", reason[:5000])
         self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"))
+
+    def end_unrecorded(self, trial_ids: Collection[str]) -> int:
+        """End as `lost` (KILLED) the running child runs of trials outside `trial_ids`, the trials Tune recorded:
+        a driver killed just after such a trial started, before Tune's next snapshot of its state, leaves a
+        run that no trial will finish (--resume asks Optuna again, and the configuration runs as a new trial).
+        Returns how many; none when the store does not answer (the runs stay as they are)."""
+        try:
+            running = self.client.search_runs([self.experiment_id], filter_string=(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and tags.`{STATUS_TAG}` = 'running'"))
+        except Exception as error:  # an unreachable store: a later --resume tries again
+            log.warning("tracking: could not look for runs of unrecorded trials (%s)", error)
+            return 0
+        lost = [run for run in running if run.data.tags.get(TRIAL_TAG, "") not in {"", *trial_ids}]
+        for run in lost:
+            self.end_trial(run.info.run_id, "lost", reason="the driver stopped before Ray Tune recorded this "
+                                                           "trial; --resume ran its configuration as a new trial")
+        return len(lost)
 
     # ---------------------------------------------------------- logging
 
