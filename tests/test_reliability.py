@@ -368,3 +368,22 @@ def test_a_journal_on_a_full_disk_does_not_stop_the_study(tmp_path: Path, caplog
     with pytest.raises(OSError, match="No space left"):
         write_table([{"trial_id": "a", "status": "failed"}], table)
     assert read_table(table) == [{"trial_id": "a", "status": "completed"}]
+
+
+def test_while_the_store_is_down_each_write_is_tried_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that failed every attempt marks the store down: the next writes are tried once each and journaled,
+    so a trial does not wait out the backoff on every write of an outage."""
+    attempts: list[str] = []
+
+    def unreachable(uri: str) -> None:
+        attempts.append(uri)
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(tracking, "client", unreachable)
+    monkeypatch.setattr(tracking, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(tracking, "_down_since", {})
+    tracker = tracking.Tracker("http://127.0.0.1:1", "1", "parent", journal=str(tmp_path / "journal.jsonl"))
+    for step in (1, 2, 3):
+        tracker.log_metrics("run", {"nll_image": 1.0}, step=step)
+    assert len(attempts) == tracking.ATTEMPTS + 2
+    assert [entry["kwargs"]["step"] for entry in tracker.unlogged()] == [1, 2, 3]

@@ -61,11 +61,13 @@ MAX_RUN_NAME = 250  # and on a run's name
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 ATTEMPTS, BACKOFF_S = 3, 1.0
+RECHECK_S = 30.0  # after a store failed every attempt, how long writes are tried once only
 # MLflow's own HTTP retries back off for minutes per call; ours are short and end in the journal instead.
 HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
+_down_since: dict[str, float] = {}  # per process: tracking URI -> when it last failed every attempt
 
 
 class TrackingUnavailable(RuntimeError):
@@ -77,15 +79,21 @@ def default_uri(output: Path) -> str:
 
 
 def _journaled(method: Callable[..., Result]) -> Callable[..., Result | None]:
-    """Retry a write a few times; if the store still fails, journal the call and return None."""
+    """Retry a write a few times; if the store still fails, journal the call and return None. While a store
+    is down (it failed a whole round of retries less than RECHECK_S ago, in this process), each write is
+    tried once: a trial does not wait out the backoff on every write of an outage."""
 
     @functools.wraps(method)
     def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Result | None:
-        for attempt in range(ATTEMPTS):
+        attempts = 1 if time.monotonic() - _down_since.get(self.uri, -math.inf) < RECHECK_S else ATTEMPTS
+        for attempt in range(attempts):
             try:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+                _down_since.pop(self.uri, None)
+                return result
             except Exception as error:  # MLflow raises many types (HTTP, SQL, its own) for one cause
-                if attempt == ATTEMPTS - 1:
+                if attempt == attempts - 1:
+                    _down_since[self.uri] = time.monotonic()
                     self.journal_call(method.__name__, args, kwargs, error)
                     return None
                 time.sleep(BACKOFF_S * 2 ** attempt)
