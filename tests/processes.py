@@ -83,10 +83,10 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
     process.wait()
 
 
-def stop_tree(process: subprocess.Popen) -> None:
+def stop_tree(process: subprocess.Popen, timeout: float = 30) -> None:
     """stop(), then SIGKILL every descendant still alive (Ray's workers start sessions of their own)."""
     family = descendants(process.pid)
-    stop(process)
+    stop(process, timeout)
     for pid in family:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -63,9 +63,9 @@ def cluster() -> Iterator[Cluster]:
         _wait_for_nodes(address, env, 2)
         yield Cluster(address, env, head, worker)
     finally:
-        for process in (worker, head):
+        for process in (worker, head):  # thrown away: a graceful `ray stop` would only cost time
             if process is not None:
-                stop_tree(process)
+                stop_tree(process, timeout=3)
         shutil.rmtree(root, ignore_errors=True)
 
 
