@@ -1,5 +1,5 @@
-"""Study-level figures (every trial's learning curve, the speed-quality Pareto front across trials, the parameter
-importances) and the one way every figure is saved."""
+"""Study-level figures (every trial's learning curve, the speed-quality Pareto front across trials, the Pareto
+front of a study of several objectives, the parameter importances) and the one way every figure is saved."""
 
 from __future__ import annotations
 
@@ -56,6 +56,31 @@ def pareto_figure(points: Sequence[SpeedQualityPoint], path: Path) -> Path:
     axes.set_xscale("log")
     axes.set(xlabel="speed-up over sequential sampling", ylabel="classifier score",
              title="Speed-quality across trials")
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+@dataclass(frozen=True)
+class ObjectivePoint:
+    """A trial's values of a study's first two objectives, and whether it is on the study's Pareto front."""
+
+    trial_id: str
+    x: float
+    y: float
+    on_front: bool
+
+
+def objectives_front_figure(points: Sequence[ObjectivePoint], x_label: str, y_label: str, path: Path) -> Path:
+    """Every trial at its first two objectives' values, the Pareto front highlighted and labelled by trial."""
+    front = sorted((p for p in points if p.on_front), key=lambda p: (p.x, p.y))
+    others = [p for p in points if not p.on_front]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.scatter([p.x for p in others], [p.y for p in others], color="tab:gray", alpha=0.6, label="other trials")
+    axes.plot([p.x for p in front], [p.y for p in front], "--*", color="tab:red", markersize=10,
+              label="Pareto front")
+    for p in front:
+        axes.annotate(p.trial_id[-5:], (p.x, p.y), fontsize=7)
+    axes.set(xlabel=x_label, ylabel=y_label, title="Pareto front of the study's trials")
     axes.legend(fontsize=8)
     return save_figure(figure, path)
 

@@ -38,6 +38,8 @@ SPACE = {"parameters": {"lr": {"distribution": "log_float", "low": 1.0e-3, "high
                         "divergence": {"distribution": "categorical", "choices": ["none", "jsd"]}}}
 FIXED = {"dataset": "digits", "hidden_sizes": [16], "epochs": 1}
 STUDY = {"name": "bad", "search_space": "space.yaml", "fixed": FIXED, "trials": 2}
+TWO_OBJECTIVES = [{"metric": "nll_image", "direction": "minimize"},
+                  {"metric": "sampling/fixed_point/64/network_evaluations", "direction": "minimize"}]
 MAINS = {"run": run.main, "export": command.main, "evaluate": evaluate.main, "train": loop.main}
 
 
@@ -364,6 +366,22 @@ CASES = [
     Case("pruner type not a name", "run", study(pruner={"type": ["median"]}),
          (STUDY_FILE, "pruner.type", "choose one of median")),
     Case("unknown sampler", "run", study(sampler="bayes"), (STUDY_FILE, "sampler.type", "choose one of tpe")),
+    Case("NSGA-II population of one", "run", study(sampler={"type": "nsga2", "population_size": 1}),
+         (STUDY_FILE, "sampler.population_size", "must be an integer >= 2")),
+    Case("pruner with two objectives", "run", study(pruner="median", objectives=TWO_OBJECTIVES),
+         (STUDY_FILE, "pruner: median cannot prune a study of 2 objectives", "set pruner: none")),
+    Case("objective listed twice", "run", study(objectives=[TWO_OBJECTIVES[0], TWO_OBJECTIVES[0]]),
+         (STUDY_FILE, "objectives: 'nll_image' is listed twice", "give each metric once")),
+    Case("objective direction unknown", "run", study(objectives=[{"metric": "nll_image", "direction": "down"}]),
+         (STUDY_FILE, "objectives[0].direction", "'down'", "choose one of minimize, maximize")),
+    Case("no objectives", "run", study(objectives=[]), (STUDY_FILE, "objectives: [] must have at least 1")),
+    Case("objective no trial reports", "run", study(objectives=[{"metric": "nll_imag", "direction": "minimize"}]),
+         (STUDY_FILE, "objectives[0].metric", "'nll_imag' is not a metric every trial reports", "use one of")),
+    Case("objective of an evaluation the study does not run", "run", study(objectives=TWO_OBJECTIVES),
+         (STUDY_FILE, "objectives[1].metric", "which this study does not run", "add evaluation.sampling")),
+    Case("two objectives with a confirmation", "run", study(objectives=TWO_OBJECTIVES, confirm={"top": 1, "seeds": 2},
+                                                            evaluation={"inpaint": None, "sampling": {}}),
+         (STUDY_FILE, "confirm: the confirmation stage ranks", "remove confirm")),
     Case("seed beyond the sampler's range", "run", study(seed=2**40),
          (STUDY_FILE, f"seed: {2**40} must be in 0..4294967295",)),
     Case("unknown dataset", "run", fixed(dataset="imagenet"),

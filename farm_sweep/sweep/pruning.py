@@ -9,7 +9,8 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
 - `PrunedFlag`, a Tune callback that writes `pruned: True/False` into every result, so pruned trials are
   marked in Ray's results (Tune lets callbacks edit a result in place; schedulers get a copy).
 - `PruningOptunaSearch`, OptunaSearch that leaves intermediate values to the scheduler and does not
-  overwrite the PRUNED state of a pruned trial with COMPLETE.
+  overwrite the PRUNED state of a pruned trial with COMPLETE; with several objectives (no pruning), a trial
+  that ends without reporting one of them is FAILed (Ray's OptunaSearch would leave it RUNNING).
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
 (`optuna_trial`). The Optuna study lives in storage (SQLite by default, or a database server:
@@ -19,6 +20,7 @@ pickling on `--resume`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import optuna
@@ -30,6 +32,8 @@ from ray.tune.search.optuna import OptunaSearch
 from farm_sweep.sweep import stores
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
+
+log = logging.getLogger(__name__)
 
 
 def make_pruner(kind: str, options: dict[str, Any], max_epochs: int) -> optuna.pruners.BasePruner:
@@ -135,4 +139,12 @@ class PruningOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if result and result.get(PRUNED_KEY):
             return  # already told PRUNED by the scheduler
+        missing = [name for name in self.metric if result.get(name) is None] if result and isinstance(
+            self.metric, list) else []
+        if missing and not error:  # several objectives: Optuna takes all of them or none
+            log.warning("trial %s ended without reporting the objective(s) %s; its Optuna trial fails", trial_id,
+                        ", ".join(missing))
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return
         super().on_trial_complete(trial_id, result, error)

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 import optuna
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from farm_sweep import figures
 from farm_sweep.sweep import (
@@ -42,6 +43,7 @@ from farm_sweep.sweep import (
     experiment,
     interrupts,
     output_lock,
+    pareto,
     stores,
     table_recorder,
     tables,
@@ -49,6 +51,7 @@ from farm_sweep.sweep import (
     tune_state,
 )
 from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, trial_name
+from farm_sweep.sweep.objectives import tune_modes
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -58,7 +61,7 @@ from farm_sweep.sweep.pruning import (
 )
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler, point_text
-from farm_sweep.sweep.study import SCHEMAS, Study, StudyError, json_schema, load_study
+from farm_sweep.sweep.study import DEFAULT_OBJECTIVES, SCHEMAS, Objective, Study, StudyError, json_schema, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
 OPTUNA_FILE = "optuna.db"
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracker = tracking.load(output)
     confirmed = confirmation.rows(output, study.name)
     print("\n".join(summary(rows, time.perf_counter() - began, output, uri, tracker.ui_path(),
-                             len(tracker.unlogged()), confirmed)))
+                             len(tracker.unlogged()), confirmed, study.objectives)))
     return _exit_status([*rows, *confirmed], study, output)
 
 
@@ -213,8 +216,7 @@ def plan(study: Study, output: Path, uri: str, storage: str, address: str | None
     pruner = ", ".join([study.pruner.type, *(f"{k}={v}" for k, v in study.pruner.options.items())])
     sampler = ", ".join([study.sampler.type, f"seed={study.seed}",
                          *(f"{k}={v}" for k, v in study.sampler.options.items())])
-    return [f"study {study.name}: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
-             f"{METRIC}",
+    return [f"study {study.name}: {study.trials} trials of up to {study.epochs} epochs, {_objective_text(study)}",
              f"  search space ({study.search_space_path or 'inline'}):",
              *(f"    {line}" for line in study.space.describe()),
              f"  fixed: {json.dumps(study.space.fixed)}",
@@ -232,6 +234,13 @@ def plan(study: Study, output: Path, uri: str, storage: str, address: str | None
              f"  optuna: {stores.shown(storage)} (study {study.name!r})",
              f"  mlflow: {stores.shown(uri)}",
              f"  output: {output}"]
+
+
+def _objective_text(study: Study) -> str:
+    """What the search optimises, in words."""
+    if not study.several_objectives:
+        return f"minimizing validation {METRIC}"
+    return "searching the Pareto front of " + ", ".join(f"{o.metric} ({o.direction})" for o in study.objectives)
 
 
 def _custom_text(custom: Mapping[str, float]) -> str:
@@ -296,6 +305,8 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     rows = trial_rows(folder, tracker, output)
     _fail_orphans(link, rows)
     tracker.end_unrecorded({row["trial_id"] for row in rows})
+    if study.several_objectives:
+        rows = pareto.mark(rows, link.study)
     if any(row["status"] == "interrupted" for row in rows):
         _interrupt(study, output, tracker, rows)
     else:
@@ -318,9 +329,10 @@ def _check_resources(study: Study, address: str | None) -> None:
 def _create_optuna_study(study: Study, link: OptunaLink) -> None:
     """The study's Optuna study, new: StudyError if the storage has one of that name (a second driver of a
     study of the same name started at the same time: sharing it, the two would mix their trials)."""
+    directions = {"directions": [o.direction for o in study.objectives]} if study.several_objectives else {
+        "direction": "minimize"}
     try:
-        optuna.create_study(study_name=study.name, storage=stores.optuna_storage(link.storage_url),
-                            direction="minimize")
+        optuna.create_study(study_name=study.name, storage=stores.optuna_storage(link.storage_url), **directions)
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(study.path, "name", f"the Optuna storage {stores.shown(link.storage_url)} already holds a "
                          f"study named {study.name!r}; rename the study, or continue that one with --resume "
@@ -335,25 +347,33 @@ def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) ->
 def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
                trainable: Trainable) -> tune.Tuner:
     enqueued = [study.space.as_optuna_point(point) for point in study.enqueue]
+    metric, mode = ([o.metric for o in study.objectives], tune_modes([o.direction for o in study.objectives])) \
+        if study.several_objectives else (METRIC, MODE)
     searcher = PruningOptunaSearch(
-        space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=enqueued or None,
+        space=study.space, metric=metric, mode=mode, points_to_evaluate=enqueued or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
         study_name=study.name, storage=stores.optuna_storage(link.storage_url))
     return tune.Tuner(
         _trainable(study, tracker, trainable),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
-                                    scheduler=OptunaPruningScheduler(link, METRIC), num_samples=study.trials,
+                                    scheduler=_scheduler(study, link), num_samples=study.trials,
                                     max_concurrent_trials=study.max_concurrent_trials, reuse_actors=True,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=experiment.run_config(study, output, study.name, tracker, first=[
             PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
 
 
+def _scheduler(study: Study, link: OptunaLink) -> TrialScheduler:
+    """The Optuna pruning scheduler; for several objectives, which Optuna neither prunes nor takes intermediate
+    values of, Tune's plain first-in-first-out one."""
+    return FIFOScheduler() if study.several_objectives else OptunaPruningScheduler(link, METRIC)
+
+
 def study_note(study: Study) -> str:
     """The parent run's description (Markdown): what the study searched, and how."""
     return "\n".join([
-        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
-        f"{METRIC} (nats per image). {study.description}".rstrip(), "",
+        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, {_objective_text(study)}"
+        f"{'' if study.several_objectives else ' (nats per image)'}. {study.description}".rstrip(), "",
         "Searched:", "", *(f"- {line}" for line in study.space.describe()), "",
         f"Fixed: `{json.dumps(study.space.fixed)}`", "",
         f"Sampler {study.sampler.type}, pruner {study.pruner.type}; each child run is one trial, named by its "
@@ -371,6 +391,7 @@ def _settings(study: Study, storage: str) -> dict[str, Any]:
             "enqueue": list(study.enqueue), "cpus_per_trial": study.resources.cpus,
             "confirm": study.confirm and {"top": study.confirm.top, "seeds": study.confirm.seeds},
             "gpus_per_trial": study.resources.gpus, "max_failures": study.max_failures,
+            **({"objectives": [o.model_dump() for o in study.objectives]} if study.several_objectives else {}),
             **{f"fixed.{name}": value for name, value in study.space.fixed.items()}}
 
 
@@ -406,9 +427,15 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     if importances:
         files.append(figures.importance_figure(importances, output / "param_importance.png"))
     counts = Counter(row["status"] for row in rows)
-    best = best_row(rows)
-    tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
-                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
+    if study.several_objectives:
+        files += pareto.write_front(rows, study.objectives, output)
+        front = pareto.front_rows(rows, study.objectives)
+        tracker.finish_study(None, files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end,
+                             front=[{key: row[key] for key in ("trial_id", "mlflow_run_id")} for row in front])
+    else:
+        best = best_row(rows)
+        tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
+                             files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
     tracker.replay()
 
 
@@ -458,9 +485,11 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
 
 def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, ui_path: str,
-            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows), and where
-    to look: the results and the MLflow UI (its page of the study's runs)."""
+            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = (),
+            objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> list[str]:
+    """The search's trials, its best (several objectives: its Pareto front), then the confirmation's
+    configurations (`confirmed`: its rows), and where to look: the results and the MLflow UI (its page of the
+    study's runs)."""
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
@@ -471,7 +500,8 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
     best = best_row(rows)
     lines += [f"{len(rows)} trials in {seconds:.0f}s: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
-              f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed",
+              *(_front_lines(rows, objectives) if len(objectives) > 1 else
+                [f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed"]),
               *confirmation_table.summary(confirmed),
               f"results: {output}",
               *([f"tracking: {unlogged} calls could not be logged to {stores.shown(uri)}; they are kept in "
@@ -480,3 +510,13 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               f"MLflow UI: mlflow ui --backend-store-uri {stores.shown(uri)}, then open http://127.0.0.1:5000/{ui_path}"]
     return lines
 
+
+
+def _front_lines(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Objective]) -> list[str]:
+    """The Pareto front's trials, best first by the first objective, with every objective's value."""
+    front = pareto.front_rows(rows, objectives)
+    if not front:
+        return ["Pareto front: none completed"]
+    return [f"Pareto front: {len(front)} trial(s), by {objectives[0].metric} ({pareto.FRONT_TABLE}):",
+            *(f"  {row['trial_id']}  " + "  ".join(f"{o.metric} {float(row[o.metric]):.4g}" for o in objectives)
+              for row in front)]

@@ -39,6 +39,7 @@ from pydantic.fields import FieldInfo
 
 from farm_sweep.declared import STRICT, Number, number, problem, rule
 from farm_sweep.evaluation.settings import EvaluationSettings, largest_batch, validate_settings
+from farm_sweep.sweep import objectives
 from farm_sweep.sweep.search_space import Parameter, SearchSpace
 from farm_sweep.training import preflight
 from farm_sweep.training.config import MAX_SEED, ConfigError, TrainConfig, TrainConfigSchema
@@ -224,6 +225,17 @@ class GridSampler(_Options):
     type: Literal["grid"]
 
 
+class Nsga2Sampler(_Options):
+    """NSGA-II, the genetic algorithm for several objectives (one works too)."""
+
+    type: Literal["nsga2"]
+    population_size: Annotated[int, Field(ge=2, description="trials per generation")] = 50
+    crossover_prob: Annotated[number(ge=0.0, le=1.0), Field(description="chance that a child is a crossover of "
+                                                                         "two parents")] = 0.9
+    swapping_prob: Annotated[number(ge=0.0, le=1.0), Field(description="chance that a crossover takes each "
+                                                                        "parameter from the other parent")] = 0.5
+
+
 class _Window(_Options):
     n_startup_trials: Annotated[int, Field(ge=0, description="completed trials before pruning starts")] = 5
     n_warmup_steps: Annotated[int, Field(ge=0, description="pruning starts at this epoch")] = 0
@@ -266,7 +278,8 @@ class NoPruner(_Options):
     type: Literal["none"]
 
 
-SAMPLER_OPTIONS: dict[str, type[_Options]] = {"tpe": TpeSampler, "random": RandomSampler, "grid": GridSampler}
+SAMPLER_OPTIONS: dict[str, type[_Options]] = {"tpe": TpeSampler, "random": RandomSampler, "grid": GridSampler,
+                                             "nsga2": Nsga2Sampler}
 PRUNER_OPTIONS: dict[str, type[_Options]] = {"median": MedianPruner, "percentile": PercentilePruner,
                                             "successive_halving": SuccessiveHalvingPruner,
                                             "hyperband": HyperbandPruner, "none": NoPruner}
@@ -279,7 +292,7 @@ def _component(kinds: dict[str, type[_Options]], default: str, description: str)
                      Field(description=description)]
 
 
-Sampler = _component(SAMPLER_OPTIONS, "tpe", "tpe, random or grid, or {type: NAME, option: value, ...}")
+Sampler = _component(SAMPLER_OPTIONS, "tpe", "tpe, random, grid or nsga2, or {type: NAME, option: value, ...}")
 Pruner = _component(PRUNER_OPTIONS, "median", "an Optuna pruner (its options by Optuna's names); the step is the "
                     "epoch")
 
@@ -310,6 +323,20 @@ class Confirm(BaseModel):
     seeds: Annotated[int, Field(ge=2, le=MAX_CONFIRM_SEEDS, description=(
         f"fresh seeds per configuration: a standard deviation over seeds needs two or more, and {MAX_CONFIRM_SEEDS} "
         "are plenty"))]
+
+
+class Objective(BaseModel):
+    """A metric every trial reports at its end, and which way is better (farm_sweep.sweep.objectives)."""
+
+    model_config = STRICT | ConfigDict(frozen=True)
+
+    metric: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, description=(
+        f"{', '.join(objectives.EPOCH_METRICS)} (validation), or an evaluation metric "
+        "inpaint/<case>/<fill>/<metric> or sampling/<sampler>/<knob>/<field>"))]
+    direction: Annotated[Literal[*objectives.DIRECTIONS], Field(description="minimize or maximize")]
+
+
+DEFAULT_OBJECTIVES = (Objective(metric=objectives.DEFAULT_METRIC, direction=objectives.DEFAULT_DIRECTION),)
 
 
 class StudyFile(BaseModel):
@@ -343,6 +370,25 @@ class StudyFile(BaseModel):
                                                                        "empty: none)")] = None
     confirm: Annotated[Confirm | None, Field(description="the confirmation stage after the search: {top, seeds} "
                                                          "(null: none)")] = None
+    objectives: Annotated[list[Objective], Field(min_length=1, description=(
+        "what the search optimises: [{metric, direction}, ...]; two or more search for the Pareto front "
+        "(default: validation nll_image, minimized)"))] = list(DEFAULT_OBJECTIVES)
+
+    @model_validator(mode="after")
+    def _objectives_fit(self) -> StudyFile:
+        metrics = [objective.metric for objective in self.objectives]
+        repeated = next((metric for metric in metrics if metrics.count(metric) > 1), None)
+        if repeated is not None:
+            raise rule("objectives", f"{quote(repeated)} is listed twice; give each metric once")
+        if len(metrics) == 1:
+            return self
+        if "pruner" in self.model_fields_set and self.pruner.type != "none":
+            raise rule("pruner", f"{self.pruner.type} cannot prune a study of {len(metrics)} objectives (Optuna "
+                       "prunes single-objective trials only); set pruner: none, or keep one objective")
+        if self.confirm is not None:
+            raise rule("confirm", "the confirmation stage ranks configurations by validation nll_image, one "
+                       "objective; remove confirm, or keep one objective")
+        return self
 
 
 STUDY_KEYS = tuple(StudyFile.model_fields)
@@ -384,6 +430,12 @@ class Study:
     enqueue: tuple[dict[str, Any], ...] = ()
     evaluation: dict[str, Any] = field(default_factory=dict)
     confirm: Confirm | None = None
+    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+
+    @property
+    def several_objectives(self) -> bool:
+        """Two or more objectives: a multi-objective search for the Pareto front."""
+        return len(self.objectives) > 1
 
     @property
     def epochs(self) -> int:
@@ -414,13 +466,21 @@ def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
         trials=_trials(path, document, space), seed=document.seed, description=document.description,
         max_concurrent_trials=document.max_concurrent_trials,
         sampler=Component(document.sampler.type, document.sampler.options()),
-        pruner=Component(document.pruner.type, document.pruner.options()),
+        pruner=_pruner(document),
         resources=document.resources, max_failures=document.max_failures,
         enqueue=tuple(point.given() for point in document.enqueue),
         evaluation=document.evaluation.model_dump(exclude_unset=True) if document.evaluation else {},
-        confirm=document.confirm)
+        confirm=document.confirm, objectives=tuple(document.objectives))
     _cross_check(study, study_fixed, lambda name: origins.get(name, (path, f"fixed.{name}")), runs_here)
     return study
+
+
+def _pruner(document: StudyFile) -> Component:
+    """The study's pruner; none for several objectives, which Optuna cannot prune (a pruner given for them is
+    refused by StudyFile)."""
+    if len(document.objectives) > 1:
+        return Component("none")
+    return Component(document.pruner.type, document.pruner.options())
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -521,10 +581,20 @@ def _cross_check(study: Study, study_fixed: dict[str, Any], locate: Locate, runs
             if not _within(sampled[name], chosen):
                 raise StudyError(study.path, at, f"{quote(chosen)} is outside its distribution "
                                  f"({sampled[name].describe()})")
+    _check_objectives(study)
     if study.confirm and study.confirm.top > study.trials:
         raise StudyError(study.path, "confirm.top", f"{study.confirm.top} must be in 1..{study.trials}; confirm at "
                          f"most as many configurations as the study has trials ({study.trials})")
     _check_configurations(study, locate, runs_here)
+
+
+def _check_objectives(study: Study) -> None:
+    """Each objective's metric is one a trial of this study reports (an evaluation metric needs its section)."""
+    sections = validate_settings(study.evaluation) if study.evaluation else {}
+    for index, objective in enumerate(study.objectives):
+        reason = objectives.metric_problem(objective.metric, sections)
+        if reason is not None:
+            raise StudyError(study.path, f"objectives[{index}].metric", reason)
 
 
 def _check_conditions(space: SearchSpace, locate: Locate) -> None:

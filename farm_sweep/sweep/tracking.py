@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -311,9 +311,11 @@ class Tracker:
 
     @_journaled
     def finish_study(self, best: Mapping[str, Any] | None, files: Iterable[Path], counts: Mapping[str, int],
-                     note: str, end: bool = True) -> None:
-        """Log the end-of-search summary on the parent run, its description: links to the best trial and to the
-        study's files, then `note`; and end it (or leave it running for the confirmation stage: `end` false)."""
+                     note: str, end: bool = True, front: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Log the end-of-search summary on the parent run, its description: links to the best trial (a study of
+        several objectives: to the trials of its Pareto front, `front`, each with trial_id and mlflow_run_id) and
+        to the study's files, then `note`; and end it (or leave it running for the confirmation stage: `end`
+        false)."""
         run, files = self.parent_run_id, list(files)
         self.log_metrics(run, {f"trials_{status}": n for status, n in counts.items()}, step=0)
         if best is not None:
@@ -321,8 +323,10 @@ class Tracker:
             self.client.set_tag(run, "farm.best_run_id", best["mlflow_run_id"])
             self.log_metrics(run, {"best_nll_image": best["nll_image"]}, step=0)
             self.client.log_dict(run, best, "best_trial.json")
+        if front:
+            self.client.set_tag(run, "farm.pareto_trial_ids", ",".join(trial["trial_id"] for trial in front))
         self.log_files(run, files, "study")
-        self.client.set_tag(run, MLFLOW_RUN_NOTE, f"{self._results_note(best, files)}\n\n{note}")
+        self.client.set_tag(run, MLFLOW_RUN_NOTE, f"{self._results_note(best, files, front)}\n\n{note}")
         if end:
             self.client.set_tag(run, STATUS_TAG, "finished")
             self.client.set_terminated(run, "FINISHED")
@@ -343,10 +347,15 @@ class Tracker:
             self.client.set_tag(run, STATUS_TAG, "finished")
             self.client.set_terminated(run, "FINISHED")
 
-    def _results_note(self, best: Mapping[str, Any] | None, files: Iterable[Path]) -> str:
-        """Markdown: the best trial and the study's figures and table, linked to their pages in the UI."""
+    def _results_note(self, best: Mapping[str, Any] | None, files: Iterable[Path],
+                      front: Sequence[Mapping[str, Any]] = ()) -> str:
+        """Markdown: the best trial (or the Pareto front's) and the study's figures and table, linked to their
+        pages in the UI."""
         best_text = (f"best trial [{best['trial_id']}]({self.ui_path(best['mlflow_run_id'])}), validation nll_image "
                      f"{float(best['nll_image']):.3f}" if best is not None else "no trial completed")
+        if front:
+            best_text = f"Pareto front of {len(front)} trial(s): " + ", ".join(
+                f"[{trial['trial_id']}]({self.ui_path(trial['mlflow_run_id'])})" for trial in front)
         names = [Path(path).name for path in files]  # a replayed call passes the paths as text
         links = ", ".join(f"[{name}]({self.ui_path(self.parent_run_id, f'study/{name}')})" for name in names)
         return f"**Results**: {best_text}. Figures and table: {links}."
