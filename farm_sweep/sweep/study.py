@@ -581,15 +581,16 @@ def _cross_check(study: Study, study_fixed: dict[str, Any], locate: Locate, runs
             if not _within(sampled[name], chosen):
                 raise StudyError(study.path, at, f"{quote(chosen)} is outside its distribution "
                                  f"({sampled[name].describe()})")
-    _check_objectives(study)
     if study.confirm and study.confirm.top > study.trials:
         raise StudyError(study.path, "confirm.top", f"{study.confirm.top} must be in 1..{study.trials}; confirm at "
                          f"most as many configurations as the study has trials ({study.trials})")
     _check_configurations(study, locate, runs_here)
+    _check_objectives(study)
 
 
 def _check_objectives(study: Study) -> None:
-    """Each objective's metric is one a trial of this study reports (an evaluation metric needs its section)."""
+    """Each objective's metric is one a trial of this study reports (an evaluation metric needs its section;
+    the evaluation settings passed _check_configurations)."""
     sections = validate_settings(study.evaluation) if study.evaluation else {}
     for index, objective in enumerate(study.objectives):
         reason = objectives.metric_problem(objective.metric, sections)
