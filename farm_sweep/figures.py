@@ -74,7 +74,7 @@ def objectives_front_figure(points: Sequence[ObjectivePoint], x_label: str, y_la
     """Every trial at its first two objectives' values, the Pareto front highlighted and labelled by trial."""
     front = sorted((p for p in points if p.on_front), key=lambda p: (p.x, p.y))
     others = [p for p in points if not p.on_front]
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.scatter([p.x for p in others], [p.y for p in others], color="tab:gray", alpha=0.6, label="other trials")
     axes.plot([p.x for p in front], [p.y for p in front], "--*", color="tab:red", markersize=10,
               label="Pareto front")

@@ -46,7 +46,7 @@ def write_front(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Objectiv
     x, y = (objective.metric for objective in objectives[:2])
     points = [figures.ObjectivePoint(str(row["trial_id"]), float(row[x]), float(row[y]), bool(row.get(PARETO_KEY)))
               for row in rows if row["status"] == "completed" and _finite(row.get(x)) and _finite(row.get(y))]
-    labels = [f"{objective.metric} ({objective.direction})" for objective in objectives[:2]]
+    labels = [f"{objective.metric}\n({objective.direction})" for objective in objectives[:2]]
     return [write_table(front, output / FRONT_TABLE),
             figures.objectives_front_figure(points, *labels, output / FRONT_FIGURE)]
 

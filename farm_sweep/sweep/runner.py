@@ -329,10 +329,9 @@ def _check_resources(study: Study, address: str | None) -> None:
 def _create_optuna_study(study: Study, link: OptunaLink) -> None:
     """The study's Optuna study, new: StudyError if the storage has one of that name (a second driver of a
     study of the same name started at the same time: sharing it, the two would mix their trials)."""
-    directions = {"directions": [o.direction for o in study.objectives]} if study.several_objectives else {
-        "direction": "minimize"}
     try:
-        optuna.create_study(study_name=study.name, storage=stores.optuna_storage(link.storage_url), **directions)
+        optuna.create_study(study_name=study.name, storage=stores.optuna_storage(link.storage_url),
+                            directions=[objective.direction for objective in study.objectives])
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(study.path, "name", f"the Optuna storage {stores.shown(link.storage_url)} already holds a "
                          f"study named {study.name!r}; rename the study, or continue that one with --resume "
@@ -347,10 +346,8 @@ def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) ->
 def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
                trainable: Trainable) -> tune.Tuner:
     enqueued = [study.space.as_optuna_point(point) for point in study.enqueue]
-    metric, mode = ([o.metric for o in study.objectives], tune_modes([o.direction for o in study.objectives])) \
-        if study.several_objectives else (METRIC, MODE)
     searcher = PruningOptunaSearch(
-        space=study.space, metric=metric, mode=mode, points_to_evaluate=enqueued or None,
+        space=study.space, **_search_objectives(study), points_to_evaluate=enqueued or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
         study_name=study.name, storage=stores.optuna_storage(link.storage_url))
     return tune.Tuner(
@@ -361,6 +358,15 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=experiment.run_config(study, output, study.name, tracker, first=[
             PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
+
+
+def _search_objectives(study: Study) -> dict[str, Any]:
+    """The searcher's metric and mode: Tune's one (validation nll_image, min), or a list of each for several
+    objectives."""
+    if not study.several_objectives:
+        return {"metric": METRIC, "mode": MODE}
+    return {"metric": [objective.metric for objective in study.objectives],
+            "mode": tune_modes([objective.direction for objective in study.objectives])}
 
 
 def _scheduler(study: Study, link: OptunaLink) -> TrialScheduler:
@@ -509,7 +515,6 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               f"MLflow UI: {stores.shown(uri).rstrip('/')}/{ui_path}" if uri.startswith(("http://", "https://")) else
               f"MLflow UI: mlflow ui --backend-store-uri {stores.shown(uri)}, then open http://127.0.0.1:5000/{ui_path}"]
     return lines
-
 
 
 def _front_lines(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Objective]) -> list[str]:

@@ -381,6 +381,10 @@ class StudyFile(BaseModel):
         if repeated is not None:
             raise rule("objectives", f"{quote(repeated)} is listed twice; give each metric once")
         if len(metrics) == 1:
+            if self.objectives[0] != DEFAULT_OBJECTIVES[0]:
+                raise rule("objectives", f"a study of one objective minimizes validation {objectives.DEFAULT_METRIC} "
+                           "(its pruner, best trial, confirmation and export rank by it); list two or more "
+                           "objectives to search a Pareto front")
             return self
         if "pruner" in self.model_fields_set and self.pruner.type != "none":
             raise rule("pruner", f"{self.pruner.type} cannot prune a study of {len(metrics)} objectives (Optuna "
