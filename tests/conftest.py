@@ -8,7 +8,7 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if "FARM_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+if not os.environ.get("FARM_DATA_DIR") and SHARED_DATA.is_dir():  # unset or empty
     os.environ["FARM_DATA_DIR"] = str(SHARED_DATA)
 
 
