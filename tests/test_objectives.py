@@ -122,7 +122,7 @@ def test_bad_objectives_exit_2_naming_the_field(tmp_path: Path, capsys: pytest.C
     assert not (tmp_path / "out").exists()
 
 
-def test_the_shipped_speed_quality_study_searches_a_front(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_the_shipped_speed_quality_study_searches_a_front() -> None:
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "speed_quality.yaml")
     assert [o.metric for o in study.objectives] == ["nll_image", COST] and study.pruner.type == "none"
     assert {p.name for p in study.space.parameters} >= {"num_orderings", "ordering_family"}
