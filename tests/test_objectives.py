@@ -40,7 +40,7 @@ def ray_address() -> Iterator[str]:
 
 def write_study(folder: Path) -> Path:
     document = {"name": "front", "trials": len(POINTS), "max_concurrent_trials": 2, "resources": {"cpus": 1},
-                "fixed": {"dataset": "digits", "hidden_sizes": [16], "epochs": 1, "batch_size": 50},
+                "fixed": {"dataset": "digits", "hidden_sizes": [16], "epochs": 2, "batch_size": 50},
                 "search_space": {"parameters": {"num_orderings": {"distribution": "categorical", "choices": [1, 2]},
                                                 "lr": {"distribution": "categorical", "choices": [3e-2, 3e-3]}}},
                 "enqueue": POINTS, "objectives": OBJECTIVES, "sampler": "nsga2", "pruner": "none",

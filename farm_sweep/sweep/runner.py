@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -65,6 +66,7 @@ from farm_sweep.sweep.study import DEFAULT_OBJECTIVES, SCHEMAS, Objective, Study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
 OPTUNA_FILE = "optuna.db"
+STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"  # "1": Tune lets reports lack the searched metrics
 OPTUNA_RECORD = "optuna_storage.json"  # the Optuna storage's public URL and study name, for --resume
 
 
@@ -282,6 +284,10 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     stays open when a confirmation follows)."""
     link = OptunaLink(storage, study.name, make_pruner(study.pruner.type, study.pruner.options, study.epochs))
     folder = output / RAY_FOLDER / study.name
+    if study.several_objectives:
+        # An evaluation objective arrives with a trial's last epoch only, and Tune refuses reports without the
+        # searched metrics; a trial that ends without them fails in Optuna (PruningOptunaSearch).
+        os.environ[STRICT_METRICS] = "1"
     if resume:
         experiment.quiet_deleted_checkpoints()
         tracker = tracking.reopen(output)
