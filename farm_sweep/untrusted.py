@@ -42,10 +42,11 @@ def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise InputError(f"cannot read the file ({error.strerror or error}); check the path") from None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a folder with an OSError of its own
+        os.close(descriptor)
+        raise InputError(f"not a regular file ({_kind(info.st_mode)}); give the path of a file")
     with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"not a regular file ({_kind(info.st_mode)}); give the path of a file")
         data = handle.read(limit + 1)
     if max(info.st_size, len(data)) > limit:
         raise InputError(f"the file has more than {limit:,} bytes, far more than such a file needs; check that "

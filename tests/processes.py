@@ -153,6 +153,22 @@ def when_epoch_reported(output: Path, name: str, epoch: int, action: Callable[[]
         time.sleep(0.2)
 
 
+def finished_trials(experiment: Path, process: subprocess.Popen, timeout: float = 600) -> list[str]:
+    """The trials that Tune's saved state in `experiment` holds as finished, once there is one (what `--resume`
+    reads: so it must not run them again)."""
+    from ray import tune
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(Exception):  # no state yet, or a state file being written
+            finished = [trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment)).trials
+                        if trial.status == "TERMINATED"]
+            if finished:
+                return finished
+        time.sleep(0.5)
+    raise AssertionError(f"no finished trial in {experiment}:\n{process.communicate()[0][-3000:]}")
+
+
 def postgres_binaries() -> Path | None:
     """The folder of PostgreSQL's initdb and postgres: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
     found = shutil.which("initdb")

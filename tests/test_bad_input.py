@@ -392,6 +392,8 @@ CASES = [
          (STUDY_FILE, "fixed.dataset", "'imagenet'", "choose one of digits")),
     Case("search-space file missing", "run", study(search_space="nowhere.yaml"),
          (STUDY_FILE, "search_space", "{tmp}/nowhere.yaml' does not exist", "relative to the study file")),
+    Case("search-space file a folder", "run", study(search_space="."),
+         (STUDY_FILE, "search_space", "not a regular file (a folder)", "give the path of a search-space file")),
     Case("grid too large", "run", study(sampler="grid", space={"parameters": {
         "num_masks": {"distribution": "int", "low": 1, "high": 10**9}}}),
          (STUDY_FILE, "sampler.type", "1000000000 configurations", "narrow the int ranges")),

@@ -5,14 +5,11 @@ nll_image against exact sampling's network evaluations."""
 from __future__ import annotations
 
 import csv
-import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import yaml
 from mlflow import MlflowClient
 from ray import cloudpickle
@@ -25,17 +22,11 @@ from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.search_space import Parameter, SearchSpace
 from farm_sweep.sweep.study import load_study
 
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+
 COST = "sampling/fixed_point/64/network_evaluations"
 OBJECTIVES = [{"metric": "nll_image", "direction": "minimize"}, {"metric": COST, "direction": "minimize"}]
 POINTS = [{"num_orderings": k, "lr": lr} for k in (1, 2) for lr in (3e-2, 3e-3)]
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 def write_study(folder: Path) -> Path:

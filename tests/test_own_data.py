@@ -185,6 +185,7 @@ def ray_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.mktemp("ray_cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(quality.CACHE_DIR_ENV, str(cache))  # workers inherit the environment of ray.init
+        ray.shutdown()  # the tests' shared Ray (conftest), if another module started it
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         yield cache
         ray.shutdown()

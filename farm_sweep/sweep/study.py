@@ -519,6 +519,10 @@ def _search_space(study_path: Path, value: str | SearchSpaceFile) -> tuple[Path 
     if not _exists(space_path):
         raise StudyError(study_path, "search_space", f"file {quote(str(space_path), 300)} does not exist; give a "
                          "search-space file's path relative to the study file, or the space inline")
+    if space_path.is_dir():
+        raise StudyError(study_path, "search_space", f"{quote(str(space_path), 300)} is not a regular file (a "
+                         "folder); give the path of a search-space file relative to the study file, or the space "
+                         "inline")
     space_path = space_path.resolve()
     return space_path, _validated(SearchSpaceFile, space_path, _read(space_path))
 
