@@ -1,5 +1,6 @@
 """Study-level figures (every trial's learning curve, the speed-quality Pareto front across trials, the Pareto
-front of a study of several objectives, the parameter importances) and the one way every figure is saved."""
+front of a study of several objectives, the parameter importances, the confirmation's seeds against the search)
+and the one way every figure is saved."""
 
 from __future__ import annotations
 
@@ -109,6 +110,41 @@ def learning_curves_figure(epochs: Sequence[Mapping[str, Any]], statuses: Mappin
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+def confirmation_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence[Mapping[str, Any]], path: Path,
+                        shown: int = 20) -> Path:
+    """The search's completed trials by validation nll_image (the best `shown`, each labelled by its parameters)
+    and, beside each confirmed configuration's trial, its seeds' mean ± std on validation and on test (rows of
+    confirmation.csv): whether the best configuration beats the next beyond seed noise is read off here."""
+    trials = sorted((row for row in search if row["status"] == "completed" and _finite(row.get("nll_image"))),
+                    key=lambda row: row["nll_image"])[:shown]
+    position = {row["trial_id"]: x for x, row in enumerate(trials)}
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.7 * len(trials) + 2), 4.8))
+    axes.plot(range(len(trials)), [row["nll_image"] for row in trials], "o", color="tab:gray",
+              label="search: validation (one seed)")
+    stds = {row["config_id"]: row for row in confirmed if row["kind"] == "std"}
+    for metric, offset, color, split in (("nll_image", 0.15, "tab:blue", "validation"),
+                                         ("test/nll_image", 0.3, "tab:orange", "test")):
+        points = [(position[row["config_id"]] + offset, row[metric], stds[row["config_id"]].get(metric) or 0.0)
+                  for row in confirmed if row["kind"] == "mean" and row["config_id"] in position
+                  and _finite(row.get(metric))]
+        if points:
+            xs, ys, errors = zip(*points)
+            axes.errorbar(xs, ys, yerr=errors, fmt="s", capsize=4, color=color,
+                          label=f"confirmed: {split}, mean ± std over seeds")
+    axes.set_xticks(range(len(trials)), [_parameters_label(row) for row in trials], rotation=30, ha="right",
+                    fontsize=7)
+    axes.set(ylabel="nll_image (nats)", title="The search's best trials and their confirmation")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def _parameters_label(row: Mapping[str, Any]) -> str:
+    return "\n".join(f"{key.removeprefix('param.')}={value:.3g}" if isinstance(value, float)
+                     else f"{key.removeprefix('param.')}={value}" for key, value in row.items()
+                     if key.startswith("param."))
 
 
 def importance_figure(importances: Mapping[str, float], path: Path) -> Path:
