@@ -1,12 +1,13 @@
 """Fixtures shared by test modules, and the data folder: `../shared/data` beside the checkout unless
 FARM_DATA_DIR says otherwise (as `make test` does), so plain `pytest` in a checkout finds the datasets."""
 
-import logging
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.processes import local_ray
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not os.environ.get("FARM_DATA_DIR") and SHARED_DATA.is_dir():  # unset or empty
@@ -19,14 +20,6 @@ def ray_address() -> str:
     to it (`--address`). Started once and kept for the modules after (each start costs seconds; Ray stops it at
     exit); a module that needs a Ray of its own shuts this one down first."""
     return local_ray()
-
-
-def local_ray() -> str:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    return ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -151,6 +152,15 @@ def when_epoch_reported(output: Path, name: str, epoch: int, action: Callable[[]
                 action()
                 return
         time.sleep(0.2)
+
+
+def local_ray() -> str:
+    """The address of this process's local Ray (2 CPUs, no dashboard), started unless it runs already."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
 
 
 def finished_trials(experiment: Path, process: subprocess.Popen, timeout: float = 600) -> list[str]:

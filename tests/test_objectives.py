@@ -5,6 +5,7 @@ nll_image against exact sampling's network evaluations."""
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def test_a_two_objective_study_finds_optunas_pareto_front_everywhere(ray_address
     study = load_study(write_study(tmp_path))
     output = tmp_path / "out"
     rows = run_study(study, output)
+    assert runner.STRICT_METRICS not in os.environ  # lenient for this study only, not the next in this process
 
     optuna_study = optuna.load_study(study_name="front", storage=f"sqlite:///{output / 'optuna.db'}")
     assert optuna_study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2

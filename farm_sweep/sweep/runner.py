@@ -21,6 +21,7 @@ store; `--resume` continues that stage too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -284,10 +285,6 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     stays open when a confirmation follows)."""
     link = OptunaLink(storage, study.name, make_pruner(study.pruner.type, study.pruner.options, study.epochs))
     folder = output / RAY_FOLDER / study.name
-    if study.several_objectives:
-        # An evaluation objective arrives with a trial's last epoch only, and Tune refuses reports without the
-        # searched metrics; a trial that ends without them fails in Optuna (PruningOptunaSearch).
-        os.environ[STRICT_METRICS] = "1"
     if resume:
         experiment.quiet_deleted_checkpoints()
         tracker = tracking.reopen(output)
@@ -301,7 +298,8 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
         tuner = _new_tuner(study, output, link, tracker, trainable)
     tune_state.record(folder, output)
     try:
-        tuner.fit()
+        with _lenient_metrics(study.several_objectives):
+            tuner.fit()
     except Exception as error:
         reason = stores.database_failure(error)
         if reason is None:
@@ -318,6 +316,23 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     else:
         _finish(study, output, link, tracker, rows, end=not confirmation.follows(study, output, rows))
     return tracker, rows
+
+
+@contextlib.contextmanager
+def _lenient_metrics(lenient: bool) -> Iterator[None]:
+    """While the search runs, with `lenient`: Tune accepts reports that lack the searched metrics. An evaluation
+    objective arrives with a trial's last epoch only; a trial that ends without it fails in Optuna
+    (PruningOptunaSearch). Restored after, so the next study in this process is checked strictly."""
+    before = os.environ.get(STRICT_METRICS)
+    if lenient:
+        os.environ[STRICT_METRICS] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STRICT_METRICS, None)
+        else:
+            os.environ[STRICT_METRICS] = before
 
 
 def _check_resources(study: Study, address: str | None) -> None:
