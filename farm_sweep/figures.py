@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backend)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
 
 _STATUS_COLORS = {"completed": "tab:blue", "pruned": "tab:gray", "failed": "tab:red", "interrupted": "tab:purple"}
 
@@ -46,7 +44,7 @@ def pareto_front(points: Sequence[SpeedQualityPoint]) -> list[SpeedQualityPoint]
 
 def pareto_figure(points: Sequence[SpeedQualityPoint], path: Path) -> Path:
     front = pareto_front(points)
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = subplots(figsize=(6, 4))
     for sampler in sorted({p.sampler for p in points}):
         chosen = [p for p in points if p.sampler == sampler]
         axes.scatter([p.speedup for p in chosen], [p.classifier_score for p in chosen], label=sampler, alpha=0.6)
@@ -75,7 +73,7 @@ def objectives_front_figure(points: Sequence[ObjectivePoint], x_label: str, y_la
     """Every trial at its first two objectives' values, the Pareto front highlighted and labelled by trial."""
     front = sorted((p for p in points if p.on_front), key=lambda p: (p.x, p.y))
     others = [p for p in points if not p.on_front]
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = subplots(figsize=(7, 4.5))
     axes.scatter([p.x for p in others], [p.y for p in others], color="tab:gray", alpha=0.6, label="other trials")
     axes.plot([p.x for p in front], [p.y for p in front], "--*", color="tab:red", markersize=10,
               label="Pareto front")
@@ -93,7 +91,7 @@ def learning_curves_figure(epochs: Sequence[Mapping[str, Any]], statuses: Mappin
     for row in epochs:
         if _finite(row.get("nll_image")):
             curves.setdefault(str(row["trial_id"]), []).append((row["epoch"], float(row["nll_image"])))
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = subplots(figsize=(7, 4.5))
     labelled = set()
     for trial_id, points in curves.items():
         status = statuses.get(trial_id, "unknown")
@@ -105,7 +103,7 @@ def learning_curves_figure(epochs: Sequence[Mapping[str, Any]], statuses: Mappin
         values = [value for points in curves.values() for _, value in points]
         last = max(points[-1][1] for points in curves.values())
         axes.set_ylim(min(values) - 1, min(max(values), last + max(10.0, last - min(values))) + 1)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(axes.xaxis)
     axes.set(xlabel="epoch", ylabel="validation nll_image (nats)", title="Learning curves of every trial")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
@@ -120,7 +118,7 @@ def confirmation_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence
     trials = sorted((row for row in search if row["status"] == "completed" and _finite(row.get("nll_image"))),
                     key=lambda row: row["nll_image"])[:shown]
     position = {row["trial_id"]: x for x, row in enumerate(trials)}
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.7 * len(trials) + 2), 4.8))
+    figure, axes = subplots(figsize=(max(6.0, 0.7 * len(trials) + 2), 4.8))
     axes.plot(range(len(trials)), [row["nll_image"] for row in trials], "o", color="tab:gray",
               label="search: validation (one seed)")
     stds = {row["config_id"]: row for row in confirmed if row["kind"] == "std"}
@@ -149,14 +147,34 @@ def _parameters_label(row: Mapping[str, Any]) -> str:
 
 def importance_figure(importances: Mapping[str, float], path: Path) -> Path:
     names = list(importances)[::-1]
-    figure, axes = plt.subplots(figsize=(6, 1.5 + 0.4 * len(names)))
+    figure, axes = subplots(figsize=(6, 1.5 + 0.4 * len(names)))
     axes.barh(names, [importances[name] for name in names])
     axes.set(xlabel="importance for validation nll_image", title="Parameter importance (Optuna)")
     return save_figure(figure, path)
 
 
-def save_figure(figure: plt.Figure, path: Path | str) -> Path:
+def subplots(*grid: int, **options: Any) -> tuple[Figure, Any]:
+    """`pyplot.subplots` on the headless backend. matplotlib is imported here, for the first figure, rather than
+    by every process that imports a module able to draw one: it costs each trial worker about a second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*grid, **options)
+
+
+def integer_ticks(axis: Axis) -> None:
+    """Ticks at whole numbers only (epochs, trial numbers)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def save_figure(figure: Figure, path: Path | str) -> Path:
     """Lay out, write as PNG (creating the folder) and close: every figure the project makes ends here."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,11 @@ from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from tests.processes import (
+    GATE,
     PostgresServer,
     finished_trials,
     free_port,
+    gated,
     postgres_binaries,
     study_file,
     when_epoch_reported,
@@ -121,12 +124,14 @@ def driver(path: Path, output: Path, address: str, tracking_uri: str, optuna_sto
 @dataclass(frozen=True)
 class StudyRuns:
     parent: Any
-    trials: dict[str, Any]  # the search's child runs, by trial id
+    trials: dict[str, Any]  # the search's child runs, by trial id, but for the lost ones
+    lost: dict[str, Any]  # runs of trials that a killed driver started after Tune's last snapshot of its state
     stages: dict[str, Any]  # the runs of the study's stages (the confirmation), by name
     seeds: dict[str, Any]  # the runs nested under a stage, by trial id
 
     def all(self) -> list[Any]:
-        return [self.parent, *self.trials.values(), *self.stages.values(), *self.seeds.values()]
+        return [self.parent, *self.trials.values(), *self.lost.values(), *self.stages.values(),
+                *self.seeds.values()]
 
 
 def study_runs(uri: str, name: str) -> StudyRuns:
@@ -137,9 +142,11 @@ def study_runs(uri: str, name: str) -> StudyRuns:
 
     def trials_under(run: Any) -> dict[str, Any]:
         return {child.data.tags[tracking.TRIAL_TAG]: child for child in found if tracking.TRIAL_TAG in child.data.tags
-                and child.data.tags[MLFLOW_PARENT_RUN_ID] == run.info.run_id}
+                and child.data.tags[MLFLOW_PARENT_RUN_ID] == run.info.run_id
+                and child.data.tags[tracking.STATUS_TAG] != "lost"}
 
-    return StudyRuns(parent, trials_under(parent), stages,
+    lost = {run.data.tags[tracking.TRIAL_TAG]: run for run in found if run.data.tags.get(tracking.STATUS_TAG) == "lost"}
+    return StudyRuns(parent, trials_under(parent), lost, stages,
                      {trial: run for stage in stages.values() for trial, run in trials_under(stage).items()})
 
 
@@ -178,11 +185,15 @@ def test_resume_after_the_driver_is_killed_finishes_each_trial_once(shared: Shar
         assert list(analysis.trial_dataframes[trial_id]["epoch"]) == [1, 2], f"{trial_id} ran again"
     runs = study_runs(shared.tracking_uri, "quick")
     assert runs.parent.info.status == "FINISHED" and sorted(runs.trials) == sorted(row["trial_id"] for row in rows)
+    for run in runs.lost.values():  # a trial started within Tune's last second: its configuration ran again
+        assert run.info.status == "KILLED" and "--resume ran its configuration as a new trial" in \
+            run.data.tags[tracking.REASON_TAG]
     for row in rows:
         run = runs.trials[row["trial_id"]]
         assert run.data.tags[tracking.STATUS_TAG] == "completed" and steps(shared.tracking_uri, run) == [1, 2]
-    trials = optuna.load_study(study_name="quick", storage=shared.optuna_storage).trials
-    assert [trial.state.name for trial in trials] == ["COMPLETE"] * 3
+    states = Counter(trial.state.name for trial in optuna.load_study(study_name="quick",
+                                                                      storage=shared.optuna_storage).trials)
+    assert states == Counter({"COMPLETE": 3, "FAIL": len(runs.lost)}), states  # a lost trial's Optuna trial fails
 
 
 def test_the_confirmation_runs_on_the_study_s_stores(shared: Shared) -> None:
@@ -209,8 +220,9 @@ def test_two_studies_at_once_in_one_database_keep_to_their_own(shared: Shared) -
         assert sorted(runs.trials) == sorted(row["trial_id"] for row in rows)
         assert {run.info.run_id for run in runs.trials.values()} == {row["mlflow_run_id"] for row in rows}
         trials = optuna.load_study(study_name=name, storage=shared.optuna_storage).trials
-        assert sorted(trial.params["lr"] for trial in trials) == sorted(lrs)
-        assert {trial.state.name for trial in trials} == {"COMPLETE"}
+        complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
+        assert sorted(trial.params["lr"] for trial in complete) == sorted(lrs)
+        assert len(trials) - len(complete) == len(runs.lost)  # the Optuna trials of lost trials fail
 
 
 def test_export_registers_with_the_password_from_pgpassword(shared: Shared, tmp_path: Path,
@@ -233,11 +245,13 @@ def test_a_database_server_that_goes_away_mid_study_loses_nothing(server: Postgr
     output = tmp_path / "out"
     journaled: list[str] = []
     try:
+        GATE[:] = [1, tmp_path / "stopped"]  # the trial waits after epoch 1 until the server is down
         watcher = threading.Thread(target=when_epoch_reported, args=(
-            output, "outage", 1, lambda: journaled.extend(an_outage(server, output / tracking.JOURNAL_FILE))))
+            output, "outage", 1, lambda: journaled.extend(an_outage(server, output / tracking.JOURNAL_FILE,
+                                                                    GATE[1]))))
         watcher.start()
         (row,) = run_study(load_study(study_file(tmp_path, "outage", [2e-2], epochs=5)), output,
-                           tracking_uri=tracking_uri)
+                           tracking_uri=tracking_uri, trainable=gated)
         watcher.join()
     finally:
         server.start()  # whether or not the watcher stopped it
@@ -251,10 +265,11 @@ def test_a_database_server_that_goes_away_mid_study_loses_nothing(server: Postgr
     assert steps(tracking_uri, run) == [1, 2, 3, 4, 5] and run.data.tags[tracking.STATUS_TAG] == "completed"
 
 
-def an_outage(server: PostgresServer, journal: Path, timeout: float = 120) -> list[str]:
-    """Stop the server until a refused write reaches the journal; then start it again. Returns the journal's
-    lines as they were."""
+def an_outage(server: PostgresServer, journal: Path, gate: Path, timeout: float = 120) -> list[str]:
+    """Stop the server (then open the trial's gate) until a refused write reaches the journal; then start it
+    again. Returns the journal's lines as they were."""
     server.stop()
+    gate.touch()
     deadline = time.monotonic() + timeout
     while not (journal.is_file() and journal.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -18,19 +18,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from farm_sweep.figures import save_figure
+from farm_sweep.figures import save_figure, subplots
 from farm_sweep.inference import inference
 from farm_sweep.losses import ensemble_log_probs, pixel_log_probs
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.made.staircase import logits_at
 from farm_sweep.occlusions import FillPlan, fill_plan, make_occlusions
 
-matplotlib.use("Agg")
 
 @inference
 def inpaint(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str,
@@ -179,7 +176,7 @@ def inpainting_figure(model: FarmMADE, images: torch.Tensor, height: int, width:
                                     ("FARM (evidence weighted)", model, "evidence_weighted")):
         filled, _ = inpaint(fill_model, images, occlusion, fill, torch.Generator().manual_seed(seed))
         panels[title] = _tint(filled, occlusion, (0.3, 0.6, 1.0), height, width)
-    figure, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    figure, axes = subplots(1, 3, figsize=(9, 3.4))
     for axis, (title, panel) in zip(axes, panels.items()):
         axis.imshow(panel, interpolation="nearest")
         axis.set_title(title, fontsize=9)

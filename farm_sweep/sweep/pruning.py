@@ -10,7 +10,8 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
   marked in Ray's results (Tune lets callbacks edit a result in place; schedulers get a copy).
 - `PruningOptunaSearch`, OptunaSearch that leaves intermediate values to the scheduler and does not
   overwrite the PRUNED state of a pruned trial with COMPLETE; with several objectives (no pruning), a trial
-  that ends without reporting one of them is FAILed (Ray's OptunaSearch would leave it RUNNING).
+  that ends without reporting one of them is FAILed (Ray's OptunaSearch would leave it RUNNING); a trial
+  that Tune restored on `--resume` but the searcher's older saved state lacks is told by its number.
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
 (`optuna_trial`). The Optuna study lives in storage (SQLite by default, or a database server:
@@ -139,6 +140,10 @@ class PruningOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if result and result.get(PRUNED_KEY):
             return  # already told PRUNED by the scheduler
+        if trial_id not in self._ot_trials and not self._adopt(trial_id, result):
+            log.warning("trial %s ended unknown to the searcher and without its Optuna trial number; its Optuna "
+                        "trial fails at the end of the search", trial_id)
+            return
         missing = [name for name in self.metric if result.get(name) is None] if result and isinstance(
             self.metric, list) else []
         if missing and not error:  # several objectives: Optuna takes all of them or none
@@ -148,3 +153,13 @@ class PruningOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
+
+    def _adopt(self, trial_id: str, result: dict[str, Any] | None) -> bool:
+        """Take on a trial that Tune restored but this searcher's restored state lacks (a driver killed while Tune
+        copied a snapshot: its trials newer than its searcher's state), by the Optuna trial number in the
+        trial's config, which Tune's flattened result carries. Optuna's tell() takes that number."""
+        number = (result or {}).get(f"config/{OPTUNA_TRIAL_KEY}")
+        if number is None:
+            return False
+        self._ot_trials[trial_id] = int(number)
+        return True

@@ -288,6 +288,8 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     if resume:
         experiment.quiet_deleted_checkpoints()
         tracker = tracking.reopen(output)
+        _fail_orphans(link, {trial.config.get(OPTUNA_TRIAL_KEY) for trial in tune.ExperimentAnalysis(
+            str(folder)).trials}, enqueue_again=True)
         tuner = tune.Tuner.restore(str(folder), trainable=_trainable(study, tracker, trainable))
     else:
         _create_optuna_study(study, link)
@@ -307,7 +309,7 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
         _stop_without_storage(study, folder, output, tracker, link, reason)
     tune_state.record(folder, output)
     rows = trial_rows(folder, tracker, output)
-    _fail_orphans(link, rows)
+    _fail_orphans(link, {row["optuna_trial"] for row in rows if row["status"] == "interrupted"})
     tracker.end_unrecorded({row["trial_id"] for row in rows})
     if study.several_objectives:
         rows = pareto.mark(rows, link.study)
@@ -492,13 +494,19 @@ def _stop_without_storage(study: Study, folder: Path, output: Path, tracker: tra
                            "again, then continue the study with --resume")
 
 
-def _fail_orphans(link: OptunaLink, rows: Sequence[Mapping[str, Any]]) -> None:
-    """FAIL the Optuna trials left RUNNING without an unfinished Tune trial: the searcher asked for them just
-    before a driver was killed, before Tune recorded their trial, so no trial will ever tell their outcome."""
-    unfinished = {row["optuna_trial"] for row in rows if row["status"] == "interrupted"}
+def _fail_orphans(link: OptunaLink, owned: set[int], enqueue_again: bool = False) -> None:
+    """FAIL the Optuna trials left RUNNING that no Tune trial will tell (`owned`: the Optuna trial numbers of
+    those that will): the searcher asked for them just before a driver was killed, before Tune recorded their
+    trial. On --resume (`enqueue_again`), an orphan that was an enqueued point is enqueued again, so that the
+    study still runs that point (a sampled one is simply sampled anew)."""
     for trial in link.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.number not in unfinished:
+        if trial.number not in owned:
             link.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            if enqueue_again and ENQUEUED_KEY in trial.system_attrs:
+                link.study.enqueue_trial(trial.system_attrs[ENQUEUED_KEY])
+
+
+ENQUEUED_KEY = "fixed_params"  # Optuna's record of an enqueued point's parameters (Study.enqueue_trial)
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:

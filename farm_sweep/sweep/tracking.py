@@ -48,6 +48,7 @@ from farm_sweep.sweep.reports import PRUNED_KEY
 
 TRIAL_TAG = "farm.trial_id"
 STATUS_TAG = "farm.status"
+REASON_TAG = "farm.failure_reason"  # why a run ended failed or lost
 STUDY_TAG = "farm.study"
 STAGE_TAG = "farm.stage"  # the run of a stage of the study (the confirmation), nested under the parent run
 STATE_FILE = "tracking.json"
@@ -217,7 +218,7 @@ class Tracker:
         run_id = self._resolve(run_id)
         self.client.set_tag(run_id, STATUS_TAG, status)
         if reason:
-            self.client.set_tag(run_id, "farm.failure_reason", reason[:5000])
+            self.client.set_tag(run_id, REASON_TAG, reason[:5000])
         self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"))
 
     def end_unrecorded(self, trial_ids: Collection[str]) -> int:

@@ -24,6 +24,7 @@ from farm_sweep.made.task import MadeTask
 from farm_sweep.pixelcnn.task import PixelCNNTask
 from farm_sweep.training import checkpoint, early_stopping, preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.training.curve import write_curve
 from farm_sweep.training.schedule import learning_rate
 from farm_sweep.untrusted import InputError, parse_json
 
@@ -218,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from farm_sweep.training.curve import write_curve  # matplotlib: here, not in every trial worker
-
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.checkpoint_dir or Path(scratch)
