@@ -52,7 +52,9 @@ from tests.processes import (
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = f"pw-{secrets.token_hex(12)}"  # searched for, byte by byte, in everything a study writes
-STUDIES = {"quick": [2e-2, 1e-2, 7e-3], "second": [5e-3]}
+STUDIES = {"quick": [2e-2, 1.5e-2, 1e-2, 7e-3, 5e-3], "second": [5e-3]}
+QUICK_EPOCHS = 3  # x 5 trials one at a time: still running when Tune has saved the first as finished
+EPOCH_STEPS = list(range(1, QUICK_EPOCHS + 1))
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ class Shared:
 def shared(server: PostgresServer, ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Shared:
     folder = tmp_path_factory.mktemp("shared")
     tracking_uri, optuna_storage = databases(server, "shared")
-    paths = {"quick": study_file(folder, "quick", STUDIES["quick"], epochs=2),
+    paths = {"quick": study_file(folder, "quick", STUDIES["quick"], epochs=QUICK_EPOCHS),
              "second": study_file(folder, "second", STUDIES["second"], epochs=1, confirm={"top": 1, "seeds": 2},
                                   max_concurrent_trials=2)}
     drivers = {name: driver(path, folder / name, ray_address, tracking_uri, optuna_storage)
@@ -178,11 +180,12 @@ def test_a_study_on_postgresql_writes_and_prints_no_password(shared: Shared, ser
 
 def test_resume_after_the_driver_is_killed_finishes_each_trial_once(shared: Shared) -> None:
     rows = shared.rows["quick"]
-    assert [row["status"] for row in rows] == ["completed"] * 3
-    assert 1 <= len(shared.killed_after) < 3  # killed mid-study
+    trials = len(STUDIES["quick"])
+    assert [row["status"] for row in rows] == ["completed"] * trials
+    assert 1 <= len(shared.killed_after) < trials  # killed mid-study
     analysis = tune.ExperimentAnalysis(str(shared.output("quick") / "ray" / "quick"))
     for trial_id in shared.killed_after:
-        assert list(analysis.trial_dataframes[trial_id]["epoch"]) == [1, 2], f"{trial_id} ran again"
+        assert list(analysis.trial_dataframes[trial_id]["epoch"]) == EPOCH_STEPS, f"{trial_id} ran again"
     runs = study_runs(shared.tracking_uri, "quick")
     assert runs.parent.info.status == "FINISHED" and sorted(runs.trials) == sorted(row["trial_id"] for row in rows)
     for run in runs.lost.values():  # a trial started within Tune's last second: its configuration ran again
@@ -190,10 +193,10 @@ def test_resume_after_the_driver_is_killed_finishes_each_trial_once(shared: Shar
             run.data.tags[tracking.REASON_TAG]
     for row in rows:
         run = runs.trials[row["trial_id"]]
-        assert run.data.tags[tracking.STATUS_TAG] == "completed" and steps(shared.tracking_uri, run) == [1, 2]
+        assert run.data.tags[tracking.STATUS_TAG] == "completed" and steps(shared.tracking_uri, run) == EPOCH_STEPS
     states = Counter(trial.state.name for trial in optuna.load_study(study_name="quick",
                                                                       storage=shared.optuna_storage).trials)
-    assert states == Counter({"COMPLETE": 3, "FAIL": len(runs.lost)}), states  # a lost trial's Optuna trial fails
+    assert states == Counter({"COMPLETE": trials, "FAIL": len(runs.lost)}), states  # a lost trial's Optuna trial fails
 
 
 def test_the_confirmation_runs_on_the_study_s_stores(shared: Shared) -> None:

@@ -83,7 +83,7 @@ def probe(output: Path) -> None:
     """OutputBusy when a run holds the lock of `output` now; changes nothing (a command checks this before its
     imports, which take seconds; `hold` decides)."""
     try:
-        descriptor = os.open(output / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        descriptor = os.open(output / LOCK_FILE, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
     except OSError:  # no lock file: no run, or `hold` reports what is wrong
         return
     try:
