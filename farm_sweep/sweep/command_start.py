@@ -44,5 +44,5 @@ def refuse_a_busy_output(argv: Sequence[str]) -> None:
         try:
             output_lock.probe(output)
         except output_lock.OutputBusy as error:
-            print(f"error: {output.resolve()}: --output: {error}", file=sys.stderr)
+            print(output_lock.refusal(output.resolve(), error), file=sys.stderr)
             sys.exit(2)

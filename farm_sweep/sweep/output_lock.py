@@ -29,6 +29,11 @@ class OutputUnusable(RuntimeError):
     """The output folder cannot be created or written."""
 
 
+def refusal(output: Path, error: OutputBusy | OutputUnusable) -> str:
+    """The error line of a command refused the folder `output` (given resolved)."""
+    return f"error: {output}: --output: {error}"
+
+
 @contextlib.contextmanager
 def hold(output: Path) -> Iterator[None]:
     """Hold the lock of `output` (OutputBusy, OutputUnusable) for the `with` block."""

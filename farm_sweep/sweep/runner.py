@@ -69,6 +69,7 @@ from farm_sweep.sweep.trial import TrialContext, run_trial
 OPTUNA_FILE = "optuna.db"
 STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"  # "1": Tune lets reports lack the searched metrics
 OPTUNA_RECORD = "optuna_storage.json"  # the Optuna storage's public URL and study name, for --resume
+ENQUEUED_KEY = "fixed_params"  # Optuna's record of an enqueued point's parameters (Study.enqueue_trial)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (output_lock.OutputBusy, output_lock.OutputUnusable) as error:
-        print(f"error: {output}: --output: {error}", file=sys.stderr)
+        print(output_lock.refusal(output, error), file=sys.stderr)
         return 2
     except stores.StoreUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
@@ -504,9 +505,6 @@ def _fail_orphans(link: OptunaLink, owned: set[int], enqueue_again: bool = False
             link.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             if enqueue_again and ENQUEUED_KEY in trial.system_attrs:
                 link.study.enqueue_trial(trial.system_attrs[ENQUEUED_KEY])
-
-
-ENQUEUED_KEY = "fixed_params"  # Optuna's record of an enqueued point's parameters (Study.enqueue_trial)
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
