@@ -196,7 +196,9 @@ def test_resume_after_the_driver_is_killed_finishes_each_trial_once(shared: Shar
         assert run.data.tags[tracking.STATUS_TAG] == "completed" and steps(shared.tracking_uri, run) == EPOCH_STEPS
     states = Counter(trial.state.name for trial in optuna.load_study(study_name="quick",
                                                                       storage=shared.optuna_storage).trials)
-    assert states == Counter({"COMPLETE": trials, "FAIL": len(runs.lost)}), states  # a lost trial's Optuna trial fails
+    # A lost trial's Optuna trial fails, and so does one the searcher asked for just before the kill, before Tune
+    # started its trial (it has no run).
+    assert states["COMPLETE"] == trials and states["FAIL"] >= len(runs.lost) and set(states) <= {"COMPLETE", "FAIL"}
 
 
 def test_the_confirmation_runs_on_the_study_s_stores(shared: Shared) -> None:
@@ -225,7 +227,8 @@ def test_two_studies_at_once_in_one_database_keep_to_their_own(shared: Shared) -
         trials = optuna.load_study(study_name=name, storage=shared.optuna_storage).trials
         complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
         assert sorted(trial.params["lr"] for trial in complete) == sorted(lrs)
-        assert len(trials) - len(complete) == len(runs.lost)  # the Optuna trials of lost trials fail
+        failed = [trial for trial in trials if trial.state.name == "FAIL"]  # lost, or asked for just before the kill
+        assert len(failed) >= len(runs.lost) and len(failed) + len(complete) == len(trials)
 
 
 def test_export_registers_with_the_password_from_pgpassword(shared: Shared, tmp_path: Path,

@@ -341,6 +341,7 @@ def test_resume_after_sigkill_takes_over_the_lock_and_runs_no_finished_trial_aga
     assert "FileNotFoundError" not in said.out + said.err, said.err[-4000:]
     assert not (output / output_lock.LOCK_FILE).exists()
     assert [(row["status"], row["epochs"]) for row in rows] == [("completed", epochs)] * 3
+    assert sorted(float(row["param.lr"]) for row in rows) == [5e-3, 1e-2, 2e-2]  # each enqueued point, once
     analysis = tune.ExperimentAnalysis(str(output / "ray" / "sigkill"))
     for trial_id in finished:
         assert list(analysis.trial_dataframes[trial_id]["epoch"]) == [1, 2, 3, 4], f"{trial_id} ran again"
@@ -355,7 +356,9 @@ def test_resume_after_sigkill_takes_over_the_lock_and_runs_no_finished_trial_aga
         assert [m.step for m in client.get_metric_history(row["mlflow_run_id"], "nll_image")] == [1, 2, 3, 4]
     states = optuna_states(output, "sigkill")
     assert states.pop(orphan) == "FAIL"
-    assert Counter(states.values()) == Counter({"COMPLETE": 3, "FAIL": len(lost)}), states
+    # Lost trials fail in Optuna, as does one the searcher asked for just before the kill (no run, no Tune trial).
+    counts = Counter(states.values())
+    assert counts["COMPLETE"] == 3 and counts["FAIL"] >= len(lost) and set(counts) <= {"COMPLETE", "FAIL"}, states
     epochs_table = check_study_tables(output, "sigkill")["epochs"]
     before = {(row["trial_id"], row["epoch"]) for row in written if row["trial_id"] not in lost}
     assert len(epochs_table) == 3 * epochs and before < {(row["trial_id"], row["epoch"]) for row in epochs_table}
