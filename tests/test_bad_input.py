@@ -31,6 +31,7 @@ from farm_sweep.sweep import tracking, tune_state
 from farm_sweep.training import checkpoint, loop
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import build_model
+from farm_sweep.untrusted import PATH_CHARS, QUOTE_CHARS, quote
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FARM_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
@@ -642,6 +643,13 @@ def test_bad_input_exits_2_names_file_field_fix_and_writes_nothing(
         assert unexpected not in message, message
     assert len(message) < 2000 and "Traceback" not in message, message
     assert snapshot(tmp_path) == before
+
+
+def test_a_quoted_path_is_whole_and_a_huge_value_is_cut() -> None:
+    path = "/tmp/" + "d" * 150 + "/study.yaml"  # a test's or a cluster's folders can be this deep
+    assert quote(path, PATH_CHARS) == repr(path)
+    assert quote(path).startswith("'/tmp/ddd") and len(quote(path)) == QUOTE_CHARS
+    assert len(quote("x" * 10_000_000, PATH_CHARS)) == PATH_CHARS
 
 
 def test_the_table_covers_the_issue() -> None:

@@ -31,7 +31,7 @@ from farm_sweep.sweep.pareto import FRONT_TABLE, PARETO_KEY
 from farm_sweep.sweep.results_table import METRIC, TABLE_FILE, read_table
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import load_model
-from farm_sweep.untrusted import is_plain_name, quote
+from farm_sweep.untrusted import PATH_CHARS, is_plain_name, quote
 
 TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint", "config_id", "kind")
 REQUIRED_COLUMNS = ("trial_id", "status", METRIC, "checkpoint")
@@ -189,7 +189,7 @@ def _load_trial(output: Path, table: Path, row: Mapping[str, str]) -> tuple[torc
     checkpoint = output / row["checkpoint"]
     if not checkpoint.resolve().is_relative_to(output.resolve()):
         raise ExportError(f"{table}: trial {row['trial_id']}'s checkpoint "
-                          f"{quote(row['checkpoint'])} is outside the study folder; {_restore(table)}")
+                          f"{quote(row['checkpoint'], PATH_CHARS)} is outside the study folder; {_restore(table)}")
     try:
         model, config = load_model(checkpoint)
     except DataError as error:

@@ -43,7 +43,7 @@ from farm_sweep.sweep import objectives
 from farm_sweep.sweep.search_space import Parameter, SearchSpace
 from farm_sweep.training import preflight
 from farm_sweep.training.config import MAX_SEED, ConfigError, TrainConfig, TrainConfigSchema
-from farm_sweep.untrusted import MAX_NAME_LENGTH, QUOTE_CHARS, InputError, load_yaml, quote, read_text
+from farm_sweep.untrusted import MAX_NAME_LENGTH, PATH_CHARS, QUOTE_CHARS, InputError, load_yaml, quote, read_text
 
 MAX_CHECKED_COMBINATIONS = 2000  # corner configurations checked against TrainConfig before a study starts
 MAX_GRID_SIZE = 100_000  # the grid sampler lists every configuration up front
@@ -517,10 +517,10 @@ def _search_space(study_path: Path, value: str | SearchSpaceFile) -> tuple[Path 
         return None, value
     space_path = study_path.parent / value
     if not _exists(space_path):
-        raise StudyError(study_path, "search_space", f"file {quote(str(space_path), 300)} does not exist; give a "
-                         "search-space file's path relative to the study file, or the space inline")
+        raise StudyError(study_path, "search_space", f"file {quote(str(space_path), PATH_CHARS)} does not exist; "
+                         "give a search-space file's path relative to the study file, or the space inline")
     if space_path.is_dir():
-        raise StudyError(study_path, "search_space", f"{quote(str(space_path), 300)} is not a regular file (a "
+        raise StudyError(study_path, "search_space", f"{quote(str(space_path), PATH_CHARS)} is not a regular file (a "
                          "folder); give the path of a search-space file relative to the study file, or the space "
                          "inline")
     space_path = space_path.resolve()
