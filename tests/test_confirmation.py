@@ -23,8 +23,9 @@ import yaml
 from mlflow import MlflowClient
 from ray import tune
 
+from farm_sweep import table1 as table1_command
 from farm_sweep.export.command import export_study
-from farm_sweep.sweep import confirmation, tables, tracking
+from farm_sweep.sweep import confirmation, table1_report, tables, tracking
 from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE, is_measure
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import plan as plan_lines
@@ -203,6 +204,46 @@ def test_the_confirmation_is_also_a_typed_table(confirmed: Confirmed) -> None:
     assert table.schema.field("seed").type == pa.int64() and table.schema.field("test/nll_image").type == pa.float64()
     assert table.column("test/nll_image").to_pylist() == pytest.approx(
         [float(row["test/nll_image"]) for row in confirmed.table])
+
+
+def test_table1_of_the_study_reads_the_seeds_spread_and_the_search_trials(confirmed: Confirmed,
+                                                                          tmp_path: Path) -> None:
+    """`python -m farm_sweep.table1 --study`: a line per confirmed configuration, named apart by its learning
+    rate; the test cells are mean ± std over the seeds, the validation cells the search trial's own values."""
+    out = tmp_path / "table1.md"
+    assert table1_command.main(["--study", str(confirmed.output.parent / "study.yaml"), "--output",
+                                str(confirmed.output), "--out", str(out)]) == 0
+    test_part, valid_part = out.read_text().split("### Validation split")
+    evaluation = tables.read(confirmed.output / tables.FOLDER / "evaluation.parquet").to_pylist()
+    for lr in LRS:
+        seeds = [row for row in seed_rows(confirmed.table) if float(row["param.lr"]) == lr]
+        l2 = [float(row["test/inpaint/best/single/l2"]) for row in seeds]
+        (line,) = [line for line in test_part.splitlines() if line.startswith(f"| MADE (k = 1) baseline, lr = {lr} ")]
+        assert f"| {statistics.mean(l2):.4f} ± {statistics.stdev(l2):.4f} |" in line and line.endswith(" | 2 |")
+        (trial,) = [row for row in confirmed.search if float(row["param.lr"]) == lr]
+        (found,) = [row for row in evaluation if row["trial_id"] == trial["trial_id"]]
+        (line,) = [line for line in valid_part.splitlines() if line.startswith(f"| MADE (k = 1) baseline, lr = {lr} ")]
+        assert f"| {found['l2']:.4f} |" in line and line.endswith(" | 1 |")
+    assert "(0." not in test_part  # digits: the paper has no values to compare with
+
+
+def test_table1_rows_are_named_with_their_lambda_and_compared_with_the_paper_row_of_their_kind() -> None:
+    lines = table1_report._lines({
+        "a": {"num_orderings": 1, "loss": "mc"},
+        "b": {"num_orderings": 8, "loss": "ensemble", "divergence": "kl", "divergence_weight": 100.0},
+        "c": {"num_orderings": 8, "loss": "ensemble", "divergence": "kl", "divergence_weight": 0.3},
+        "d": {"num_orderings": 8, "loss": "ensemble", "divergence": "jsd", "divergence_weight": 0.3}},
+        ["evidence_weighted", "best_evidence"], paper=True)
+    named = {(line.config_id, line.fill): line for line in lines}
+    assert len(lines) == 7 and named["a", "evidence_weighted"].label == "MADE (k = 1) baseline"
+    paper_kl = table1_report.PAPER["FARM + MADE (k = 8) + FARM loss + KL"]
+    assert named["b", "best_evidence"].label == ("FARM + MADE (k = 8) + FARM loss + KL, λ = 100 (the paper's λ), "
+                                                 "`best_evidence` (the paper code's fill)")
+    assert named["b", "best_evidence"].paper == named["c", "evidence_weighted"].paper == paper_kl
+    assert named["c", "evidence_weighted"].label.startswith("FARM + MADE (k = 8) + FARM loss + KL, λ = 0.3, ")
+    assert named["d", "evidence_weighted"].paper is None
+    assert table1_report._cell("0.0600 ± 0.0010", 0.0641) == "**0.0600 ± 0.0010** (0.0641)"
+    assert table1_report._cell("0.0700 ± 0.0010", 0.0641) == "0.0700 ± 0.0010 (0.0641)"
 
 
 # ------------------------------------------------------------------ the plan and the table, without Ray
