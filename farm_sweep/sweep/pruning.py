@@ -13,7 +13,9 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
 (`optuna_trial`). The Optuna study lives in storage (SQLite by default), the single source of truth, so
-all three objects are stateless and survive Tune's pickling on `--resume`.
+all three objects are stateless and survive Tune's pickling on `--resume`. In the driver they share one
+`farm_sweep.sweep.driver_storage.DriverStorage` per database: reads from memory, intermediate values written in
+batches, flushed whenever Tune snapshots the experiment (`PruningOptunaSearch.save_to_dir`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from farm_sweep.sweep import driver_storage
+from farm_sweep.sweep.driver_storage import DriverStorage
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 
@@ -46,11 +50,12 @@ def make_pruner(kind: str, options: dict[str, Any], max_epochs: int) -> optuna.p
 
 
 class OptunaLink:
-    """A lazily opened handle on one Optuna study in storage; pickles as (storage URL, study name, pruner)."""
+    """A lazily opened handle on one Optuna study in storage (this process's DriverStorage of the database);
+    pickles as (storage URL, study name, pruner)."""
 
     def __init__(self, storage_url: str, study_name: str, pruner: optuna.pruners.BasePruner | None = None) -> None:
         self.storage_url, self.study_name, self.pruner = storage_url, study_name, pruner
-        self._storage: optuna.storages.RDBStorage | None = None
+        self._storage: DriverStorage | None = None
         self._study: optuna.Study | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -60,20 +65,29 @@ class OptunaLink:
     def study(self) -> optuna.Study:
         return self._open()[1]
 
-    def _open(self) -> tuple[optuna.storages.RDBStorage, optuna.Study]:
+    def flush(self) -> None:
+        """Store the intermediate values still queued (driver_storage)."""
+        self._open()[0].flush()
+
+    def _open(self) -> tuple[DriverStorage, optuna.Study]:
         if self._storage is None or self._study is None:
-            self._storage = optuna.storages.RDBStorage(self.storage_url)
+            self._storage = driver_storage.shared(self.storage_url)
             self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
                                             pruner=self.pruner or optuna.pruners.NopPruner())
         return self._storage, self._study
 
-    def trial(self, number: int) -> optuna.Trial:
-        """The live trial (report, should_prune) for an Optuna trial number."""
-        return optuna.Trial(self.study, self._trial_id(number))
-
     def frozen(self, number: int) -> optuna.trial.FrozenTrial:
-        """The trial's current record, read from storage (no cache)."""
+        """The trial's current record (a copy of it)."""
         return self._open()[0].get_trial(self._trial_id(number))
+
+    def report(self, trial: optuna.trial.FrozenTrial, value: float, step: int) -> None:
+        """Store an intermediate value of a running trial, and add it to `trial`, its record."""
+        self._open()[0].set_trial_intermediate_value(trial._trial_id, step, value)
+        trial.intermediate_values[step] = value
+
+    def should_prune(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """The study's pruner on the trial's record, as optuna.Trial.should_prune asks it."""
+        return self.study.pruner.prune(self.study, trial)
 
     def _trial_id(self, number: int) -> int:
         storage = self._open()[0]
@@ -95,10 +109,9 @@ class OptunaPruningScheduler(FIFOScheduler):
         frozen = self.link.frozen(number)
         if frozen.state.is_finished():
             return TrialScheduler.STOP if frozen.state == optuna.trial.TrialState.PRUNED else TrialScheduler.CONTINUE
-        optuna_trial = self.link.trial(number)
         if step not in frozen.intermediate_values:
-            optuna_trial.report(float(result[self._metric]), step)
-        if step < result[FINAL_STEP_KEY] and optuna_trial.should_prune():
+            self.link.report(frozen, float(result[self._metric]), step)
+        if step < result[FINAL_STEP_KEY] and self.link.should_prune(frozen):
             self.link.study.tell(number, state=optuna.trial.TrialState.PRUNED)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -133,3 +146,8 @@ class PruningOptunaSearch(OptunaSearch):
         if result and result.get(PRUNED_KEY):
             return  # already told PRUNED by the scheduler
         super().on_trial_complete(trial_id, result, error)
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune snapshots the experiment: store the queued intermediate values before the snapshot is kept."""
+        self._storage.flush()
+        super().save_to_dir(checkpoint_dir, session_str)

@@ -35,6 +35,7 @@ from farm_sweep.sweep import (
     cluster,
     confirmation,
     confirmation_table,
+    driver_storage,
     experiment,
     interrupts,
     output_lock,
@@ -43,6 +44,7 @@ from farm_sweep.sweep import (
     tracking,
     tune_state,
 )
+from farm_sweep.sweep.driver_storage import DriverStorage
 from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, params_text, trial_name
 from farm_sweep.sweep.pruning import (
     OptunaLink,
@@ -203,6 +205,7 @@ def _search(study: Study, output: Path, uri: str, resume: bool,
     stays open when a confirmation follows)."""
     link = OptunaLink(f"sqlite:///{output / OPTUNA_FILE}", study.name,
                       make_pruner(study.pruner.type, study.pruner.options, study.epochs))
+    storage = driver_storage.open_fresh(link.storage_url)  # what an earlier run in this process read is forgotten
     folder = output / RAY_FOLDER / study.name
     if resume:
         experiment.quiet_deleted_checkpoints()
@@ -211,9 +214,10 @@ def _search(study: Study, output: Path, uri: str, resume: bool,
     else:
         tracker = tracking.start(study.name, output, uri, _settings(study),
                                  [p for p in (study.path, study.search_space_path) if p and p.is_file()])
-        tuner = _new_tuner(study, output, link, tracker, trainable)
+        tuner = _new_tuner(study, output, link, storage, tracker, trainable)
     tune_state.record(folder, output)
     tuner.fit()
+    link.flush()
     tune_state.record(folder, output)
     rows = trial_rows(folder, tracker, output)
     _fail_orphans(link, rows)
@@ -241,9 +245,8 @@ def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) ->
                                 study)
 
 
-def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
+def _new_tuner(study: Study, output: Path, link: OptunaLink, storage: DriverStorage, tracker: tracking.Tracker,
                trainable: Trainable) -> tune.Tuner:
-    storage = optuna.storages.RDBStorage(link.storage_url)
     optuna.create_study(study_name=study.name, storage=storage, direction="minimize", load_if_exists=True)
     enqueued = [study.space.as_optuna_point(point) for point in study.enqueue]
     searcher = PruningOptunaSearch(
