@@ -1,25 +1,27 @@
 """The driver's Optuna storage: the study's database (an RDBStorage, SQLite by default) with reads answered from
-the driver's memory and intermediate values written in batches.
+the driver's memory, and parameters, attributes and intermediate values written in batches.
 
 The driver is the one process that writes a study's Optuna records: its searcher asks and tells, its pruning
 scheduler reports intermediate values and prunes; trials never touch Optuna, and one run holds an output folder
 at a time (output_lock). So what the driver read once and wrote since is what the database holds, and it can
 answer reads itself. Optuna's own cache (`_CachedStorage`, what a plain RDBStorage becomes) reads every unfinished
 trial again, with all its intermediate values, on every query of the study's trials: once per result for the
-pruner, a cost that grows with the running trials times their epochs (bench/driver_scale.py measured about 3
-results a second at 40 trials x 20 epochs). And SQLite makes every commit durable on disk, so a commit per value
-caps the driver at about 50 values a second.
+pruner, a cost that grows with the running trials times their epochs (about 3 results a second at 40 trials x
+20 epochs, bench/driver_scale.py). And SQLite makes every commit durable on disk, so a commit per value caps
+the driver at about 50 values a second on this project's test machine.
 
-Writes: trials, parameters, states and attributes are written at once, as by RDBStorage. Intermediate values are
-queued and written together, in one transaction, when the oldest has waited FLUSH_EVERY_S, before any change of
-a trial's state (so a finished trial's values are all stored first, as Optuna promises), and on `flush()`, which
-the searcher calls whenever Ray Tune snapshots the experiment (`PruningOptunaSearch.save_to_dir`), before the
-snapshot reaches the output folder. A driver killed at any moment has therefore stored every value of the
-results that the snapshot `--resume` restarts from; the results after it are reported again.
+Writes: a new trial and a change of a trial's state (with its final values) are written at once, as by
+RDBStorage. Parameters, attributes and intermediate values are queued (what Optuna would update rather than
+insert is written at once) and inserted together, in one transaction: when the oldest has waited
+FLUSH_EVERY_S, before any change of a trial's state (so a finished trial's records are all stored first, as
+Optuna promises), and on `flush()`, which the searcher calls whenever Ray Tune snapshots the experiment
+(`PruningOptunaSearch.save_to_dir`), before the snapshot reaches the output folder. A driver killed at any
+moment has therefore stored every record of the trials and results in the snapshot `--resume` restarts from;
+the results after it are reported again.
 
 One instance per database and process (`shared`): the searcher and the pruning bridge must see each other's
-writes, also after Tune unpickles them for `--resume` (an instance pickles as its URL). The batch insert uses
-Optuna's table model (`optuna.storages._rdb.models`), so it is tied to the pinned Optuna version.
+writes, also after Tune unpickles them for `--resume` (an instance pickles as its URL). The queued inserts use
+Optuna's table models (`optuna.storages._rdb.models`), so this module is tied to the pinned Optuna version.
 """
 
 from __future__ import annotations

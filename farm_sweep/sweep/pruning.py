@@ -8,8 +8,9 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
   pruned (its training is already done). The scheduler is the only writer of intermediate values.
 - `PrunedFlag`, a Tune callback that writes `pruned: True/False` into every result, so pruned trials are
   marked in Ray's results (Tune lets callbacks edit a result in place; schedulers get a copy).
-- `PruningOptunaSearch`, OptunaSearch that leaves intermediate values to the scheduler and does not
-  overwrite the PRUNED state of a pruned trial with COMPLETE.
+- `PruningOptunaSearch`, OptunaSearch that leaves intermediate values to the scheduler, does not
+  overwrite the PRUNED state of a pruned trial with COMPLETE, and forgets finished trials (Tune pickles the
+  searcher with every snapshot of the experiment, every second).
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
 (`optuna_trial`). The Optuna study lives in storage (SQLite by default), the single source of truth, so
@@ -143,9 +144,11 @@ class PruningOptunaSearch(OptunaSearch):
         """Intermediate values are reported by the scheduler (step = epoch)."""
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if result and result.get(PRUNED_KEY):
-            return  # already told PRUNED by the scheduler
-        super().on_trial_complete(trial_id, result, error)
+        if not (result and result.get(PRUNED_KEY)):  # a pruned trial was told PRUNED by the scheduler
+            super().on_trial_complete(trial_id, result, error)
+        self._completed_trials.add(trial_id)
+        # Tune pickles the searcher with every snapshot: keep its live trials only, not every trial of the study
+        self._ot_trials.pop(trial_id, None)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Tune snapshots the experiment: store the queued intermediate values before the snapshot is kept."""
