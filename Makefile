@@ -4,13 +4,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test lint system-packages browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,postgres]'
 	touch $(STAMP)
+
+# What some tests start: PostgreSQL (initdb, postgres), and OpenSSH's sshd with rsync for `ray up` over SSH.
+# Installed with apt-get where this runs as root (as in CI); elsewhere the tests that need them are skipped,
+# saying what is missing.
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null && \
+	    ! { ls /usr/lib/postgresql/*/bin/initdb && test -x /usr/sbin/sshd && command -v rsync; } > /dev/null 2>&1; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    postgresql openssh-server rsync; \
+	fi
 
 install: $(STAMP)
 
@@ -18,9 +28,16 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) -m farm_sweep.run studies/quickstart.yaml --output results/quickstart/$(shell date +%Y%m%d-%H%M%S)
 
+# The MLflow UI test drives a real headless browser: Debian's chromium and chromium-driver, installed where this
+# runs as root (as in CI); elsewhere the test is skipped and says why.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+		echo "no chromium-driver here: the MLflow UI test will be skipped (as root: apt-get install chromium chromium-driver)"
+
 # Tests use the real datasets beside the checkout unless FARM_DATA_DIR points elsewhere.
 test: export FARM_DATA_DIR ?= $(abspath ../shared/data)
-test: $(STAMP)
+test: $(STAMP) system-packages browser
 	$(VENV)/bin/ruff check farm_sweep tests bench
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q

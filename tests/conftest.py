@@ -19,3 +19,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one finished real study, shared by the tests of what users do with a study's results
+    (MLflow Models, registry and serving, the MLflow UI, Optuna's tools): 2 trials of one epoch on digits, each
+    with an inpainting figure. Tests may add to its MLflow store (log, register), never change what is there."""
+    import logging
+
+    import ray
+    import yaml
+
+    from farm_sweep.sweep.runner import run_study
+    from farm_sweep.sweep.study import load_study
+
+    folder = tmp_path_factory.mktemp("tiny_study")
+    document = {
+        "name": "tiny", "trials": 2, "pruner": "none", "max_concurrent_trials": 2, "resources": {"cpus": 1},
+        "fixed": {"dataset": "digits", "hidden_sizes": [32], "epochs": 1, "num_orderings": 2},
+        "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": [0.01, 0.03]}}},
+        "enqueue": [{"lr": 0.01}, {"lr": 0.03}],
+        "evaluation": {"inpaint": {"cases": ["average"], "fills": ["evidence_weighted"], "num_occlusions": 2,
+                                   "images_per_occlusion": 4}, "sampling": None}}
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        run_study(load_study(folder / "tiny.yaml"), folder / "out")
+    finally:
+        ray.shutdown()
+    return folder / "out"

@@ -13,7 +13,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.training import checkpoint
 from farm_sweep.training.loop import load_model, load_split, task_for
+from tests.processes import read_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME, EPOCHS, TOP, SEEDS = "confirm", 2, 2, 2
@@ -73,7 +73,7 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
             [sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), "--address", address],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
         try:
-            said = _read_until(driver, "completed after epoch", after="confirmation:", timeout=600)
+            said = "".join(read_until(driver, "completed after epoch", after="confirmation:", timeout=600))
             driver.send_signal(signal.SIGINT)
             said += driver.communicate(timeout=300)[0]
         finally:
@@ -86,20 +86,6 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
                         read_table(output / CONFIRMATION_FILE))
     finally:
         ray.shutdown()
-
-
-def _read_until(process: subprocess.Popen, marker: str, after: str, timeout: float) -> str:
-    """The driver's output up to the first line with `marker` that follows a line starting with `after`."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if marker in line and any(seen.startswith(after) for seen in lines[:-1]):
-            return "".join(lines)
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError("driver output ended early:\n" + "".join(lines[-40:]))
 
 
 def study_runs(output: Path) -> dict[str, Any]:
@@ -240,7 +226,7 @@ def test_the_plan_takes_distinct_completed_configurations_and_seeds_the_search_d
             {"trial_id": "d", "status": "completed", "nll_image": 31.0, "param.lr": 0.005, "param.seed": 4}]
     study = load_study(path)
     assert "  confirm: the 3 best configuration(s) x 3 fresh seeds each, evaluated on the test split" in plan_lines(
-        study, tmp_path, "sqlite:///unused", None)
+        study, tmp_path, "sqlite:///unused", "sqlite:///unused", None)
     plan = confirmation.make_plan(study, rows)
     assert [(c.search_rank, c.config_id, c.params) for c in plan.configurations] == [
         (1, "b", {"lr": 0.01}), (2, "d", {"lr": 0.005})]  # a repeats b's configuration; c did not complete
@@ -271,7 +257,7 @@ def test_aggregates_count_completed_seeds_only() -> None:
 def test_a_journaled_seed_run_is_replayed_under_the_confirmation_run(tmp_path: Path) -> None:
     """A seed's run that the store refused to create is created by the replay under the confirmation run, where
     --resume and the table look for it, not under the study's parent run."""
-    study = tracking.start("journal", tmp_path, tracking.default_uri(tmp_path), {}, [])
+    study = tracking.start("journal", tmp_path, tracking.default_uri(tmp_path), {}, [], "a journal test")
     stage = study.stage("confirmation", {"seeds": [1, 2]})
     stage.journal_call("_child_run", ("t1", "rank1_seed1", {"lr": 0.01}, {"farm.seed": 1}), {}, OSError("down"))
     assert study.replay() == 0

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import ray
@@ -144,14 +145,17 @@ def test_evaluate_prints_test_metrics(exported: list[Path], capsys: pytest.Captu
     assert evaluate.main([str(exported[0].parent), "--json"]) == 2
 
 
-def test_register_creates_model_versions(exported: list[Path], study_output: Path) -> None:
-    versions = command.register(study_output, exported)
-    assert [version for _, version in versions] == ["1", "2", "3", "4"]
+def test_every_scheme_is_logged_as_an_mlflow_model_that_gives_its_likelihood(exported: list[Path],
+                                                                              study_output: Path) -> None:
+    """Export logs each folder as an MLflow Model of its trial's run (tests/test_mlflow_model.py has the rest)."""
     client = MlflowClient(tracking.default_uri(study_output))
-    (model,) = client.search_registered_models()
-    assert model.name == "farm-out"
-    run_id = json.loads((exported[0] / "metrics.json").read_text())["mlflow_run_id"]
-    assert [a.path for a in client.list_artifacts(run_id, "export")] == [f"export/{exported[0].name}"]
+    images = load_dataset("digits", "test").images[:40]
+    for folder in exported:
+        run = client.get_run(json.loads((folder / "metrics.json").read_text())["mlflow_run_id"])
+        (output,) = run.outputs.model_outputs
+        model = mlflow.pyfunc.load_model(client.get_logged_model(output.model_id).artifact_location)
+        expected = nll_image(export_format.load_export(folder)[0], images)["nll_image"]
+        assert model.predict(images.reshape(-1, 8, 8).numpy())["nll_image"].mean() == pytest.approx(expected, rel=1e-6)
 
 
 def test_export_without_a_finished_study_exits_2(tmp_path: Path) -> None:

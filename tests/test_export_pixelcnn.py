@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import ray
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from farm_sweep.export import command, evaluate, formats, pixelcnn_format
 from farm_sweep.export import folder as export_folder
 from farm_sweep.pixelcnn.task import dataset_log_probs
+from farm_sweep.sweep import tracking
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
@@ -157,6 +159,30 @@ def test_images_the_export_does_not_take_are_refused(exported: dict[str, Path], 
         evaluate.evaluate_images(folder, images[:, :, :4, :4])
     with pytest.raises(ValueError, match=r"whole numbers 0\.\.255 .*not values scaled to \[0, 1\]"):
         evaluate.evaluate_images(folder, images.float() / 255)
+
+
+def test_a_pixelcnn_export_is_an_mlflow_model_that_answers_as_evaluate(exported: dict[str, Path], study_output: Path,
+                                                                       images: torch.Tensor) -> None:
+    """The export command logged each export as a Logged Model of its trial's run; pyfunc loads it by its format."""
+    client = tracking.load(study_output).client
+    by_trial = {model.tags["trial_id"]: model for model in client.search_logged_models(
+        [client.get_experiment_by_name("pixels").experiment_id])}
+    folder = exported["antidiagonal"]
+    logged = by_trial[json.loads((folder / export_folder.METRICS).read_text())["trial_id"]]
+    assert logged.model_type == pixelcnn_format.FORMAT
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking.default_uri(study_output))
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 3, SIZE, SIZE)
+    answer = model.predict(images.numpy())
+    expected = evaluate.evaluate_images(folder, images.numpy())
+    np.testing.assert_allclose(answer["nll_image"], expected["nll_image"], rtol=1e-6)
+    drawn = model.predict(images[:1].numpy(), {"task": "sample", "num_samples": 2, "sampler": "wavefront"})
+    assert drawn["images"].shape == (2, 3, SIZE, SIZE) and drawn["images"].dtype == np.uint8
+    assert (drawn["network_evaluations"] == 2 * SIZE - 1).all()  # one per anti-diagonal
 
 
 def resealed(folder: Path, tmp_path: Path, change_tensors=None, **architecture: object) -> Path:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,16 @@ from farm_sweep.sweep.results_table import read_table, write_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
-from tests.processes import descendants, free_port, kill, start_mlflow_server, stop, stop_tree
+from tests.processes import (
+    descendants,
+    free_port,
+    kill,
+    read_until,
+    start_mlflow_server,
+    stop,
+    stop_tree,
+    when_epoch_reported,
+)
 from tests.test_tables import check_study_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +149,7 @@ def test_a_server_that_goes_away_mid_study_loses_nothing(local_ray: None, tmp_pa
     server = start_mlflow_server(store, port)
     output = tmp_path / "out"
     try:
-        watcher = threading.Thread(target=_stop_when_epoch_reported, args=(output, "outage", 2, server))
+        watcher = threading.Thread(target=when_epoch_reported, args=(output, "outage", 2, lambda: stop(server)))
         watcher.start()
         rows = run_study(load_study(study_file(tmp_path, "outage", [2e-2, 1e-2], epochs=5)), output,
                          tracking_uri=uri)
@@ -167,18 +175,6 @@ def test_a_server_that_goes_away_mid_study_loses_nothing(local_ray: None, tmp_pa
         stop(server)
 
 
-def _stop_when_epoch_reported(output: Path, name: str, epoch: int, server: subprocess.Popen) -> None:
-    """Stop the tracking server once any trial of the study has reported `epoch`."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        for result in (output / "ray" / name).glob("trial_*/result.json"):
-            lines = result.read_text().splitlines()
-            if any(json.loads(line).get("epoch", 0) >= epoch for line in lines if line.strip()):
-                stop(server)
-                return
-        time.sleep(0.2)
-
-
 # ------------------------------------------------------------------ the driver: signals, a second run, resume
 # Real drivers (`python -m farm_sweep.run` with its embedded Ray), real signals, real second runs.
 
@@ -188,19 +184,6 @@ def start_driver(path: Path, output: Path, *options: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), *options],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-
-
-def read_until(driver: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert driver.stdout is not None
-    for line in driver.stdout:
-        lines.append(line)
-        if marker in line:
-            return lines
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError(f"no {marker!r} from the driver:\n" + "".join(lines[-40:]))
 
 
 def finish(driver: subprocess.Popen, timeout: float = 300) -> str:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
+from tests.processes import read_until
 from tests.test_tables import check_study_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_resume_after_the_driver_is_killed(ray_address: str, tmp_path: Path) -> 
         [sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), "--address", ray_address],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     try:
-        seen = _read_until(driver, "epoch 2/4", after="completed after epoch 4", timeout=180)
+        seen = read_until(driver, "epoch 2/4", after="completed after epoch 4", timeout=180)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -175,18 +175,3 @@ def test_resume_after_the_driver_is_killed(ray_address: str, tmp_path: Path) -> 
     client = MlflowClient(tracking.default_uri(output))
     parents = [r for r in client.search_runs([runs[0].info.experiment_id]) if tracking.TRIAL_TAG not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-
-
-def _read_until(process: subprocess.Popen, marker: str, after: str, timeout: float) -> list[str]:
-    """Driver output lines up to the first `marker` that follows a line containing `after`."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if any(after in seen for seen in lines[:-1]) and marker in line:
-            return lines
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError("driver output ended early:\n" + "".join(lines[-40:]))
-

@@ -81,7 +81,7 @@ def test_progress_is_reported_per_epoch():
     ({"divergence_weight": -1.0}, "divergence_weight"),
     ({"lr": "fast"}, "lr"),
     ({"ordering_family": "spiral"}, "ordering_family"),
-    ({"hidden": [10]}, "unknown parameter"),
+    ({"hidden": [10]}, "hidden: unknown key; did you mean .hidden_sizes."),
     ({"device": "tpu"}, "device"),
 ])
 def test_bad_config_names_the_field(values, field):

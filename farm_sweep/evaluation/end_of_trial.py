@@ -2,23 +2,7 @@
 FARM+MADE (farm_sweep.made.inpaint, farm_sweep.made.sampling) and FARM+PixelCNN++ (farm_sweep.pixelcnn.inpaint,
 farm_sweep.pixelcnn.sampling).
 
-A study file's `evaluation:` mapping selects what runs; every key is optional:
-
-    evaluation:
-      inpaint:                      # null skips inpainting
-        cases: [best, average]      # default: all of the model's cases (made: best, average, worst;
-                                    #   pixelcnn: best, average, top_half)
-        fills: [single, evidence_weighted]
-        num_occlusions: 10          # each applied to `images_per_occlusion` images of a seeded subset
-        images_per_occlusion: 10
-        split: valid                # never choose hyperparameters on test
-        seed: 0
-        protocol: ours              # or paper: the FARM paper's occlusions and per-occlusion averaging
-                                    #   (farm_sweep.occlusions; made only)
-      sampling:                     # null skips the speed-quality curve
-        num_samples: 100            # the samples each setting's quality is scored on
-        timed_samples: 10           # the first of them, the batch each setting is timed on (11 draws each)
-        seed: 0
+A study file's `evaluation:` section selects what runs (farm_sweep.evaluation.settings declares it).
 
 Metrics are named `inpaint/<case>/<fill>/<metric>` (made: l2, nll_chain, nll_exact and their *_bits; pixelcnn:
 bpd_exact, the teacher-forced bits/dim of the hole, bpd_chain, the same along the fill's own samples, and
@@ -45,9 +29,9 @@ from typing import Any
 
 import torch
 
-from farm_sweep import occlusions
-from farm_sweep.data import SPLITS, ImageDataset, load_dataset
+from farm_sweep.data import ImageDataset, load_dataset
 from farm_sweep.evaluation.scorers import quality_scorer
+from farm_sweep.evaluation.settings import validate_settings
 from farm_sweep.made import inpaint, sampling
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.pixelcnn import inpaint as pixelcnn_inpaint
@@ -56,18 +40,9 @@ from farm_sweep.pixelcnn.task import FarmPixelCNNWithEma
 from farm_sweep.speed_quality import Scorer, write_speed_quality
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import load_split, task_for
-from farm_sweep.untrusted import quote
 
-CASES = {"made": occlusions.CASES, "pixelcnn": pixelcnn_inpaint.CASES}  # the inpainting cases of each model
 CURVES = {"made": sampling.speed_quality_curve, "pixelcnn": pixelcnn_sampling.speed_quality_curve}
 TEST_PREFIX = "test/"  # the metrics evaluate_on_test measures on the test split
-
-
-def _defaults(cases: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Every setting's default, inpainting all of `cases`."""
-    return {"inpaint": {"cases": list(cases), "fills": ["single", "evidence_weighted"], "num_occlusions": 10,
-                        "images_per_occlusion": 10, "split": "valid", "seed": 0, "protocol": "ours"},
-            "sampling": {"num_samples": 100, "timed_samples": 10, "seed": 0}}
 
 
 def evaluate_trained_model(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig, out_dir: Path,
@@ -109,72 +84,6 @@ def evaluate_on_test(model: FarmMADE | FarmPixelCNNWithEma, config: TrainConfig,
 def _on_test_split(settings: dict[str, Any]) -> dict[str, Any]:
     section = settings.get("inpaint", {})
     return settings if section is None else {**settings, "inpaint": {**section, "split": "test"}}
-
-
-def validate_settings(settings: dict[str, Any] | None,
-                      model: str | None = None) -> dict[str, dict[str, Any] | None]:
-    """Fill in defaults and check every key and value for `model` (None: for any model, as a study file is
-    checked before its trials' models are known); a section set to null is skipped (None)."""
-    cases = _cases(model)
-    choices = {"cases": cases, "fills": occlusions.FILLS}
-    scope = f" (model {model})" if model else ""
-    settings, all_defaults = settings or {}, _defaults(cases)
-    _check_keys("evaluation", settings, all_defaults)
-    sections: dict[str, dict[str, Any] | None] = {}
-    for name, section_defaults in all_defaults.items():
-        given = settings.get(name, {})
-        if given is None:
-            sections[name] = None
-            continue
-        if not isinstance(given, dict):
-            raise ValueError(f"evaluation.{name}: expected a mapping or null, got {quote(given)}")
-        _check_keys(f"evaluation.{name}", given, section_defaults)
-        section = section_defaults | given
-        for key, value in section.items():
-            _check_value(f"evaluation.{name}.{key}", key, value, choices, scope)
-        sections[name] = section
-    return sections
-
-
-def largest_batch(settings: dict[str, Any] | None) -> int:
-    """The most images the evaluation pushes through the model at once (for the memory estimate)."""
-    sections = validate_settings(settings)
-    inpaint_section, sampling_section = sections["inpaint"] or {}, sections["sampling"] or {}
-    return max(inpaint_section.get("images_per_occlusion", 0), sampling_section.get("num_samples", 0))
-
-
-def _cases(model: str | None) -> tuple[str, ...]:
-    """The inpainting cases of `model`; None: those of every model."""
-    if model is None:
-        return tuple(dict.fromkeys(case for cases in CASES.values() for case in cases))
-    if model not in CASES:
-        raise ValueError(f"evaluation: no evaluation for model {model!r}; it exists for {', '.join(CASES)}")
-    return CASES[model]
-
-
-def _check_keys(where: str, given: dict[str, Any], allowed: dict[str, Any]) -> None:
-    for key in given:
-        if key not in allowed:
-            raise ValueError(f"{where}: unknown key {quote(key)}; allowed: {', '.join(allowed)}")
-
-
-def _check_value(where: str, key: str, value: Any, choices: dict[str, tuple[str, ...]], scope: str) -> None:
-    if key in choices:
-        allowed = choices[key]
-        if not isinstance(value, list | tuple) or not value or any(v not in allowed for v in value):
-            raise ValueError(f"{where}: {quote(value)} must be a non-empty list drawn from {', '.join(allowed)}{scope}")
-    elif key == "protocol":
-        allowed = occlusions.PROTOCOLS if scope in ("", " (model made)") else ("ours",)
-        if value not in allowed:
-            raise ValueError(f"{where}: {value!r} is not a protocol{scope}; choose one of {', '.join(allowed)}")
-    elif key == "split":
-        if value not in SPLITS:
-            raise ValueError(f"{where}: {quote(value)} is not a split; choose one of {', '.join(SPLITS)}")
-    elif key == "seed":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{where}: {quote(value)} must be a non-negative integer")
-    elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {quote(value)} must be a positive integer")
 
 
 def _eval_split(config: TrainConfig, split: str) -> ImageDataset:

@@ -1,28 +1,30 @@
 """Export a study's best trials: `python -m farm_sweep.export (--study NAME | --output DIR) --top K --out DIR
 [--confirmed] [--register]`.
 
-Each trial becomes a folder in its model family's export format (farm_sweep.export.formats). `--confirmed`
-exports the best configurations of the study's confirmation stage instead (confirmation.csv): ranked by mean
-validation nll_image over their seeds, each as its seed run with the lowest validation nll_image. `--register`
-logs each folder to its trial's MLflow run and registers it in the MLflow model registry.
+Each trial becomes a folder in its model family's export format (farm_sweep.export.formats), and an MLflow Model
+logged to its trial's run in the study's MLflow store (farm_sweep.export.registry). `--confirmed` exports the best
+configurations of the study's confirmation stage instead (confirmation.csv): ranked by mean validation nll_image
+over their seeds, each as its seed run with the lowest validation nll_image. `--register` also registers the
+exports as versions of `farm-<study>` in the MLflow model registry, the alias `champion` on the best.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.exceptions import MlflowException
 from safetensors import SafetensorError
 
 from farm_sweep.data import DataError
-from farm_sweep.export.folder import METRICS, ExportError
+from farm_sweep.export import registry
+from farm_sweep.export.folder import ExportError
 from farm_sweep.export.formats import export_model
-from farm_sweep.sweep import tracking
+from farm_sweep.sweep import stores, tracking
 from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE, best_confirmed
 from farm_sweep.sweep.results_table import METRIC, TABLE_FILE, read_table
 from farm_sweep.training.config import TrainConfig
@@ -45,9 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for folder in folders:
         print(f"exported {folder}")
-    if args.register:
-        for model_name, version in register(output, folders):
-            print(f"registered {model_name} version {version}")
+    try:
+        publish(output, folders, args.register)
+    except (ExportError, MlflowException) as error:
+        print(f"error: {error}\nThe exports in {args.out} are complete; once this is fixed, export again to another "
+              "--out to log them (logging and registering find what is already there)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -72,10 +77,16 @@ def _positive(text: str) -> int:
 
 
 def _check_registry(output: Path) -> None:
+    """The study's tracking state is there and its store answers (the password of a database comes from
+    PGPASSWORD or ~/.pgpass: the study does not keep it)."""
     state = output / tracking.STATE_FILE
     if not state.is_file():
         raise ExportError(f"{state}: missing, so --register cannot find the study's MLflow runs; pass the output "
                           "folder of a study run by python -m farm_sweep.run, or export without --register")
+    try:
+        stores.check_tracking(tracking.load(output).uri)
+    except stores.StoreUnavailable as error:
+        raise ExportError(f"{state}: uri: {error}") from None
 
 
 def best_rows(output: Path, top: int) -> list[dict[str, str]]:
@@ -171,12 +182,20 @@ def _load_trial(output: Path, table: Path, row: Mapping[str, str]) -> tuple[torc
     return model, config
 
 
-def register(output: Path, folders: Sequence[Path]) -> list[tuple[str, str]]:
-    """Log each export to its trial's MLflow run and register it as a version of model farm-<study>."""
+def publish(output: Path, folders: Sequence[Path], register: bool) -> None:
+    """Log the exports as MLflow Models of their trials' runs and, with `register`, register them; prints each step."""
+    if not (output / tracking.STATE_FILE).is_file():
+        print(f"not logged to MLflow: {output / tracking.STATE_FILE} is missing (python -m farm_sweep.run writes it)")
+        return
     tracker = tracking.load(output)
-    name = f"farm-{output.resolve().name}"
-    return [(name, tracker.register_model(json.loads((folder / METRICS).read_text())["mlflow_run_id"], folder, name))
-            for folder in folders]
+    logged = registry.log_exports(tracker, folders)
+    for entry in logged:
+        print(f"logged {entry.folder.name} as MLflow Model {entry.uri} (run {entry.run_id})")
+    if register:
+        result = registry.register(tracker, logged)
+        for entry, version in zip(logged, result.versions):
+            print(f"registered {entry.folder.name} as models:/{result.name}/{version}")
+        print(f"alias {registry.CHAMPION}: models:/{result.name}@{registry.CHAMPION} is version {result.champion}")
 
 
 def _restore(table: Path) -> str:

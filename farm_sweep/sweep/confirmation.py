@@ -35,7 +35,7 @@ from farm_sweep.sweep import confirmation_table, experiment, tables, tracking, t
 from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE, MEAN, STD
 from farm_sweep.sweep.results_table import METRIC, write_table
 from farm_sweep.sweep.study import Study
-from farm_sweep.sweep.trial import TrialContext, run_tracked
+from farm_sweep.sweep.trial import TrialContext, run_name, run_tracked
 from farm_sweep.training.config import TrainConfig
 
 PLAN_FILE = "confirmation_plan.json"
@@ -165,7 +165,8 @@ def _point(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_name(trial: Trial) -> str:
-    """`rank<search rank>_seed<seed>`: the Ray trial folder and the MLflow run name of a seed."""
+    """`rank<search rank>_seed<seed>`: the Ray trial folder of a seed, and the end of its MLflow run's name (its
+    parameters, then this)."""
     point = _point(trial.config)
     return f"rank{point[RANK_KEY]}_seed{point['seed']}"
 
@@ -175,7 +176,8 @@ def run_seed(config: dict[str, Any], context: TrialContext) -> None:
     point = _point(config)
     params = {name: value for name, value in point.items() if name not in (RANK_KEY, CONFIG_KEY)}
     tags = {"farm.config_id": point[CONFIG_KEY], "farm.search_rank": point[RANK_KEY], "farm.seed": point["seed"]}
-    run_tracked(TrainConfig.from_dict({**context.fixed, **params}), context, tags)
+    run_tracked(TrainConfig.from_dict({**context.fixed, **params}), context,
+                run_name(params, tune.get_context().get_trial_name()), tags)
 
 
 def seed_rows(location: Path, stage: tracking.Tracker, output: Path, plan: Plan) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ moment has therefore stored every record of the trials and results in the snapsh
 the results after it are reported again.
 
 One instance per database and process (`shared`): the searcher and the pruning bridge must see each other's
-writes, also after Tune unpickles them for `--resume` (an instance pickles as its URL). The queued inserts use
+writes, also after Tune unpickles them for `--resume` (an instance pickles as its URL without the password;
+the database is opened as farm_sweep.sweep.stores opens Optuna's storage). The queued inserts use
 Optuna's table models (`optuna.storages._rdb.models`), so this module is tied to the pinned Optuna version.
 """
 
@@ -39,12 +40,14 @@ from typing import Any
 
 import sqlalchemy
 from optuna.distributions import BaseDistribution, check_distribution_compatibility, distribution_to_json
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
+
+from farm_sweep.sweep import stores
 
 FLUSH_EVERY_S = 1.0  # as often as the runner has Tune snapshot its experiment (cluster.connect)
 
@@ -55,16 +58,16 @@ _instances_lock = threading.Lock()
 def open_fresh(url: str) -> DriverStorage:
     """A new storage for `url`, read from the database, that `shared(url)` returns from now on in this process."""
     with _instances_lock:
-        storage = _instances[url] = DriverStorage(url)
+        storage = _instances[stores.public(url)] = DriverStorage(url)
         return storage
 
 
 def shared(url: str) -> DriverStorage:
     """This process's storage for `url` (opened on first use)."""
     with _instances_lock:
-        storage = _instances.get(url)
+        storage = _instances.get(stores.public(url))
         if storage is None:
-            storage = _instances[url] = DriverStorage(url)
+            storage = _instances[stores.public(url)] = DriverStorage(url)
         return storage
 
 
@@ -81,8 +84,8 @@ class _KnownStudy:
 
 class DriverStorage(BaseStorage):
     def __init__(self, url: str) -> None:
-        self.url = url
-        self._backend = RDBStorage(url)
+        self.url = stores.public(url)  # what a pickle holds: the password stays in memory (stores)
+        self._backend = stores.optuna_storage(url)
         self._lock = threading.RLock()
         self._trials: dict[int, FrozenTrial] = {}  # by trial id: as stored, queued values included
         self._studies: dict[int, _KnownStudy] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,10 @@ from ray import tune
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
-from farm_sweep.sweep import interrupts, tracking, tune_state
+from farm_sweep.sweep import interrupts, stores, tracking, tune_state
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.results_table import METRIC
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
+from farm_sweep.sweep.search_space import point_text
 from farm_sweep.sweep.study import Study
 from farm_sweep.sweep.trial import TrialContext
 
@@ -31,10 +32,12 @@ Label = Callable[[dict[str, Any]], Mapping[str, Any]]  # what a progress line sh
 
 
 def trainable(function: Trainable, context: TrialContext, study: Study) -> Any:
-    """`function` as a Tune trainable with the study's resources per trial (a GPU only when the cluster has one)."""
+    """`function` as a Tune trainable with the study's resources per trial (a GPU only when the cluster has one),
+    with the passwords of the study's stores (stores.secrets), which its trials need to log to a database."""
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus if has_gpu else 0,
                  **study.resources.custom}
+    context = replace(context, secrets=stores.secrets())
     return tune.with_resources(tune.with_parameters(function, context=context), resources)
 
 
@@ -52,7 +55,7 @@ def run_config(study: Study, output: Path, name: str, tracker: tracking.Tracker,
 
 
 def trial_name(trial: Trial) -> str:
-    """`trial_<id>`: the Ray trial folder and the MLflow child run name."""
+    """`trial_<id>`: the Ray trial and its folder (the MLflow child run is named by its parameters)."""
     return f"trial_{trial.trial_id}"
 
 
@@ -65,7 +68,7 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
         status = "pruned" if result.get(PRUNED_KEY) else "running"
-        print(f"{trial.trial_id} {params_text(self.label(trial.config))} epoch {result['epoch']}/"
+        print(f"{trial.trial_id} {point_text(self.label(trial.config))} epoch {result['epoch']}/"
               f"{result[FINAL_STEP_KEY]} {METRIC} {result[METRIC]:.3f} {status}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -74,11 +77,6 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         print(f"{trial.trial_id} failed (error: {trial.error_file})", flush=True)
-
-
-def params_text(config: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in config.items() if k != OPTUNA_TRIAL_KEY)
 
 
 class AlreadyDeletedCheckpoint(logging.Filter):

@@ -13,10 +13,11 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
   searcher with every snapshot of the experiment, every second).
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
-(`optuna_trial`). The Optuna study lives in storage (SQLite by default), the single source of truth, so
-all three objects are stateless and survive Tune's pickling on `--resume`. In the driver they share one
-`farm_sweep.sweep.driver_storage.DriverStorage` per database: reads from memory, intermediate values written in
-batches, flushed whenever Tune snapshots the experiment (`PruningOptunaSearch.save_to_dir`).
+(`optuna_trial`). The Optuna study lives in storage (SQLite by default, or a database server:
+farm_sweep.sweep.stores), the single source of truth, so all three objects are stateless and survive Tune's
+pickling on `--resume`. In the driver they share one `farm_sweep.sweep.driver_storage.DriverStorage` per
+database: reads from memory, parameters and intermediate values written in batches, flushed whenever Tune
+snapshots the experiment (`PruningOptunaSearch.save_to_dir`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from farm_sweep.sweep import driver_storage
+from farm_sweep.sweep import driver_storage, stores
 from farm_sweep.sweep.driver_storage import DriverStorage
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
@@ -52,10 +53,10 @@ def make_pruner(kind: str, options: dict[str, Any], max_epochs: int) -> optuna.p
 
 class OptunaLink:
     """A lazily opened handle on one Optuna study in storage (this process's DriverStorage of the database);
-    pickles as (storage URL, study name, pruner)."""
+    pickles as (storage URL without its password, study name, pruner)."""
 
     def __init__(self, storage_url: str, study_name: str, pruner: optuna.pruners.BasePruner | None = None) -> None:
-        self.storage_url, self.study_name, self.pruner = storage_url, study_name, pruner
+        self.storage_url, self.study_name, self.pruner = stores.remember(storage_url), study_name, pruner
         self._storage: DriverStorage | None = None
         self._study: optuna.Study | None = None
 
@@ -66,13 +67,17 @@ class OptunaLink:
     def study(self) -> optuna.Study:
         return self._open()[1]
 
+    def open_fresh(self) -> None:
+        """Read the study from the database again: forget what this process read of it before (an earlier run)."""
+        self._storage, self._study = driver_storage.open_fresh(self.storage_url), None
+
     def flush(self) -> None:
-        """Store the intermediate values still queued (driver_storage)."""
+        """Store the parameters and intermediate values still queued (driver_storage)."""
         self._open()[0].flush()
 
     def _open(self) -> tuple[DriverStorage, optuna.Study]:
         if self._storage is None or self._study is None:
-            self._storage = driver_storage.shared(self.storage_url)
+            self._storage = self._storage or driver_storage.shared(self.storage_url)
             self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
                                             pruner=self.pruner or optuna.pruners.NopPruner())
         return self._storage, self._study

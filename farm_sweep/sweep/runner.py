@@ -1,17 +1,21 @@
-"""Run a study: `python -m farm_sweep.run STUDY.yaml [--output DIR] [--tracking-uri URI] [--address ADDR]
-[--resume] [--dry-run]`.
+"""Run a study: `python -m farm_sweep.run STUDY.yaml [--output DIR] [--tracking-uri URI] [--optuna-storage URL]
+[--address ADDR] [--resume] [--dry-run]`; `python -m farm_sweep.run --print-schema [study|search_space]` prints a
+file's JSON Schema.
 
 The study is validated first (exit status 2 on a bad file, nothing written). Then Ray Tune runs the trials
 (an embedded local Ray, or `--address auto` for a running cluster), Optuna samples them (OptunaSearch
 on a stored Optuna study) and prunes them (farm_sweep.sweep.pruning), MLflow tracks them (farm_sweep.sweep.tracking).
 Everything lands in the output folder (default results/<study name>/): trials.csv, the typed tables in tables/
-(written as the study runs: farm_sweep.sweep.tables, farm_sweep.sweep.table_recorder), figures, optuna.db,
-mlflow.db + mlartifacts (unless --tracking-uri names a server), and Ray's storage folder ray/. One run at a
-time holds the folder (farm_sweep.sweep.output_lock). Ctrl-C or SIGTERM stops the study (exit status 130 or
-143) and `--resume` continues it; `--resume` trusts only Tune state whose checksums the study's own run
-recorded in the folder (farm_sweep.sweep.tune_state), as Tune's state holds pickles, which run code. A study
-with a `confirm` section then trains its best configurations again with fresh seeds and evaluates them on the
-test split (farm_sweep.sweep.confirmation); `--resume` continues that stage too.
+(written as the study runs: farm_sweep.sweep.tables, farm_sweep.sweep.table_recorder), figures, optuna.db (unless
+--optuna-storage names a database), mlflow.db + mlartifacts (unless --tracking-uri names a server or a
+database), and Ray's storage folder ray/. The stores are checked before anything starts, and their passwords
+are never written or printed (farm_sweep.sweep.stores). One run at a time holds the folder
+(farm_sweep.sweep.output_lock). Ctrl-C or SIGTERM stops the study (exit status 130 or 143), so does an Optuna
+storage that stops answering (exit status 1), and `--resume` continues it; `--resume` trusts only Tune state
+whose checksums the study's own run recorded in the folder (farm_sweep.sweep.tune_state), as Tune's state
+holds pickles, which run code. A study with a `confirm` section then trains its best configurations again with
+fresh seeds and evaluates them on the test split (farm_sweep.sweep.confirmation), tracked in the same MLflow
+store; `--resume` continues that stage too.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 from ray import tune
@@ -39,13 +43,13 @@ from farm_sweep.sweep import (
     experiment,
     interrupts,
     output_lock,
+    stores,
     table_recorder,
     tables,
     tracking,
     tune_state,
 )
-from farm_sweep.sweep.driver_storage import DriverStorage
-from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, params_text, trial_name
+from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, trial_name
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -54,61 +58,81 @@ from farm_sweep.sweep.pruning import (
     make_pruner,
 )
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler
-from farm_sweep.sweep.study import Study, StudyError, load_study
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler, point_text
+from farm_sweep.sweep.study import SCHEMAS, Study, StudyError, json_schema, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
 OPTUNA_FILE = "optuna.db"
+OPTUNA_RECORD = "optuna_storage.json"  # the Optuna storage's public URL and study name, for --resume
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.print_schema:
+        print(json_schema(args.print_schema), end="")
+        return 0
+    if args.study is None:
+        parser.error("the study file is required (or --print-schema)")
     try:
         study = load_study(args.study, runs_here=args.address is None)
         output = (args.output or Path("results") / study.name).resolve()
-        uri = args.tracking_uri or tracking.default_uri(output)
         if args.dry_run:
             check_output(study, output, args.resume)
-            print("\n".join(plan(study, output, uri, args.address)))
+            uri, storage = study_stores(output, args.tracking_uri, args.optuna_storage, args.resume)
+            print("\n".join(plan(study, output, uri, storage, args.address)))
             return 0
         with output_lock.hold(output):
             check_output(study, output, args.resume)
-            print("\n".join(plan(study, output, uri, args.address)), flush=True)
-            tracking.check_reachable(uri)
+            uri, storage = study_stores(output, args.tracking_uri, args.optuna_storage, args.resume)
+            print("\n".join(plan(study, output, uri, storage, args.address)), flush=True)
+            check_stores(study, uri, storage, args.resume)
             cluster.connect(args.address)
             interrupts.catch()  # after Ray's start: its core installs a SIGTERM handler of its own
             began = time.perf_counter()
-            rows = run_study(study, output, tracking_uri=uri, address=args.address, resume=args.resume)
+            rows = run_study(study, output, tracking_uri=uri, optuna_storage=storage, address=args.address,
+                             resume=args.resume)
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (output_lock.OutputBusy, output_lock.OutputUnusable) as error:
         print(f"error: {output}: --output: {error}", file=sys.stderr)
         return 2
-    except tracking.TrackingUnavailable as error:
-        print(f"error: --tracking-uri: {error}", file=sys.stderr)
+    except stores.StoreUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
+    except stores.StoreLost as error:
+        print(f"error: {error}:\n  python -m farm_sweep.run {study.path} --output {output} --resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C before the study started: nothing to resume
         print("interrupted before the study started", file=sys.stderr)
         return 128 + signal.SIGINT
-    unlogged = tracking.load(output).unlogged()
+    tracker = tracking.load(output)
     confirmed = confirmation.rows(output, study.name)
-    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, len(unlogged), confirmed)))
+    print("\n".join(summary(rows, time.perf_counter() - began, output, uri, tracker.ui_path(),
+                             len(tracker.unlogged()), confirmed)))
     return _exit_status([*rows, *confirmed], study, output)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m farm_sweep.run", description=__doc__.split("\n\n")[1],
                                      allow_abbrev=False)  # `--address` is looked for before Ray is imported
-    parser.add_argument("study", type=Path, help="the study file (studies/*.yaml)")
+    parser.add_argument("study", type=Path, nargs="?", help="the study file (studies/*.yaml)")
     parser.add_argument("--output", type=Path, help="results folder (default: results/<study name>)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output>/mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI: a server (http://HOST:PORT) or a database "
+                                               "(postgresql://USER:PASSWORD@HOST:PORT/DB); default: "
+                                               "sqlite:///<output>/mlflow.db")
+    parser.add_argument("--optuna-storage", help="Optuna storage URL, a database (postgresql://USER:PASSWORD@HOST:"
+                                                 "PORT/DB); default: sqlite:///<output>/optuna.db")
     parser.add_argument("--address", help="join a running Ray cluster ('auto' or host:port)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted study in --output; it trusts Tune's state there only if "
                              f"every file matches a checksum the study's own run recorded ({tune_state.RECORD_FILE}),"
                              " as that state holds pickles, which run code when loaded")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and start nothing")
+    parser.add_argument("--print-schema", nargs="?", const="study", choices=SCHEMAS,
+                        help="print the JSON Schema of a study file (default) or a search-space file, as in "
+                             "schemas/, and exit")
     return parser
 
 
@@ -133,6 +157,44 @@ def check_output(study: Study, output: Path, resume: bool) -> None:
                          "another --output")
 
 
+def study_stores(output: Path, tracking_uri: str | None, optuna_storage: str | None,
+                 resume: bool) -> tuple[str, str]:
+    """The public URLs of the study's MLflow store and Optuna storage: the options' (default: SQLite files in the
+    output folder), or for --resume the ones the study's run recorded, which the options may repeat to give
+    their passwords again."""
+    if not resume:
+        return (stores.remember(tracking_uri) if tracking_uri else tracking.default_uri(output),
+                stores.remember(optuna_storage) if optuna_storage else _default_optuna_storage(output))
+    recorded = {"--tracking-uri": tracking.load(output).uri, "--optuna-storage": _recorded_optuna_storage(output)}
+    for option, given in (("--tracking-uri", tracking_uri), ("--optuna-storage", optuna_storage)):
+        if given is not None and stores.public(given) != recorded[option]:
+            raise StudyError(output, option, f"{stores.shown(given)} is not the store of the study in this folder "
+                             f"({stores.shown(recorded[option])}); leave {option} out, or give that one")
+        if given is not None:
+            stores.remember(given)
+    return recorded["--tracking-uri"], recorded["--optuna-storage"]
+
+
+def _default_optuna_storage(output: Path) -> str:
+    return f"sqlite:///{output / OPTUNA_FILE}"
+
+
+def _recorded_optuna_storage(output: Path) -> str:
+    record = output / OPTUNA_RECORD
+    return json.loads(record.read_text())["storage"] if record.is_file() else _default_optuna_storage(output)
+
+
+def check_stores(study: Study, uri: str, storage: str, resume: bool) -> None:
+    """StoreUnavailable, naming the option, unless both stores can be used."""
+    checks = (("--tracking-uri", lambda: stores.check_tracking(uri)),
+              ("--optuna-storage", lambda: stores.check_optuna(storage, study.name, new=not resume)))
+    for option, check in checks:
+        try:
+            check()
+        except stores.StoreUnavailable as error:
+            raise stores.StoreUnavailable(f"{option}: {error}") from None
+
+
 def _exit_status(rows: Sequence[Mapping[str, Any]], study: Study, output: Path) -> int:
     """0, or 128 + the signal that stopped the study (`rows`: its trials and confirmation rows), saying how to
     continue it."""
@@ -142,10 +204,13 @@ def _exit_status(rows: Sequence[Mapping[str, Any]], study: Study, output: Path) 
     unfinished = sum(row.get("status") == "interrupted" for row in rows)
     print(f"stopped by {signal.Signals(signum).name}: {unfinished} trial(s) unfinished; continue the study with\n"
           f"  python -m farm_sweep.run {study.path} --output {output} --resume", file=sys.stderr)
+    if stores.secrets():
+        print("  and the stores' passwords, which the study does not keep: the same --tracking-uri and "
+              "--optuna-storage again, or PGPASSWORD or ~/.pgpass", file=sys.stderr)
     return 128 + signum
 
 
-def plan(study: Study, output: Path, uri: str, address: str | None) -> list[str]:
+def plan(study: Study, output: Path, uri: str, storage: str, address: str | None) -> list[str]:
     pruner = ", ".join([study.pruner.type, *(f"{k}={v}" for k, v in study.pruner.options.items())])
     sampler = ", ".join([study.sampler.type, f"seed={study.seed}",
                          *(f"{k}={v}" for k, v in study.sampler.options.items())])
@@ -165,8 +230,8 @@ def plan(study: Study, output: Path, uri: str, address: str | None) -> list[str]
              f"  confirm: the {study.confirm.top} best configuration(s) x {study.confirm.seeds} fresh seeds each, "
              "evaluated on the test split" if study.confirm else "  confirm: none",
              f"  ray: {address or 'embedded local Ray'}; storage {output / RAY_FOLDER}",
-             f"  optuna: sqlite:///{output / OPTUNA_FILE} (study {study.name!r})",
-             f"  mlflow: {uri}",
+             f"  optuna: {stores.shown(storage)} (study {study.name!r})",
+             f"  mlflow: {stores.shown(uri)}",
              f"  output: {output}"]
 
 
@@ -174,14 +239,18 @@ def _custom_text(custom: Mapping[str, float]) -> str:
     return "".join(f", {amount} {name}" for name, amount in custom.items())
 
 
-def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, address: str | None = None,
-              resume: bool = False, trainable: Trainable = run_trial) -> list[dict[str, Any]]:
+def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, optuna_storage: str | None = None,
+              address: str | None = None, resume: bool = False,
+              trainable: Trainable = run_trial) -> list[dict[str, Any]]:
     """Run (or resume) the study and its confirmation stage; returns one row per trial of the search (also
     written to <output>/trials.csv; farm_sweep.sweep.confirmation.rows gives the confirmation's). When a signal
     stops it (farm_sweep.sweep.interrupts), unfinished trials are `interrupted` and the MLflow parent run is
-    KILLED until --resume finishes them. StudyError when no node of the embedded Ray could run a trial."""
+    KILLED until --resume finishes them; so it is when the Optuna storage stops answering, and StoreLost says
+    so. StudyError when no node of the embedded Ray could run a trial, or when the Optuna storage holds a study of
+    this name already."""
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
+    uri, storage = study_stores(output, tracking_uri, optuna_storage, resume)
     cluster.connect(address)
     _check_resources(study, address)
     folder = output / RAY_FOLDER / study.name
@@ -189,7 +258,7 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
         tracker = tracking.reopen(output)
         rows = trial_rows(folder, tracker, output)
     else:
-        tracker, rows = _search(study, output, tracking_uri or tracking.default_uri(output), resume, trainable)
+        tracker, rows = _search(study, output, uri, storage, resume, trainable)
         if any(row["status"] == "interrupted" for row in rows):
             return rows
     if confirmation.follows(study, output, rows):
@@ -199,25 +268,33 @@ def run_study(study: Study, output: Path, *, tracking_uri: str | None = None, ad
     return rows
 
 
-def _search(study: Study, output: Path, uri: str, resume: bool,
+def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
             trainable: Trainable) -> tuple[tracking.Tracker, list[dict[str, Any]]]:
     """Run (or resume) the search: its tracker and its rows, written to trials.csv and logged (the parent run
     stays open when a confirmation follows)."""
-    link = OptunaLink(f"sqlite:///{output / OPTUNA_FILE}", study.name,
-                      make_pruner(study.pruner.type, study.pruner.options, study.epochs))
-    storage = driver_storage.open_fresh(link.storage_url)  # what an earlier run in this process read is forgotten
+    link = OptunaLink(storage, study.name, make_pruner(study.pruner.type, study.pruner.options, study.epochs))
+    link.open_fresh()  # what an earlier run in this process read of the study is forgotten
     folder = output / RAY_FOLDER / study.name
     if resume:
         experiment.quiet_deleted_checkpoints()
         tracker = tracking.reopen(output)
         tuner = tune.Tuner.restore(str(folder), trainable=_trainable(study, tracker, trainable))
     else:
-        tracker = tracking.start(study.name, output, uri, _settings(study),
-                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()])
-        tuner = _new_tuner(study, output, link, storage, tracker, trainable)
+        _create_optuna_study(study, link)
+        (output / OPTUNA_RECORD).write_text(json.dumps({"storage": storage, "study": study.name}))
+        tracker = tracking.start(study.name, output, uri, _settings(study, storage),
+                                 [p for p in (study.path, study.search_space_path) if p and p.is_file()],
+                                 study_note(study))
+        tuner = _new_tuner(study, output, link, tracker, trainable)
     tune_state.record(folder, output)
-    tuner.fit()
-    link.flush()
+    try:
+        tuner.fit()
+        link.flush()
+    except Exception as error:
+        reason = stores.database_failure(error)
+        if reason is None:
+            raise
+        _stop_without_storage(study, folder, output, tracker, link, reason)
     tune_state.record(folder, output)
     rows = trial_rows(folder, tracker, output)
     _fail_orphans(link, rows)
@@ -240,19 +317,30 @@ def _check_resources(study: Study, address: str | None) -> None:
               "the trials wait", file=sys.stderr, flush=True)
 
 
+def _create_optuna_study(study: Study, link: OptunaLink) -> None:
+    """The study's Optuna study, new: StudyError if the storage has one of that name (a second driver of a
+    study of the same name started at the same time: sharing it, the two would mix their trials)."""
+    try:
+        optuna.create_study(study_name=study.name, storage=stores.optuna_storage(link.storage_url),
+                            direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyError(study.path, "name", f"the Optuna storage {stores.shown(link.storage_url)} already holds a "
+                         f"study named {study.name!r}; rename the study, or continue that one with --resume "
+                         "on its --output folder") from None
+
+
 def _trainable(study: Study, tracker: tracking.Tracker, trainable: Trainable) -> Any:
     return experiment.trainable(trainable, TrialContext(dict(study.space.fixed), tracker, dict(study.evaluation)),
                                 study)
 
 
-def _new_tuner(study: Study, output: Path, link: OptunaLink, storage: DriverStorage, tracker: tracking.Tracker,
+def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.Tracker,
                trainable: Trainable) -> tune.Tuner:
-    optuna.create_study(study_name=study.name, storage=storage, direction="minimize", load_if_exists=True)
     enqueued = [study.space.as_optuna_point(point) for point in study.enqueue]
     searcher = PruningOptunaSearch(
         space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=enqueued or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
-        study_name=study.name, storage=storage)
+        study_name=study.name, storage=driver_storage.shared(link.storage_url))  # the link's: one view of the study
     return tune.Tuner(
         _trainable(study, tracker, trainable),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
@@ -263,9 +351,23 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, storage: DriverStor
             PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
 
 
-def _settings(study: Study) -> dict[str, Any]:
-    """The study's settings as parent-run parameters."""
-    return {"trials": study.trials, "seed": study.seed, "sampler": study.sampler.type,
+def study_note(study: Study) -> str:
+    """The parent run's description (Markdown): what the study searched, and how."""
+    return "\n".join([
+        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
+        f"{METRIC} (nats per image). {study.description}".rstrip(), "",
+        "Searched:", "", *(f"- {line}" for line in study.space.describe()), "",
+        f"Fixed: `{json.dumps(study.space.fixed)}`", "",
+        f"Sampler {study.sampler.type}, pruner {study.pruner.type}; each child run is one trial, named by its "
+        "sampled parameters.",
+        *([f"\nConfirmation: the best {study.confirm.top} configuration(s) trained again with "
+           f"{study.confirm.seeds} fresh seeds each and evaluated on the test split, in the nested run "
+           f"`{confirmation.STAGE}`."] if study.confirm else [])])
+
+
+def _settings(study: Study, storage: str) -> dict[str, Any]:
+    """The study's settings as parent-run parameters (the Optuna storage's URL without its password)."""
+    return {"trials": study.trials, "optuna_storage": storage, "seed": study.seed, "sampler": study.sampler.type,
             "sampler_options": study.sampler.options, "pruner": study.pruner.type,
             "pruner_options": study.pruner.options, "search_space": study.space.describe(),
             "enqueue": list(study.enqueue), "cpus_per_trial": study.resources.cpus,
@@ -308,7 +410,7 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     counts = Counter(row["status"] for row in rows)
     best = best_row(rows)
     tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
-                         files, {s: counts.get(s, 0) for s in STATUSES}, end=end)
+                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
     tracker.replay()
 
 
@@ -325,6 +427,17 @@ def _interrupt(study: Study, output: Path, tracker: tracking.Tracker, rows: list
 def _write_tables(study: Study, output: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """trials.parquet, epochs.parquet, evaluation.parquet in <output>/tables/."""
     return table_recorder.write_tables(output, output / RAY_FOLDER / study.name, study.name, rows)
+
+
+def _stop_without_storage(study: Study, folder: Path, output: Path, tracker: tracking.Tracker, link: OptunaLink,
+                          reason: str) -> NoReturn:
+    """The Optuna storage went away (the driver's sampler and pruners cannot go on without it): stop the study as a
+    signal would, and raise StoreLost, for --resume to continue it once the storage is back."""
+    tune_state.record(folder, output)
+    _interrupt(study, output, tracker, trial_rows(folder, tracker, output))
+    raise stores.StoreLost(f"--optuna-storage: {stores.shown(link.storage_url)} stopped answering mid-study "
+                           f"({reason}); the study stopped, its unfinished trials interrupted: start the database "
+                           "again, then continue the study with --resume")
 
 
 def _fail_orphans(link: OptunaLink, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -346,24 +459,26 @@ def _importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, unlogged: int = 0,
-            confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows)."""
+def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, ui_path: str,
+            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows), and where
+    to look: the results and the MLflow UI (its page of the study's runs)."""
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
         value = "-" if row[METRIC] is None else f"{float(row[METRIC]):.3f}"
         params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
         lines.append(f"{row['trial_id']:<14}{row['optuna_trial']!s:>7}  {row['status']:<11}{row['epochs']!s:>7}  "
-                     f"{value:>10}  {params_text(params)}")
+                     f"{value:>10}  {point_text(params)}")
     best = best_row(rows)
     lines += [f"{len(rows)} trials in {seconds:.0f}s: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
               f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed",
               *confirmation_table.summary(confirmed),
               f"results: {output}",
-              *([f"tracking: {unlogged} calls could not be logged to {uri}; they are kept in "
+              *([f"tracking: {unlogged} calls could not be logged to {stores.shown(uri)}; they are kept in "
                  f"{output / tracking.JOURNAL_FILE}"] if unlogged else []),
-              f"MLflow UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow: {uri}"]
+              f"MLflow UI: {stores.shown(uri).rstrip('/')}/{ui_path}" if uri.startswith(("http://", "https://")) else
+              f"MLflow UI: mlflow ui --backend-store-uri {stores.shown(uri)}, then open http://127.0.0.1:5000/{ui_path}"]
     return lines
 

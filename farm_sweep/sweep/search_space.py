@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +120,13 @@ class SearchSpace:
         JSON labels their parameters suggest."""
         categorical = {p.name for p in self.parameters if p.distribution == "categorical"}
         return {name: _label(value) if name in categorical else value for name, value in point.items()}
+
+
+def point_text(values: Mapping[str, Any]) -> str:
+    """A point of the search space in words, `lr=0.002 num_orderings=8` (floats to 3 significant digits), without
+    the Optuna trial number."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in values.items() if k != OPTUNA_TRIAL_KEY)
 
 
 def make_sampler(kind: str, options: dict[str, Any], space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:

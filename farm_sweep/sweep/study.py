@@ -1,43 +1,54 @@
-"""Study files and search-space files: schema, loading and validation (docs/studies.md is the reference).
+"""Study files and search-space files: their declared schema, loading and validation (docs/studies.md is the
+reference; schemas/*.schema.json are generated from the models here).
 
-`load_study(path)` reads a study YAML (yaml's SafeLoader, refusing duplicate keys), the search-space YAML it
-names, checks every key and value, checks that every configuration the space can produce is a valid
-TrainConfig whose data is present (checksums, format, shape) and whose orderings exist, and returns a
-`Study`. Any problem raises `StudyError` naming the file, the field, the reason and the fix; nothing is
-written.
+`load_study(path)` reads a study YAML (farm_sweep.untrusted: a regular file within bounds, yaml's SafeLoader
+refusing duplicate keys) and validates it against `StudyFile`, and the search-space file it names against
+`SearchSpaceFile`: keys, types, bounds and the rules inside one value. Then one explicit step checks what the
+documents alone cannot: conditions name parameters above them, nothing is both fixed and sampled, enqueued
+points lie in their distributions, the grid's size and the confirmation against the trials, and every
+configuration the space can produce is a valid TrainConfig whose data is present (checksums, format, shape),
+whose orderings exist and whose memory fits. Any problem raises `StudyError` naming the file, the field, the
+reason and the fix; nothing is written.
 """
 
 from __future__ import annotations
 
-import difflib
 import itertools
-import math
+import json
+import types
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import torch
-
-from farm_sweep.data import DataError, DatasetSpec
-from farm_sweep.sweep.search_space import DISTRIBUTIONS, Parameter, SearchSpace
-from farm_sweep.training import preflight
-from farm_sweep.training.config import ConfigError, TrainConfig
-from farm_sweep.untrusted import (
-    MAX_NAME_LENGTH,
-    QUOTE_CHARS,
-    InputError,
-    is_plain_name,
-    load_yaml,
-    quote,
-    read_text,
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    create_model,
+    model_validator,
 )
+from pydantic.fields import FieldInfo
+
+from farm_sweep.declared import STRICT, Number, number, problem, rule
+from farm_sweep.evaluation.settings import EvaluationSettings, largest_batch, validate_settings
+from farm_sweep.sweep.search_space import Parameter, SearchSpace
+from farm_sweep.training import preflight
+from farm_sweep.training.config import MAX_SEED, ConfigError, TrainConfig, TrainConfigSchema
+from farm_sweep.untrusted import MAX_NAME_LENGTH, QUOTE_CHARS, InputError, load_yaml, quote, read_text
 
 MAX_CHECKED_COMBINATIONS = 2000  # corner configurations checked against TrainConfig before a study starts
 MAX_GRID_SIZE = 100_000  # the grid sampler lists every configuration up front
-MAX_SEED = 2**32 - 1  # NumPy's (and so Optuna's) seed range
 MAX_CONFIRM_SEEDS = 100  # seeds per configuration in the confirmation stage
+MAX_INT_BOUND = 2**61  # an int distribution's bounds stay within Optuna's integers
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 class StudyError(ValueError):
@@ -48,8 +59,304 @@ class StudyError(ValueError):
         self.file, self.field, self.reason = str(file), field_name, reason
 
 
-class _Invalid(ValueError):
-    """A value check failed; the caller adds file and field."""
+# ------------------------------------------------------------------ training parameters as files give them
+
+
+class _InFileOrder(BaseModel):
+    """TrainConfig's fields, each optional, remembering the order the file gave them (parameters are sampled
+    in it, and plans print it)."""
+
+    model_config = STRICT
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, value: Any, handler: Callable[[Any], _InFileOrder]) -> _InFileOrder:
+        model = handler(value)
+        if isinstance(value, dict):
+            model._order = tuple(key for key in value if key in model.model_fields_set)
+        return model
+
+    def given(self) -> dict[str, Any]:
+        """The values given, in the file's order, as plain YAML values (lists; a dataset spec's mapping, its path
+        made absolute)."""
+        plain = self.model_dump(mode="json", include=set(self._order))
+        return {name: plain[name] for name in self._order}
+
+
+def _training_fields() -> dict[str, FieldInfo]:
+    return dict(TrainConfigSchema.__pydantic_fields__)
+
+
+TrainingValues = create_model(
+    "TrainingValues", __base__=_InFileOrder, __doc__="TrainConfig fields and their values (docs/studies.md).",
+    **{name: (info.annotation, info) for name, info in _training_fields().items()})
+
+
+# ------------------------------------------------------------------ the search space
+
+
+class _Distribution(BaseModel):
+    model_config = STRICT
+
+    when: Annotated[dict[str, Any], Field(description="sample it only when each named parameter (a categorical "
+                                                      "above it, or a fixed one) took one of the listed values "
+                                                      "{parameter: [values]}")] = {}
+
+    def condition(self) -> dict[str, tuple[Any, ...]]:
+        return {name: tuple(allowed if isinstance(allowed, list) else [allowed]) for name, allowed in self.when.items()}
+
+
+class _Categorical(_Distribution):
+    distribution: Literal["categorical"]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> _Categorical:
+        choices = self.choices
+        if len({repr(choice) for choice in choices}) < len(choices):
+            raise rule("choices", "lists a value twice; give each choice once")
+        return self
+
+
+class _Range(_Distribution):
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        low, high = self.low, self.high
+        if not low < high:
+            raise rule("", f"low ({low}) must be below high ({high})")
+        return self
+
+
+class IntDistribution(_Range):
+    distribution: Literal["int"]
+    low: Annotated[int, Field(ge=-MAX_INT_BOUND, le=MAX_INT_BOUND)]
+    high: Annotated[int, Field(ge=-MAX_INT_BOUND, le=MAX_INT_BOUND, description="inclusive")]
+    step: Annotated[int, Field(ge=1)] | None = None
+
+
+class FloatDistribution(_Range):
+    distribution: Literal["float"]
+    low: Number
+    high: Number
+    step: number(gt=0.0) | None = None
+
+
+class LogFloatDistribution(_Range):
+    distribution: Literal["log_float"]
+    low: number(gt=0.0)
+    high: Number
+
+
+def _entry(name: str, info: FieldInfo) -> Any:
+    """A search-space entry for TrainConfig field `name`: a distribution over its values (a mapping), or a
+    plain value (fixed for every trial)."""
+    value = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    choices = create_model(f"{name}_choices", __base__=_Categorical, __doc__=f"choices of {name}",
+                           choices=(Annotated[list[value], Field(min_length=1, description="distinct values")], ...))
+    ranges = {int: [IntDistribution], float: [FloatDistribution, LogFloatDistribution]}.get(_number_type(info), [])
+    distribution = Annotated[Union[choices, *ranges], Field(discriminator="distribution")]  # noqa: UP007
+    return Annotated[Union[Annotated[distribution, Tag("distribution")], Annotated[value, Tag("value")]],  # noqa: UP007
+                     Discriminator(_entry_kind), Field(description=info.description)]
+
+
+def _entry_kind(entry: Any) -> str:
+    """A mapping is a distribution; anything else a fixed value."""
+    return "distribution" if isinstance(entry, dict | _Distribution) else "value"
+
+
+def _number_type(info: FieldInfo) -> type | None:
+    """int or float when the field holds such numbers (None allowed besides), else None."""
+    union = typing.get_origin(info.annotation) in (Union, types.UnionType)
+    members = typing.get_args(info.annotation) if union else (info.annotation,)
+    kinds = {typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind  # Annotated[int, ...]: int
+             for kind in members if kind is not type(None)}
+    return next((kind for kind in (int, float) if kinds == {kind}), None)
+
+
+Parameters = create_model(
+    "Parameters", __base__=_InFileOrder,
+    __doc__="TrainConfig fields, sampled in this order: a distribution, or a plain value (fixed for every trial)",
+    **{name: (_entry(name, info), info.default) for name, info in _training_fields().items()})
+
+
+class SearchSpaceFile(BaseModel):
+    """A search-space file (search_spaces/*.yaml): TrainConfig fields and their distributions."""
+
+    model_config = STRICT | ConfigDict(title="farm-sweep search space")
+
+    parameters: Annotated[Parameters, Field(description="TrainConfig fields, sampled in this order: "
+                                                        "{distribution: ...}, or a plain value (fixed)")]
+
+
+# ------------------------------------------------------------------ samplers and pruners
+
+
+def _with_type(default: str) -> Callable[[Any], Any]:
+    """`NAME` read as `{type: NAME}`, and a mapping without `type` as one of type `default`."""
+    def with_type(value: Any) -> Any:
+        if isinstance(value, str):
+            return {"type": value}
+        return {"type": default, **value} if isinstance(value, dict) and "type" not in value else value
+    return with_type
+
+
+class _Options(BaseModel):
+    model_config = STRICT | ConfigDict(frozen=True)
+
+    def options(self) -> dict[str, Any]:
+        """The options given (the rest keep Optuna's defaults)."""
+        return self.model_dump(exclude_unset=True, exclude={"type"})
+
+
+class TpeSampler(_Options):
+    type: Literal["tpe"] = "tpe"
+    n_startup_trials: Annotated[int, Field(ge=0, description="random trials before TPE takes over")] = 10
+    multivariate: Annotated[bool, Field(description="model the parameters jointly")] = False
+
+
+class RandomSampler(_Options):
+    type: Literal["random"]
+
+
+class GridSampler(_Options):
+    """Every configuration once: all parameters categorical or int, no conditions."""
+
+    type: Literal["grid"]
+
+
+class _Window(_Options):
+    n_startup_trials: Annotated[int, Field(ge=0, description="completed trials before pruning starts")] = 5
+    n_warmup_steps: Annotated[int, Field(ge=0, description="pruning starts at this epoch")] = 0
+    interval_steps: Annotated[int, Field(ge=1, description="epochs between pruning checks")] = 1
+    n_min_trials: Annotated[int, Field(ge=1, description="trials reporting an epoch before it is pruned")] = 1
+
+
+class MedianPruner(_Window):
+    type: Literal["median"] = "median"
+
+
+class PercentilePruner(_Window):
+    type: Literal["percentile"]
+    percentile: Annotated[number(ge=0.0, le=100.0), Field(description="prune below this percentile")]
+
+
+AutoOrEpochs = Annotated[Union[Annotated[Literal["auto"], Tag("auto")],  # noqa: UP007
+                               Annotated[Annotated[int, Field(ge=1)], Tag("epochs")]],
+                         Discriminator(lambda value: "auto" if value == "auto" else "epochs")]
+
+
+class SuccessiveHalvingPruner(_Options):
+    type: Literal["successive_halving"]
+    min_resource: Annotated[AutoOrEpochs, Field(description="epochs before the first rung, or auto")] = "auto"
+    reduction_factor: Annotated[int, Field(ge=2)] = 4
+    min_early_stopping_rate: Annotated[int, Field(ge=0)] = 0
+    bootstrap_count: Annotated[int, Field(ge=0)] = 0
+
+
+class HyperbandPruner(_Options):
+    type: Literal["hyperband"]
+    min_resource: Annotated[int, Field(ge=1)] = 1
+    max_resource: Annotated[AutoOrEpochs, Field(description="epochs at most (default: the study's "
+                                                            "epochs)")] = "auto"
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+    bootstrap_count: Annotated[int, Field(ge=0)] = 0
+
+
+class NoPruner(_Options):
+    type: Literal["none"]
+
+
+SAMPLER_OPTIONS: dict[str, type[_Options]] = {"tpe": TpeSampler, "random": RandomSampler, "grid": GridSampler}
+PRUNER_OPTIONS: dict[str, type[_Options]] = {"median": MedianPruner, "percentile": PercentilePruner,
+                                            "successive_halving": SuccessiveHalvingPruner,
+                                            "hyperband": HyperbandPruner, "none": NoPruner}
+
+
+def _component(kinds: dict[str, type[_Options]], default: str, description: str) -> Any:
+    """A sampler or pruner: its name, or {type: NAME, option: value, ...}."""
+    declared = Annotated[Union[tuple(kinds.values())], Field(discriminator="type")]  # noqa: UP007
+    return Annotated[declared, BeforeValidator(_with_type(default), json_schema_input_type=Literal[*kinds] | declared),
+                     Field(description=description)]
+
+
+Sampler = _component(SAMPLER_OPTIONS, "tpe", "tpe, random or grid, or {type: NAME, option: value, ...}")
+Pruner = _component(PRUNER_OPTIONS, "median", "an Optuna pruner (its options by Optuna's names); the step is the "
+                    "epoch")
+
+
+# ------------------------------------------------------------------ the study file
+
+
+class Resources(BaseModel):
+    """Per trial."""
+
+    model_config = STRICT | ConfigDict(frozen=True)
+
+    cpus: Annotated[number(gt=0.0), Field(description="CPUs per trial")] = 1.0
+    gpus: Annotated[number(ge=0.0), Field(description="GPUs per trial, fractional allowed; requested only when "
+                                                     "the cluster has GPUs")] = 0.0
+    custom: Annotated[dict[str, number(gt=0.0)],
+                      Field(description="Ray custom resources by name: steer trials to the nodes started with "
+                                        "--resources")] = {}
+
+
+class Confirm(BaseModel):
+    """The confirmation stage: the `top` best configurations of the search trained again with `seeds` fresh seeds
+    each and evaluated on the test split (farm_sweep.sweep.confirmation)."""
+
+    model_config = STRICT | ConfigDict(frozen=True)
+
+    top: Annotated[int, Field(ge=1, description="how many of the best configurations (at most trials)")]
+    seeds: Annotated[int, Field(ge=2, le=MAX_CONFIRM_SEEDS, description=(
+        f"fresh seeds per configuration: a standard deviation over seeds needs two or more, and {MAX_CONFIRM_SEEDS} "
+        "are plenty"))]
+
+
+class StudyFile(BaseModel):
+    """A study file (studies/*.yaml): a search space and how to search it."""
+
+    model_config = STRICT | ConfigDict(title="farm-sweep study")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME_LENGTH, description=(
+        f"letters, digits, '_', '-', '.', at most {MAX_NAME_LENGTH} characters: it names the results folder, the "
+        "Optuna study and the MLflow experiment"))]
+    description: Annotated[str, Field(description="free text")] = ""
+    search_space: Annotated[Union[Annotated[str, Tag("file")], Annotated[SearchSpaceFile, Tag("inline")]],  # noqa: UP007
+                            Discriminator(lambda value: "file" if isinstance(value, str) else "inline"),
+                            Field(description="a search-space file (relative to the study file) or the same "
+                                              "content inline")]
+    fixed: Annotated[TrainingValues, Field(description="TrainConfig fields fixed for every trial (over the search "
+                                                       "space's fixed values; not a sampled one)")] = TrainingValues()
+    trials: Annotated[Annotated[int, Field(ge=1)] | None, Field(description=(
+        "number of trials; optional with the grid sampler (default: the grid's size, the maximum)"))] = None
+    max_concurrent_trials: Annotated[Annotated[int, Field(ge=1)] | None, Field(description=(
+        "at most this many trials at once (default: as many as resources allow)"))] = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, description="the sampler's seed")] = 0
+    sampler: Sampler = TpeSampler()
+    pruner: Pruner = MedianPruner()
+    resources: Annotated[Resources, Field(description="per trial: cpus, gpus, custom")] = Resources()
+    max_failures: Annotated[int, Field(ge=0, description="retries of a failed trial, each from its latest "
+                                                         "checkpoint")] = 1
+    enqueue: Annotated[list[TrainingValues], Field(description="configurations run first (baselines, known-good "
+                                                               "points): values of sampled parameters")] = []
+    evaluation: Annotated[EvaluationSettings | None, Field(description="the end-of-trial evaluation (null or "
+                                                                       "empty: none)")] = None
+    confirm: Annotated[Confirm | None, Field(description="the confirmation stage after the search: {top, seeds} "
+                                                         "(null: none)")] = None
+
+
+STUDY_KEYS = tuple(StudyFile.model_fields)
+SCHEMAS: dict[str, type[BaseModel]] = {"study": StudyFile, "search_space": SearchSpaceFile}
+
+
+def json_schema(kind: str) -> str:
+    """The JSON Schema of a study file (`study`) or a search-space file (`search_space`), as the text of
+    schemas/<kind>.schema.json."""
+    schema = {"$schema": SCHEMA_DIALECT, **SCHEMAS[kind].model_json_schema()}
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+# ------------------------------------------------------------------ the study
 
 
 @dataclass(frozen=True)
@@ -58,22 +365,6 @@ class Component:
 
     type: str
     options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpus: float = 1.0
-    gpus: float = 0.0
-    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. a node label
-
-
-@dataclass(frozen=True)
-class Confirm:
-    """The confirmation stage: the `top` best configurations of the search trained again with `seeds` fresh seeds
-    each and evaluated on the test split (farm_sweep.sweep.confirmation)."""
-
-    top: int
-    seeds: int
 
 
 @dataclass(frozen=True)
@@ -100,170 +391,7 @@ class Study:
         return int(self.space.fixed.get("epochs", TrainConfig.epochs))
 
 
-# ------------------------------------------------------------------ value checks
-
-
-Check = Callable[[Any], Any]
-
-
-def _integer(minimum: int, maximum: int | None = None) -> Check:
-    def check(value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _Invalid(f"{quote(value)} must be an integer")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-            raise _Invalid(f"{value} must be {bound}")
-        return value
-    return check
-
-
-def _number(minimum: float, maximum: float | None = None, exclusive: bool = False) -> Check:
-    def check(value: Any) -> float:
-        value = _as_float(value)
-        if value < minimum or (exclusive and value == minimum) or (maximum is not None and value > maximum):
-            low = f"> {minimum}" if exclusive else f">= {minimum}"
-            raise _Invalid(f"{value} must be {low}" + (f" and <= {maximum}" if maximum is not None else ""))
-        return value
-    return check
-
-
-def _as_float(value: Any) -> float:
-    """A finite YAML number; numeric strings are accepted because YAML 1.1 reads `1e-3` (no dot) as a string."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _Invalid(f"{quote(value)} must be a number")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float's range
-        number = math.inf
-    except ValueError:
-        raise _Invalid(f"{quote(value)} must be a number") from None
-    if not math.isfinite(number):
-        raise _Invalid(f"{quote(value)} must be a finite number, not infinity or NaN")
-    return number
-
-
-def _hinted(check: Check, fix: str) -> Check:
-    """`check`, its message followed by `fix`."""
-    def hinted(value: Any) -> Any:
-        try:
-            return check(value)
-        except _Invalid as error:
-            raise _Invalid(f"{error}; {fix}") from None
-    return hinted
-
-
-def _either(check: Check, literal: str) -> Check:
-    def either(value: Any) -> Any:
-        return value if value == literal else check(value)
-    return either
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"{quote(value)} must be true or false")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"{quote(value)} must be a string")
-    return value
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"expected a mapping (key: value entries), got {type(value).__name__} {quote(value)}")
-    return value
-
-
-_PRUNER_WINDOW = {"n_startup_trials": _integer(0), "n_warmup_steps": _integer(0),
-                  "interval_steps": _integer(1), "n_min_trials": _integer(1)}
-PRUNER_OPTIONS: dict[str, dict[str, Check]] = {
-    "median": _PRUNER_WINDOW,
-    "percentile": {"percentile": _number(0.0, 100.0), **_PRUNER_WINDOW},
-    "successive_halving": {"min_resource": _either(_integer(1), "auto"), "reduction_factor": _integer(2),
-                           "min_early_stopping_rate": _integer(0), "bootstrap_count": _integer(0)},
-    "hyperband": {"min_resource": _integer(1), "max_resource": _either(_integer(1), "auto"),
-                  "reduction_factor": _integer(2), "bootstrap_count": _integer(0)},
-    "none": {},
-}
-SAMPLER_OPTIONS: dict[str, dict[str, Check]] = {
-    "tpe": {"n_startup_trials": _integer(0), "multivariate": _boolean},
-    "random": {},
-    "grid": {},
-}
-REQUIRED_OPTIONS = {"percentile": ("percentile",)}
-_FIELD_CHECKS: dict[str, Check] = {"seed": _integer(0, MAX_SEED)}  # TrainConfig ranges it leaves to the data loader
-
-
-# ------------------------------------------------------------------ reading
-
-
-class _Reader:
-    """Checks the keys and values of one YAML file, raising StudyError(file, field, reason)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any]:
-        """The file's top-level mapping (read within farm_sweep.untrusted's bounds; its content is never quoted:
-        a search_space that names another kind of file must not print it)."""
-        try:
-            document = load_yaml(read_text(self.path))
-        except InputError as error:
-            raise StudyError(self.path, "(file)", str(error)) from None
-        if document is None:
-            raise StudyError(self.path, "(file)", "the file is empty; write the keys docs/studies.md describes")
-        if not isinstance(document, dict):
-            raise StudyError(self.path, "(top level)", f"expected a mapping (key: value entries), got "
-                             f"{type(document).__name__}; write the keys docs/studies.md describes")
-        return document
-
-    def check(self, where: str, value: Any, check: Check) -> Any:
-        try:
-            return check(value)
-        except _Invalid as error:
-            raise StudyError(self.path, where, str(error)) from None
-
-    def keys(self, where: str, mapping: dict[str, Any], allowed: typing.Iterable[str],
-             required: typing.Iterable[str] = ()) -> None:
-        allowed = list(allowed)
-        for key in mapping:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
-                guess = f"did you mean {close[0]!r}? " if close else ""
-                raise StudyError(self.path, _join(where, str(key)[:QUOTE_CHARS]),
-                                 f"unknown key; {guess}allowed here: {', '.join(allowed) or 'none'}")
-        for key in required:
-            if key not in mapping:
-                raise StudyError(self.path, _join(where, key), "required key is missing; add it")
-
-    def component(self, where: str, value: Any, options: dict[str, dict[str, Check]], default: str) -> Component:
-        """`{type: NAME, option: value, ...}` (or just `NAME`) for a sampler or pruner."""
-        if isinstance(value, str):
-            value = {"type": value}
-        value = self.check(where, value, _mapping)
-        kind = value.get("type", default)
-        if not isinstance(kind, str) or kind not in options:
-            raise StudyError(self.path, f"{where}.type", f"{quote(kind)} is not known; choose one of "
-                             f"{', '.join(options)}")
-        self.keys(where, value, ["type", *options[kind]], REQUIRED_OPTIONS.get(kind, ()))
-        checked = {key: self.check(f"{where}.{key}", v, options[kind][key]) for key, v in value.items()
-                   if key != "type"}
-        return Component(kind, checked)
-
-
-def _join(where: str, key: str) -> str:
-    """`where.key`, or just `key` at a file's top level (where is "" or "(top level)")."""
-    return f"{where}.{key}" if where and not where.startswith("(") else key
-
-
-STUDY_KEYS = ("name", "description", "search_space", "fixed", "trials", "max_concurrent_trials", "seed",
-              "sampler", "pruner", "resources", "max_failures", "enqueue", "evaluation", "confirm")
-CONFIRM_KEYS = ("top", "seeds")
-SPACE_KEYS = ("parameters",)
-PARAMETER_KEYS = ("distribution", "choices", "low", "high", "step", "when")
-_CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
+Locate = Callable[[str], tuple[Path, str]]  # a TrainConfig field -> the file and field that set it
 
 
 def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
@@ -272,57 +400,63 @@ def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
     runs_here: the trials will run on this machine (an embedded Ray), so `device: cuda` needs a CUDA GPU here.
     """
     path = Path(path)
-    reader = _Reader(path)
-    document = reader.load()
-    reader.keys("(top level)", document, STUDY_KEYS, ("name", "search_space"))
-    name = reader.check("name", document["name"], _text)
-    if not is_plain_name(name):
-        raise StudyError(path, "name", f"{quote(name)} must be letters, digits, '_', '-', '.', at most "
-                         f"{MAX_NAME_LENGTH} characters (it names folders)")
-    space_path, space = _load_space(reader, document["search_space"])
-    study_fixed = _fixed(reader, document.get("fixed", {}), space)
-    space_field = "parameters" if space_path else "search_space.parameters"
-    origins = {name: (space_path or path, f"{space_field}.{name}")
-               for name in [*space.fixed, *(p.name for p in space.parameters)]}
+    document = _validated(StudyFile, path, _read(path))
+    space_path, space_document = _search_space(path, document.search_space)
+    parameters, space_fixed = _parameters(space_document.parameters)
+    study_fixed = document.fixed.given()
+    space_file, space_field = (space_path, "parameters") if space_path else (path, "search_space.parameters")
+    origins = {name: (space_file, f"{space_field}.{name}") for name in [*space_fixed, *parameters]}
     origins |= {name: (path, f"fixed.{name}") for name in study_fixed}
-    space = SearchSpace(space.parameters, {**space.fixed, **study_fixed})
-    sampler = reader.component("sampler", document.get("sampler", "tpe"), SAMPLER_OPTIONS, "tpe")
-    trials = _trials(reader, document.get("trials"), sampler, space)
-    study = Study(
-        name=name, path=path, search_space_path=space_path, space=space, trials=trials,
-        seed=reader.check("seed", document.get("seed", 0), _integer(0, MAX_SEED)),
-        description=reader.check("description", document.get("description", ""), _text),
-        max_concurrent_trials=_optional(reader, "max_concurrent_trials", document, _integer(1)),
-        sampler=sampler,
-        pruner=reader.component("pruner", document.get("pruner", "median"), PRUNER_OPTIONS, "median"),
-        resources=_resources(reader, document.get("resources", {})),
-        max_failures=reader.check("max_failures", document.get("max_failures", 1), _integer(0)),
-        enqueue=_enqueue(reader, document.get("enqueue", []), space),
-        evaluation=_evaluation(reader, document.get("evaluation")),
-        confirm=_confirm(reader, document.get("confirm"), trials),
-    )
     origins["evaluation"] = (path, "evaluation")  # the memory check may blame the evaluation batch
-    _check_configurations(study, lambda name: origins.get(name, (path, f"fixed.{name}")), runs_here)
+    space = SearchSpace(tuple(parameters.values()), {**space_fixed, **study_fixed})
+    study = Study(
+        name=document.name, path=path, search_space_path=space_path, space=space,
+        trials=_trials(path, document, space), seed=document.seed, description=document.description,
+        max_concurrent_trials=document.max_concurrent_trials,
+        sampler=Component(document.sampler.type, document.sampler.options()),
+        pruner=Component(document.pruner.type, document.pruner.options()),
+        resources=document.resources, max_failures=document.max_failures,
+        enqueue=tuple(point.given() for point in document.enqueue),
+        evaluation=document.evaluation.model_dump(exclude_unset=True) if document.evaluation else {},
+        confirm=document.confirm)
+    _cross_check(study, study_fixed, lambda name: origins.get(name, (path, f"fixed.{name}")), runs_here)
     return study
 
 
-def _optional(reader: _Reader, key: str, document: dict[str, Any], check: Check) -> Any:
-    value = document.get(key)
-    return None if value is None else reader.check(key, value, check)
+def _read(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping (read within farm_sweep.untrusted's bounds; its content is never quoted:
+    a search_space that names another kind of file must not print it)."""
+    try:
+        document = load_yaml(read_text(path))
+    except InputError as error:
+        raise StudyError(path, "(file)", str(error)) from None
+    if document is None:
+        raise StudyError(path, "(file)", "the file is empty; write the keys docs/studies.md describes")
+    if not isinstance(document, dict):
+        raise StudyError(path, "(top level)", f"expected a mapping (key: value entries), got "
+                         f"{type(document).__name__}; write the keys docs/studies.md describes")
+    return document
 
 
-def _load_space(study_reader: _Reader, value: Any) -> tuple[Path | None, SearchSpace]:
-    """`search_space:` is a path (relative to the study file) or an inline mapping."""
-    if isinstance(value, str):
-        space_path = study_reader.path.parent / value
-        if not _exists(space_path):
-            raise StudyError(study_reader.path, "search_space", f"file {quote(str(space_path), 300)} does not "
-                             "exist; give a search-space file's path relative to the study file, or the space inline")
-        space_path = space_path.resolve()
-        reader = _Reader(space_path)
-        return space_path, _space(reader, reader.load(), "")
-    document = study_reader.check("search_space", value, _mapping)
-    return None, _space(study_reader, document, "search_space")
+def _validated(model: type[BaseModel], path: Path, document: dict[str, Any]) -> Any:
+    """`document` as a `model`; a dataset spec's path starts at the file's folder."""
+    try:
+        return model.model_validate(document, context={"folder": path.parent})
+    except ValidationError as error:
+        field_name, reason = problem(error, model)
+        raise StudyError(path, field_name or "(top level)", reason) from None
+
+
+def _search_space(study_path: Path, value: str | SearchSpaceFile) -> tuple[Path | None, SearchSpaceFile]:
+    """`search_space:` is a path (relative to the study file) or the space inline."""
+    if not isinstance(value, str):
+        return None, value
+    space_path = study_path.parent / value
+    if not _exists(space_path):
+        raise StudyError(study_path, "search_space", f"file {quote(str(space_path), 300)} does not exist; give a "
+                         "search-space file's path relative to the study file, or the space inline")
+    space_path = space_path.resolve()
+    return space_path, _validated(SearchSpaceFile, space_path, _read(space_path))
 
 
 def _exists(path: Path) -> bool:
@@ -332,150 +466,82 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _space(reader: _Reader, document: dict[str, Any], where: str) -> SearchSpace:
-    reader.keys(where or "(top level)", document, SPACE_KEYS, SPACE_KEYS)
-    entries = reader.check(_join(where, "parameters"), document["parameters"], _mapping)
-    parameters: list[Parameter] = []
+def _parameters(entries: _InFileOrder) -> tuple[dict[str, Parameter], dict[str, Any]]:
+    """The sampled parameters, in file order, and the fixed values of a search space."""
+    parameters: dict[str, Parameter] = {}
     fixed: dict[str, Any] = {}
-    for name, entry in entries.items():
-        at = _join(where, f"parameters.{name}")
-        if name not in _CONFIG_FIELDS:
-            raise StudyError(reader.path, at, f"not a training parameter; known: {', '.join(sorted(_CONFIG_FIELDS))}")
-        if isinstance(entry, dict):
-            parameters.append(_parameter(reader, at, name, entry, parameters, fixed))
+    for name, plain in entries.given().items():
+        entry = getattr(entries, name)
+        if isinstance(entry, _Categorical):
+            parameters[name] = Parameter(name, "categorical", choices=tuple(plain["choices"]), when=entry.condition())
+        elif isinstance(entry, _Range):
+            parameters[name] = Parameter(name, plain["distribution"], low=entry.low, high=entry.high,
+                                         step=getattr(entry, "step", None), when=entry.condition())
         else:
-            fixed[name] = _config_value(reader, at, name, entry)
-    return SearchSpace(tuple(parameters), fixed)
+            fixed[name] = plain
+    return parameters, fixed
 
 
-def _parameter(reader: _Reader, at: str, name: str, entry: dict[str, Any], earlier: list[Parameter],
-               fixed: dict[str, Any]) -> Parameter:
-    reader.keys(at, entry, PARAMETER_KEYS, ("distribution",))
-    kind = entry["distribution"]
-    if kind not in DISTRIBUTIONS:
-        raise StudyError(reader.path, f"{at}.distribution", f"{quote(kind)} is not known; choose one of "
-                         f"{', '.join(DISTRIBUTIONS)}")
-    when = _condition(reader, f"{at}.when", entry.get("when", {}), earlier, fixed)
-    if kind == "categorical":
-        reader.keys(at, entry, ("distribution", "choices", "when"), ("choices",))
-        choices = entry["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise StudyError(reader.path, f"{at}.choices", "must be a non-empty list")
-        values = tuple(_config_value(reader, f"{at}.choices[{i}]", name, c) for i, c in enumerate(choices))
-        if len(set(map(repr, values))) < len(values):
-            raise StudyError(reader.path, f"{at}.choices", "lists a value twice")
-        return Parameter(name, kind, choices=values, when=when)
-    reader.keys(at, entry, ("distribution", "low", "high", "step", "when"), ("low", "high"))
-    check = _integer(-2**61, 2**61) if kind == "int" else _number(float("-inf"))
-    low, high = (reader.check(f"{at}.{key}", entry[key], check) for key in ("low", "high"))
-    step = entry.get("step")
-    if step is not None:
-        step = reader.check(f"{at}.step", step, _integer(1) if kind == "int" else _number(0.0, exclusive=True))
-    if not low < high:
-        raise StudyError(reader.path, at, f"low ({low}) must be below high ({high})")
-    if kind == "log_float" and (low <= 0 or step is not None):
-        raise StudyError(reader.path, at, "log_float needs low > 0 and no step")
-    for key, bound in (("low", low), ("high", high)):
-        _config_value(reader, f"{at}.{key}", name, bound)
-    return Parameter(name, kind, low=low, high=high, step=step, when=when)
-
-
-def _condition(reader: _Reader, at: str, value: Any, earlier: list[Parameter],
-               fixed: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
-    """`when: {parameter: [values]}`; each parameter must be an earlier categorical or a fixed value."""
-    value = reader.check(at, value, _mapping)
-    known = {p.name: p for p in earlier if p.distribution == "categorical"}
-    condition = {}
-    for name, allowed in value.items():
-        if name not in known and name not in fixed:
-            raise StudyError(reader.path, f"{at}.{name}", "must name a categorical parameter defined above "
-                             f"this one (or a fixed one); known: {', '.join(known) or 'none'}")
-        allowed = allowed if isinstance(allowed, list) else [allowed]
-        possible = known[name].choices if name in known else (fixed[name],)
-        for option in allowed:
-            if name in known and option not in possible:
-                raise StudyError(reader.path, f"{at}.{name}", f"{quote(option)} is not one of its choices "
-                                 f"{quote(list(possible))}")
-        condition[name] = tuple(allowed)
-    return condition
-
-
-def _config_value(reader: _Reader, at: str, name: str, value: Any) -> Any:
-    """A value for TrainConfig field `name`: floats may be YAML numeric strings; lists stay lists; a dataset
-    spec's mapping comes back checked, its path made absolute from the folder of the file that holds it."""
-    if name == "dataset" and isinstance(value, dict):
-        try:
-            return DatasetSpec.from_value(value, reader.path.parent).to_dict()
-        except DataError as error:
-            raise StudyError(reader.path, at, str(error)) from None
-    if name in _FIELD_CHECKS:
-        return reader.check(at, value, _FIELD_CHECKS[name])
-    hint = typing.get_type_hints(TrainConfig)[name]
-    if hint is float:
-        return reader.check(at, value, _number(float("-inf")))
-    return value
-
-
-def _fixed(reader: _Reader, value: Any, space: SearchSpace) -> dict[str, Any]:
-    fixed = reader.check("fixed", value, _mapping)
-    sampled = {p.name for p in space.parameters}
-    for name in fixed:
-        if name not in _CONFIG_FIELDS:
-            raise StudyError(reader.path, f"fixed.{name}", f"not a training parameter; known: "
-                             f"{', '.join(sorted(_CONFIG_FIELDS))}")
-        if name in sampled:
-            raise StudyError(reader.path, f"fixed.{name}", "is sampled by the search space; fix it there or "
-                             "remove it from one of the two")
-    return {name: _config_value(reader, f"fixed.{name}", name, v) for name, v in fixed.items()}
-
-
-def _trials(reader: _Reader, value: Any, sampler: Component, space: SearchSpace) -> int:
-    if sampler.type != "grid":
-        if value is None:
-            raise StudyError(reader.path, "trials", "required key is missing (the number of trials to run)")
-        return reader.check("trials", value, _integer(1))
+def _trials(path: Path, document: StudyFile, space: SearchSpace) -> int:
+    if document.sampler.type != "grid":
+        if document.trials is None:
+            raise StudyError(path, "trials", "required key is missing (the number of trials to run); add it")
+        return document.trials
     for parameter in space.parameters:
         if parameter.grid_values() is None or parameter.when:
-            raise StudyError(reader.path, "sampler.type", f"grid needs discrete, unconditional parameters; "
+            raise StudyError(path, "sampler.type", f"grid needs discrete, unconditional parameters; "
                              f"{parameter.name} is {parameter.distribution}"
                              + (" with a condition" if parameter.when else "") + "; use sampler tpe or random")
     size = space.grid_size()
     if size > MAX_GRID_SIZE:
-        raise StudyError(reader.path, "sampler.type", f"the grid has {size} configurations, more than "
-                         f"{MAX_GRID_SIZE}; narrow the int ranges (or give them a step), or use sampler tpe")
-    trials = size if value is None else reader.check("trials", value, _integer(1, size))
-    return trials
+        raise StudyError(path, "sampler.type", f"the grid has {size} configurations, more than {MAX_GRID_SIZE}; "
+                         "narrow the int ranges (or give them a step), or use sampler tpe")
+    if document.trials is not None and document.trials > size:
+        raise StudyError(path, "trials", f"{document.trials} must be in 1..{size}, the grid's size")
+    return document.trials or size
 
 
-def _resources(reader: _Reader, value: Any) -> Resources:
-    value = reader.check("resources", value, _mapping)
-    reader.keys("resources", value, ("cpus", "gpus", "custom"))
-    custom = reader.check("resources.custom", value.get("custom", {}), _mapping)
-    return Resources(cpus=reader.check("resources.cpus", value.get("cpus", 1), _number(0.0, exclusive=True)),
-                     gpus=reader.check("resources.gpus", value.get("gpus", 0), _number(0.0)),
-                     custom={str(name): reader.check(f"resources.custom.{name}", amount, _number(0.0, exclusive=True))
-                             for name, amount in custom.items()})
+# ------------------------------------------------------------------ what the documents alone cannot say
 
 
-def _enqueue(reader: _Reader, value: Any, space: SearchSpace) -> tuple[dict[str, Any], ...]:
-    """Configurations evaluated first (baselines, known-good points): values of sampled parameters."""
-    if not isinstance(value, list):
-        raise StudyError(reader.path, "enqueue", "must be a list of mappings {parameter: value}")
-    by_name = {p.name: p for p in space.parameters}
-    points = []
-    for index, point in enumerate(value):
-        at = f"enqueue[{index}]"
-        point = reader.check(at, point, _mapping)
-        reader.keys(at, point, by_name)
+def _cross_check(study: Study, study_fixed: dict[str, Any], locate: Locate, runs_here: bool) -> None:
+    """The checks that span the files, the data, the orderings and this machine, after both files parsed."""
+    _check_conditions(study.space, locate)
+    sampled = {p.name: p for p in study.space.parameters}
+    for name in study_fixed:
+        if name in sampled:
+            raise StudyError(study.path, f"fixed.{name}", "is sampled by the search space; fix it there or remove "
+                             "it from one of the two")
+    for index, point in enumerate(study.enqueue):
         for name, chosen in point.items():
-            parameter = by_name[name]
-            chosen = _config_value(reader, f"{at}.{name}", name, chosen)
-            if not _within(parameter, chosen):
-                raise StudyError(reader.path, f"{at}.{name}", f"{quote(chosen)} is outside its distribution "
-                                 f"({parameter.describe()})")
-            point[name] = chosen
-        points.append(point)
-    return tuple(points)
+            at = f"enqueue[{index}].{name}"
+            if name not in sampled:
+                raise StudyError(study.path, at, f"unknown key; allowed here: {', '.join(sampled) or 'none'} (the "
+                                 "sampled parameters)")
+            if not _within(sampled[name], chosen):
+                raise StudyError(study.path, at, f"{quote(chosen)} is outside its distribution "
+                                 f"({sampled[name].describe()})")
+    if study.confirm and study.confirm.top > study.trials:
+        raise StudyError(study.path, "confirm.top", f"{study.confirm.top} must be in 1..{study.trials}; confirm at "
+                         f"most as many configurations as the study has trials ({study.trials})")
+    _check_configurations(study, locate, runs_here)
+
+
+def _check_conditions(space: SearchSpace, locate: Locate) -> None:
+    """A condition names a categorical parameter above its own (and lists values among its choices), or a
+    fixed one."""
+    for index, parameter in enumerate(space.parameters):
+        known = {p.name: p for p in space.parameters[:index] if p.distribution == "categorical"}
+        for other, allowed in parameter.when.items():
+            file, at = locate(parameter.name)
+            at = f"{at}.when.{other[:QUOTE_CHARS]}"
+            if other not in known and other not in space.fixed:
+                raise StudyError(file, at, "must name a categorical parameter defined above this one (or a fixed "
+                                 f"one); known: {', '.join(known) or 'none'}")
+            outside = [option for option in allowed if other in known and option not in known[other].choices]
+            if outside:
+                raise StudyError(file, at, f"{quote(outside[0])} is not one of its choices "
+                                 f"{quote(list(known[other].choices))}")
 
 
 def _within(parameter: Parameter, value: Any) -> bool:
@@ -484,51 +550,22 @@ def _within(parameter: Parameter, value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and parameter.low <= value <= parameter.high
 
 
-def _evaluation(reader: _Reader, value: Any) -> dict[str, Any]:
-    """Passed through to farm_sweep.evaluation.end_of_trial, which validates it (when a study asks for it)."""
-    settings = {} if value is None else reader.check("evaluation", value, _mapping)
-    if not settings:
-        return {}
-    try:
-        from farm_sweep.evaluation.end_of_trial import validate_settings
-    except ImportError as error:
-        raise StudyError(reader.path, "evaluation", f"the evaluation code cannot be imported ({error}); "
-                         "leave evaluation empty to run without it") from error
-    try:
-        validate_settings(settings)
-    except ValueError as error:
-        raise StudyError(reader.path, "evaluation", str(error)) from error
-    return settings
-
-
-def _confirm(reader: _Reader, value: Any, trials: int) -> Confirm | None:
-    """`confirm: {top: K, seeds: N}`, or nothing (no confirmation stage)."""
-    if value is None:
-        return None
-    value = reader.check("confirm", value, _mapping)
-    reader.keys("confirm", value, CONFIRM_KEYS, CONFIRM_KEYS)
-    top = _hinted(_integer(1, trials), f"confirm at most as many configurations as the study has trials ({trials})")
-    seeds = _hinted(_integer(2, MAX_CONFIRM_SEEDS), "a standard deviation over seeds needs two or more, and "
-                    f"{MAX_CONFIRM_SEEDS} are plenty")
-    return Confirm(top=reader.check("confirm.top", value["top"], top),
-                   seeds=reader.check("confirm.seeds", value["seeds"], seeds))
-
-
-# ------------------------------------------------------------------ whole-configuration checks
-
-
-Locate = Callable[[str], tuple[Path, str]]
-
-
 def _check_configurations(study: Study, locate: Locate, runs_here: bool) -> None:
-    """Every corner configuration (and every enqueued point) builds a TrainConfig, its data is present and
-    intact, (for MADE) its orderings exist on the dataset's image size, its memory need fits this machine
-    (runs_here) or a trial's ceiling (a cluster), and (runs_here) its device exists."""
+    """Every corner configuration (and every enqueued point) builds a TrainConfig, its model has the evaluation
+    asked for, its data is present and intact, (for MADE) its orderings exist on the dataset's image size, its
+    memory need fits this machine (runs_here) or a trial's ceiling (a cluster), and (runs_here) its device
+    exists."""
     shapes: dict[tuple[Any, ...], tuple[int, int, int]] = {}
-    evaluation_batch = _evaluation_batch(study.evaluation)
+    evaluation_batch = largest_batch(study.evaluation) if study.evaluation else 0
     memory_limit = None if runs_here else preflight.MEMORY_CEILING
     for values in _configurations(study):
         config = _train_config(values, locate)
+        if study.evaluation:
+            try:
+                validate_settings(study.evaluation, config.model)
+            except ValueError as error:
+                field_name, _, reason = str(error).partition(": ")
+                raise StudyError(study.path, field_name, reason) from None
         try:
             preflight.check(config, shapes, evaluation_batch=evaluation_batch, memory_limit=memory_limit)
         except preflight.PreflightError as error:
@@ -537,14 +574,6 @@ def _check_configurations(study: Study, locate: Locate, runs_here: bool) -> None
             raise StudyError(*locate("device"), "'cuda' requested but this machine has no CUDA GPU; use device: "
                              "auto (the GPU when there is one, else the CPU) or cpu, or run on a GPU cluster "
                              "(--address)")
-
-
-def _evaluation_batch(settings: dict[str, Any]) -> int:
-    if not settings:
-        return 0
-    from farm_sweep.evaluation.end_of_trial import largest_batch  # imported by _evaluation already
-
-    return largest_batch(settings)
 
 
 def _configurations(study: Study) -> Iterator[dict[str, Any]]:

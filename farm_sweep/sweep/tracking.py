@@ -1,19 +1,25 @@
 """MLflow tracking: one parent run per study, one nested child run per trial; a study's confirmation stage
 nests a run of its own under the parent run, and one child run per seed under that (`Tracker.stage`).
 
-The parent run holds the study's settings, its files, and at the end the best trial, the trials table,
-the speed-quality Pareto front and the parameter importances. A child run (tag `mlflow.parentRunId`)
-holds one trial's parameters, its per-epoch metrics (step = epoch), its evaluation metrics and
-artifacts, its checkpoint, and a `farm.status` tag: running, completed, pruned, failed or interrupted.
+The study's experiment is marked as model training (tag `mlflow.experimentKind`). The parent run holds the
+study's settings, its files, a description of what it searched (`mlflow.note.content`, Markdown), and at the end
+the best trial, the trials table, the speed-quality Pareto front and the parameter importances, linked from the
+description. A child run (tag `mlflow.parentRunId`), named by the trial's parameters, holds one trial's
+parameters, its per-epoch metrics (step = epoch), its evaluation metrics and artifacts, its checkpoint, and a
+`farm.status` tag: running, completed, pruned, failed or interrupted.
 
 Every call goes through MlflowClient with an explicit run id (no fluent "active run" state), so the
 same code runs in the driver and inside Ray trial processes. A child run is found again by its
 `farm.trial_id` tag: a retried or resumed trial keeps logging into its own run, never a duplicate.
-The default store is embedded: `sqlite:///<output>/mlflow.db` with artifacts in `<output>/mlartifacts`.
+The default store is embedded: `sqlite:///<output>/mlflow.db` with artifacts in `<output>/mlartifacts`. A
+database server (`postgresql://...`) keeps the artifacts there too; an MLflow server (`http://...`) keeps
+its own. The Tracker holds the public URI (no password: it is written to `<output>/tracking.json`);
+farm_sweep.sweep.stores supplies the password.
 
-A tracking server that goes away must not kill trials: every write is retried a few times, then written
-to a journal (`<output>/tracking_unlogged.jsonl`, one JSON call a line) and training goes on. At the end of
-the study the journal is replayed; what still cannot be logged stays there and the summary says so.
+A tracking store (a server, a database) that goes away must not kill trials: every write is retried a few
+times, then written to a journal (`<output>/tracking_unlogged.jsonl`, one JSON call a line) and training
+goes on. At the end of the study the journal is replayed; what still cannot be logged stays there and the
+summary says so.
 A child run that could not even be created gets a pending id (`pending:<trial id>`) that replay resolves.
 """
 
@@ -25,8 +31,6 @@ import logging
 import math
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -35,10 +39,11 @@ from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 
+from farm_sweep.sweep import stores
 from farm_sweep.sweep.reports import PRUNED_KEY
 
 TRIAL_TAG = "farm.trial_id"
@@ -50,6 +55,10 @@ JOURNAL_FILE = "tracking_unlogged.jsonl"
 PENDING = "pending:"
 RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's status of a trial's run; else FINISHED
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+MAX_RUN_NAME = 250  # and on a run's name
+# MLflow 3 marks an experiment's kind with this tag; its UI (3.17) shows the kind its `workflowType` asks for.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 ATTEMPTS, BACKOFF_S = 3, 1.0
 # MLflow's own HTTP retries back off for minutes per call; ours are short and end in the journal instead.
 HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -59,27 +68,11 @@ Result = TypeVar("Result")
 
 
 class TrackingUnavailable(RuntimeError):
-    """The tracking server does not answer."""
+    """The tracking store does not answer."""
 
 
 def default_uri(output: Path) -> str:
     return f"sqlite:///{(output / 'mlflow.db').resolve()}"
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise TrackingUnavailable at once when an http(s) tracking server does not answer its health check."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as error:
-        reason = str(getattr(error, "reason", error))
-    raise TrackingUnavailable(f"no MLflow tracking server answers at {uri} ({reason}); start it (for example "
-                              f"`mlflow server --host 127.0.0.1 --port PORT`) or leave out --tracking-uri to "
-                              f"use the embedded store")
 
 
 def _journaled(method: Callable[..., Result]) -> Callable[..., Result | None]:
@@ -102,9 +95,11 @@ def _journaled(method: Callable[..., Result]) -> Callable[..., Result | None]:
 
 @lru_cache(maxsize=4)
 def client(uri: str) -> MlflowClient:
-    """One client per tracking URI and process (an SQLite store opens its engine once)."""
+    """One client per tracking URI and process (a database store opens its engine once). A database server that
+    does not answer fails at once, before MLflow would retry opening its store for minutes."""
     for name, value in HTTP_SETTINGS.items():
         os.environ.setdefault(name, value)
+    stores.probe(uri)
     return MlflowClient(uri)
 
 
@@ -119,15 +114,24 @@ class Tracker:
 
     @property
     def client(self) -> MlflowClient:
-        return client(self.uri)
+        return client(stores.reveal(self.uri))
+
+    def ui_path(self, run_id: str | None = None, artifact: str | None = None) -> str:
+        """The MLflow UI's page of the experiment, of one of its runs, or of a run's artifact (after the UI's
+        address), in the model-training view."""
+        path = f"#/experiments/{self.experiment_id}"
+        if run_id is not None:
+            path += f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+        return f"{path}?{MODEL_TRAINING_VIEW}"
 
     def journal_call(self, name: str, args: tuple, kwargs: dict, error: Exception) -> None:
         """Keep a call the store refused; if even the journal cannot be written (a full disk), say so and go on:
         the study itself must not fail for its tracking."""
-        log.warning("tracking: %s could not be logged (%s); kept in %s", name, error, self.journal)
+        reason = stores.scrub(str(error))
+        log.warning("tracking: %s could not be logged (%s); kept in %s", name, reason, self.journal)
         if self.journal is None:
             return
-        line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": str(error)[:500],
+        line = json.dumps({"call": name, "args": list(args), "kwargs": kwargs, "error": reason[:500],
                            "parent_run_id": self.parent_run_id}, default=str)
         try:
             with open(self.journal, "a") as handle:
@@ -243,14 +247,6 @@ class Tracker:
             else:
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def register_model(self, run_id: str, folder: Path, name: str) -> str:
-        """Log an export folder to a trial's run and register it as a new version of model `name`."""
-        self.client.log_artifacts(run_id, str(folder), f"export/{folder.name}")
-        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
-            self.client.create_registered_model(name, description="FARM models exported from farm_sweep studies")
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/export/{folder.name}"
-        return str(self.client.create_model_version(name, source, run_id=run_id).version)
-
     # ---------------------------------------------------------- a stage of the study (the confirmation)
 
     def stage(self, name: str, params: Mapping[str, Any]) -> Tracker:
@@ -266,7 +262,8 @@ class Tracker:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self.client.set_tag(run_id, STATUS_TAG, "running")
         except Exception as error:  # MLflow raises many types (HTTP, SQL, its own) for one cause
-            log.warning("tracking: the %s run cannot be created (%s); its runs go under the study's run", name, error)
+            log.warning("tracking: the %s run cannot be created (%s); its runs go under the study's run", name,
+                        stores.scrub(str(error)))
             return self
         return replace(self, parent_run_id=run_id)
 
@@ -288,10 +285,10 @@ class Tracker:
 
     @_journaled
     def finish_study(self, best: Mapping[str, Any] | None, files: Iterable[Path], counts: Mapping[str, int],
-                     end: bool = True) -> None:
-        """Log the end-of-search summary on the parent run and end it (or leave it running for the
-        confirmation stage: `end` false)."""
-        run = self.parent_run_id
+                     note: str, end: bool = True) -> None:
+        """Log the end-of-search summary on the parent run, its description: links to the best trial and to the
+        study's files, then `note`; and end it (or leave it running for the confirmation stage: `end` false)."""
+        run, files = self.parent_run_id, list(files)
         self.log_metrics(run, {f"trials_{status}": n for status, n in counts.items()}, step=0)
         if best is not None:
             self.client.set_tag(run, "farm.best_trial_id", best["trial_id"])
@@ -299,6 +296,7 @@ class Tracker:
             self.log_metrics(run, {"best_nll_image": best["nll_image"]}, step=0)
             self.client.log_dict(run, best, "best_trial.json")
         self.log_files(run, files, "study")
+        self.client.set_tag(run, MLFLOW_RUN_NOTE, f"{self._results_note(best, files)}\n\n{note}")
         if end:
             self.client.set_tag(run, STATUS_TAG, "finished")
             self.client.set_terminated(run, "FINISHED")
@@ -319,6 +317,14 @@ class Tracker:
             self.client.set_tag(run, STATUS_TAG, "finished")
             self.client.set_terminated(run, "FINISHED")
 
+    def _results_note(self, best: Mapping[str, Any] | None, files: Iterable[Path]) -> str:
+        """Markdown: the best trial and the study's figures and table, linked to their pages in the UI."""
+        best_text = (f"best trial [{best['trial_id']}]({self.ui_path(best['mlflow_run_id'])}), validation nll_image "
+                     f"{float(best['nll_image']):.3f}" if best is not None else "no trial completed")
+        names = [Path(path).name for path in files]  # a replayed call passes the paths as text
+        links = ", ".join(f"[{name}]({self.ui_path(self.parent_run_id, f'study/{name}')})" for name in names)
+        return f"**Results**: {best_text}. Figures and table: {links}."
+
     @_journaled
     def interrupt_study(self, files: Iterable[Path]) -> None:
         """A signal stopped the study: log the table as it stands on the parent run and end it KILLED."""
@@ -327,22 +333,42 @@ class Tracker:
         self.client.set_terminated(self.parent_run_id, "KILLED")
 
 
-def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], files: Iterable[Path]) -> Tracker:
-    """Create the study's experiment (if new) and parent run; remember them in <output>/tracking.json."""
-    mlflow = client(uri)
-    experiment = mlflow.get_experiment_by_name(study_name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        location = None if uri.startswith(("http://", "https://")) else (output / "mlartifacts").resolve().as_uri()
-        experiment_id = mlflow.create_experiment(study_name, artifact_location=location)
+def start(study_name: str, output: Path, uri: str, settings: Mapping[str, Any], files: Iterable[Path],
+          note: str) -> Tracker:
+    """Create the study's experiment (if new; marked as model training) and parent run, described by `note`
+    (Markdown); remember them in <output>/tracking.json."""
+    uri = stores.remember(uri)
+    mlflow = client(stores.reveal(uri))
+    location = None if uri.startswith(("http://", "https://")) else (output / "mlartifacts").resolve().as_uri()
+    experiment_id = _retried(lambda: _experiment_id(mlflow, study_name, location))
+    mlflow.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     parent = mlflow.create_run(experiment_id, run_name=study_name,
-                               tags={STUDY_TAG: study_name, "farm.output": str(output.resolve())})
+                               tags={STUDY_TAG: study_name, "farm.output": str(output.resolve()),
+                                     MLFLOW_RUN_NOTE: note})
     tracker = Tracker(uri, experiment_id, parent.info.run_id, str((output / JOURNAL_FILE).resolve()))
     tracker.log_params(tracker.parent_run_id, settings)
     tracker.log_files(tracker.parent_run_id, files, "study_files")
     (output / STATE_FILE).write_text(json.dumps(asdict(tracker), indent=2))
     return tracker
+
+
+def _experiment_id(mlflow: MlflowClient, name: str, location: str | None) -> str:
+    """The experiment named `name`, created if there is none."""
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else mlflow.create_experiment(
+        name, artifact_location=location)
+
+
+def _retried(call: Callable[[], Result]) -> Result:
+    """`call`, tried again after a short wait while the store fails: a server just started can be slow to
+    answer its first requests. Only for calls that may run twice."""
+    for attempt in range(ATTEMPTS - 1):
+        try:
+            return call()
+        except Exception as error:  # MLflow raises many types (HTTP, SQL, its own) for one cause
+            log.warning("tracking: %s; trying again", stores.scrub(str(error))[:300])
+            time.sleep(BACKOFF_S * 2 ** attempt)
+    return call()
 
 
 def load(output: Path) -> Tracker:

@@ -24,9 +24,10 @@ import pyarrow.fs
 from ray import tune
 
 from farm_sweep.data import DatasetSpec, spec_sha256
+from farm_sweep.sweep import stores
 from farm_sweep.sweep.reports import EPOCH_METRIC_KEY, FINAL_STEP_KEY
-from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
-from farm_sweep.sweep.tracking import Tracker
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, point_text
+from farm_sweep.sweep.tracking import MAX_RUN_NAME, Tracker
 from farm_sweep.training import checkpoint
 from farm_sweep.training.config import ConfigError, TrainConfig
 from farm_sweep.training.device import choose_device, visible_devices
@@ -47,20 +48,24 @@ class TrialContext:
     tracker: Tracker
     evaluation: dict[str, Any] = field(default_factory=dict)
     on_test: bool = False  # evaluate the final model on the test split (the confirmation stage)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the stores' passwords (stores.secrets)
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune trainable of a search: train, log and report every epoch; evaluate after the last one."""
     params = {name: value for name, value in config.items() if name != OPTUNA_TRIAL_KEY}
-    run_tracked(TrainConfig.from_dict({**context.fixed, **params}), context,
+    trial_id = tune.get_context().get_trial_id()
+    run_tracked(TrainConfig.from_dict({**context.fixed, **params}), context, run_name(params, trial_id),
                 {"farm.optuna_trial": config[OPTUNA_TRIAL_KEY], "farm.sampled": ",".join(sorted(params))})
 
 
-def run_tracked(train_config: TrainConfig, context: TrialContext, tags: dict[str, Any]) -> None:
-    """Train `train_config` as the current Tune trial, logging to its MLflow child run (tagged `tags`)."""
+def run_tracked(train_config: TrainConfig, context: TrialContext, name: str, tags: dict[str, Any]) -> None:
+    """Train `train_config` as the current Tune trial, logging to its MLflow child run (named `name`, tagged
+    `tags`)."""
+    stores.learn(context.secrets)
     trial_dir = Path(tune.get_context().get_trial_dir())
-    run_id = context.tracker.child_run(tune.get_context().get_trial_id(), tune.get_context().get_trial_name(),
-                                       _params(train_config), tags={**tags, **device_tags(train_config.device)})
+    run_id = context.tracker.child_run(tune.get_context().get_trial_id(), name, _params(train_config),
+                                       tags={**tags, **device_tags(train_config.device)})
     try:
         _train_and_report(train_config, trial_dir, context, run_id)
     except NonFiniteLossError as error:  # a retry resumes before the divergence and diverges again: one epoch
@@ -78,6 +83,13 @@ def device_tags(requested: str) -> dict[str, str]:
         return tags
     return {**tags, DEVICE_TAG: str(choice.device),
             **({DEVICE_REASON_TAG: choice.fallback_reason} if choice.fallback_reason else {})}
+
+
+def run_name(params: dict[str, Any], label: str) -> str:
+    """A child run's name: the trial's parameters, then `label` (its id; MLflow keeps MAX_RUN_NAME characters)."""
+    suffix = f" ({label})"
+    text, room = point_text(params), MAX_RUN_NAME - len(suffix)
+    return (text if len(text) <= room else text[:room - 3] + "...") + suffix
 
 
 def _params(train_config: TrainConfig) -> dict[str, Any]:

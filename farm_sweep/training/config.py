@@ -1,16 +1,31 @@
-"""The configuration of one training run: every choice a trial makes, validated field by field."""
+"""The configuration of one training run: every choice a trial makes, declared as a pydantic dataclass.
+
+`TrainConfigSchema` declares the fields (types, bounds, descriptions: the JSON Schema of a study's `fixed` and
+its search space's parameters is built from them) and the rules that span fields; `TrainConfig` is the class
+the project builds, which raises ConfigError (`FIELD: reason; fix`, farm_sweep.declared) for a value that
+cannot work.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from farm_sweep.data import DATASETS, DataError, DatasetSpec, dataset_label
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+
+from farm_sweep.data import DATASETS, SPEC_FIELDS, DataError, DatasetSpec, dataset_label
+from farm_sweep.declared import STRICT, number, problem, rule
 from farm_sweep.losses import DIVERGENCES, LOSSES
 from farm_sweep.made.network import WEIGHT_SHARING
 from farm_sweep.orderings import FAMILIES, SYMMETRIES, max_orderings
@@ -20,212 +35,177 @@ from farm_sweep.untrusted import quote
 
 MODELS = ("made", "pixelcnn")
 COLOUR_DATASETS = ("cifar10",)  # the 3-channel datasets PixelCNN++ models
-
-
 LR_SCHEDULES = ("constant", "cosine")
+MAX_SEED = 2**32 - 1  # NumPy's (and so Optuna's) seed range
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field, the value and the fix."""
 
 
-@dataclass(frozen=True)
-class EarlyStopping:
+class EarlyStopping(BaseModel):
     """Stop once validation nll_image has not improved by more than `min_delta` for `patience` epochs; the
     run then keeps its best epoch's weights."""
 
-    patience: int
-    min_delta: float = 0.0
+    model_config = STRICT | ConfigDict(frozen=True)
 
+    patience: Annotated[int, Field(ge=1, description="epochs without improvement before stopping")]
+    min_delta: Annotated[number(ge=0.0), Field(description="nats an epoch must gain to count as an improvement")] = 0.0
+
+    @model_validator(mode="before")
     @classmethod
-    def from_value(cls, value: Any) -> EarlyStopping | None:
-        if value is None or isinstance(value, EarlyStopping):
-            return value
-        if not isinstance(value, dict) or not set(value) <= {"patience", "min_delta"} or "patience" not in value:
-            raise ConfigError("early_stopping: must be null or a mapping {patience: N, min_delta: D} "
-                              "(patience required, min_delta default 0)")
-        patience, min_delta = value["patience"], value.get("min_delta", 0.0)
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-            raise ConfigError(f"early_stopping.patience: {quote(patience)} must be an integer >= 1 (epochs "
-                              "without improvement before stopping)")
-        if (isinstance(min_delta, bool) or not isinstance(min_delta, int | float) or not math.isfinite(min_delta)
-                or min_delta < 0):
-            raise ConfigError(f"early_stopping.min_delta: {quote(min_delta)} must be a finite number >= 0 "
-                              "(nats an epoch must gain to count as an improvement)")
-        return cls(patience, float(min_delta))
+    def _patience_given(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "patience" not in value:
+            raise rule("", "a mapping {patience: N, min_delta: D} (patience required, min_delta default 0), or null; "
+                       "add patience")
+        return value
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    dataset: str | DatasetSpec = "digits"  # a name, or your own data (a spec's mapping is read into a spec)
-    data_dir: str | None = None
-    binarize: str = "static"
-    max_train_examples: int | None = None
-    model: str = "made"
-    hidden_sizes: tuple[int, ...] = (500,)
-    num_orderings: int = 1
-    ordering_family: str = "raster"
-    weight_sharing: str = "shared"
-    direct_connections: bool = False
-    num_masks: int = 1
-    loss: str = "ensemble"
-    resample_every: int = 20
-    divergence: str = "none"
-    divergence_weight: float = 0.0
+def _dataset(value: Any, info: ValidationInfo) -> str | DatasetSpec:
+    """A dataset's name, or your own data: a spec's mapping read into a DatasetSpec, its path relative to the
+    validation context's `folder` (the file that holds it) or else the working directory."""
+    if isinstance(value, DatasetSpec) or (isinstance(value, str) and value in DATASETS):
+        return value
+    if not isinstance(value, dict):
+        raise rule("", f"{quote(value)} is not allowed; choose one of {', '.join(DATASETS)}, or your own data: a "
+                   "mapping {format: npz, path: ...} (docs/data.md)")
+    try:
+        return DatasetSpec.from_value(value, (info.context or {}).get("folder"))
+    except DataError as error:
+        raise rule("", str(error)) from None
+
+
+def _plain_dataset(value: str | DatasetSpec) -> str | dict[str, Any]:
+    return value.to_dict() if isinstance(value, DatasetSpec) else value
+
+
+_DATASET_JSON = {"anyOf": [{"enum": list(DATASETS)}, {  # the keys only: DatasetSpec.from_value checks the values
+    "type": "object", "properties": {key: {} for key in SPEC_FIELDS}, "required": ["path", "shape"],
+    "additionalProperties": False}]}
+Dataset = Annotated[str | DatasetSpec, PlainValidator(_dataset), PlainSerializer(_plain_dataset),
+                    WithJsonSchema(_DATASET_JSON)]
+Positive = Annotated[int, Field(gt=0)]
+Fraction = number(ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True, config=STRICT)
+class TrainConfigSchema:
+    """A training run's configuration: the fields and their rules (docs/studies.md, *Training parameters*)."""
+
+    dataset: Annotated[Dataset, Field(description="a dataset name, or your own data: a spec {format: npz, path, "
+                                                  "shape, ...} (docs/data.md)")] = "digits"
+    data_dir: Annotated[str | None, Field(description="the data folder (default: FARM_DATA_DIR, else ./data)")] = None
+    binarize: Annotated[Literal["static", "dynamic", "threshold"],
+                        Field(description="how mnist's grey levels become bits")] = "static"
+    max_train_examples: Annotated[Positive | None, Field(description="train on the first N examples only")] = None
+    model: Annotated[Literal[*MODELS], Field(description="the model family")] = "made"
+    hidden_sizes: Annotated[tuple[Positive, ...], Strict(False), Field(min_length=1, description="MADE's hidden "
+                                                                       "layer sizes")] = (500,)
+    num_orderings: Annotated[Positive, Field(description="k, the orderings the model is trained over")] = 1
+    ordering_family: Annotated[Literal[*dict.fromkeys(FAMILIES + TRANSFORM_FAMILIES)],
+                               Field(description="the orderings' family (pixelcnn: paper or symmetries)")] = "raster"
+    weight_sharing: Annotated[Literal[*WEIGHT_SHARING], Field(description="how the k orderings share weights "
+                                                                          "(pixelcnn: shared or separate)")] = "shared"
+    direct_connections: Annotated[bool, Field(description="MADE's direct input-to-output connections")] = False
+    num_masks: Annotated[Positive, Field(description="MADE's hidden-degree sets (connectivity-agnostic "
+                                                     "training)")] = 1
+    loss: Annotated[Literal[*LOSSES], Field(description="the FARM objective (mc, ensemble)")] = "ensemble"
+    resample_every: Annotated[Positive, Field(description="minibatches between ordering or mask changes")] = 20
+    divergence: Annotated[Literal[*DIVERGENCES], Field(description="the divergence between orderings' "
+                                                                   "conditionals added to the loss")] = "none"
+    divergence_weight: Annotated[number(ge=0.0), Field(description="λ, the divergence's weight")] = 0.0
     # PixelCNN++ only; defaults are the paper's CIFAR-10 model, as PixelCNNConfig's
-    filters: int = PixelCNNConfig.filters
-    resnets_per_stage: int = PixelCNNConfig.resnets_per_stage
-    stages: int = PixelCNNConfig.stages
-    mixtures: int = PixelCNNConfig.mixtures
-    dropout: float | None = None  # None: the model's own default (PixelCNN++ 0.5, MADE 0)
-    causal: str = PixelCNNConfig.causal
-    ema_decay: float = 0.0
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    lr_warmup_epochs: int = 0
-    batch_size: int = 100
-    epochs: int = 10
-    early_stopping: EarlyStopping | None = None
-    seed: int = 0
-    device: str = "auto"
+    filters: Annotated[Positive, Field(description="PixelCNN++ filters")] = PixelCNNConfig.filters
+    resnets_per_stage: Annotated[Positive, Field(description="PixelCNN++ residual blocks per stage"
+                                                 )] = PixelCNNConfig.resnets_per_stage
+    stages: Annotated[Positive, Field(description="PixelCNN++ stages (resolutions)")] = PixelCNNConfig.stages
+    mixtures: Annotated[Positive, Field(description="PixelCNN++ logistic mixture components"
+                                        )] = PixelCNNConfig.mixtures
+    dropout: Annotated[Fraction | None, Field(description="dropout rate in [0, 1) (null: the model's default, "
+                                                          "PixelCNN++ 0.5, MADE 0)")] = None
+    causal: Annotated[Literal[*CAUSAL], Field(description="PixelCNN++'s causal order on the "
+                                                          "grid")] = PixelCNNConfig.causal
+    ema_decay: Annotated[Fraction, Field(description="PixelCNN++ weight average's decay in [0, 1) (0: "
+                                                     "none)")] = 0.0
+    lr: Annotated[number(gt=0.0), Field(description="Adam's learning rate")] = 1e-3
+    lr_schedule: Annotated[Literal[*LR_SCHEDULES], Field(description="the learning rate over the "
+                                                                     "epochs")] = "constant"
+    lr_warmup_epochs: Annotated[int, Field(ge=0, description="epochs of linear warm-up, at most "
+                                                             "epochs")] = 0
+    batch_size: Annotated[Positive, Field(description="examples per minibatch")] = 100
+    epochs: Annotated[Positive, Field(description="epochs to train (the pruners' maximum step)")] = 10
+    early_stopping: Annotated[EarlyStopping | None, Field(description="stop when validation stops improving "
+                                                                      "(null: never)")] = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, description="the seed of initialization, data order and "
+                                                              "random orderings")] = 0
+    device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="auto: the GPU when there is one, "
+                                                                        "else the CPU")] = "auto"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "early_stopping", EarlyStopping.from_value(self.early_stopping))
-        object.__setattr__(self, "dataset", _dataset(self.dataset))
-        self._check_types()
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        object.__setattr__(self, "lr", float(self.lr))
-        object.__setattr__(self, "divergence_weight", float(self.divergence_weight))
-        object.__setattr__(self, "dropout", None if self.dropout is None else float(self.dropout))
-        object.__setattr__(self, "ema_decay", float(self.ema_decay))
-        self._check_choices()
-        self._check_ranges()
-
-    def _check_types(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for name, hint in hints.items():
-            value = getattr(self, name)
-            if not _matches(value, hint):
-                raise ConfigError(f"{name}: {quote(value)} has type {type(value).__name__}, expected {hint}")
-
-    def _check_choices(self) -> None:
+    @model_validator(mode="after")
+    def _rules(self) -> TrainConfigSchema:
+        """The rules that span fields: each names the field to change."""
         families = TRANSFORM_FAMILIES if self.model == "pixelcnn" else FAMILIES
-        choices = [("model", MODELS), ("ordering_family", families), ("weight_sharing", WEIGHT_SHARING),
-                   ("loss", LOSSES), ("causal", CAUSAL), ("divergence", DIVERGENCES),
-                   ("binarize", ("static", "dynamic", "threshold")), ("lr_schedule", LR_SCHEDULES),
-                   ("device", ("auto", "cpu", "cuda"))]
-        if isinstance(self.dataset, str):
-            choices.insert(0, ("dataset", DATASETS))
-        for name, allowed in choices:
-            value = getattr(self, name)
-            if value not in allowed:
-                scope = f" for model {self.model}" if name == "ordering_family" else ""
-                more = ", or your own data: a mapping {format: npz, path: ...} (docs/data.md)"
-                more = more if name == "dataset" else ""
-                raise ConfigError(f"{name}: {quote(value)} is not allowed{scope}; choose one of "
-                                  f"{', '.join(allowed)}{more}")
+        if self.ordering_family not in families:
+            raise rule("ordering_family", f"{quote(self.ordering_family)} is not allowed for model {self.model}; "
+                       f"choose one of {', '.join(families)}")
         if self.binarize != "static" and self.dataset != "mnist":
-            raise ConfigError(f"binarize: {quote(self.binarize)} applies to dataset mnist only "
-                              f"({dataset_label(self.dataset)!r} is already binary or colour); leave binarize at "
-                              "'static'")
-        if self.model == "pixelcnn" and (self.direct_connections or self.weight_sharing not in ("shared", "separate")):
-            raise ConfigError(f"weight_sharing: {self.weight_sharing!r} / direct_connections: "
-                              f"{self.direct_connections} are MADE options; model pixelcnn takes weight_sharing "
-                              "shared or separate and no direct connections")
+            raise rule("binarize", f"{quote(self.binarize)} applies to dataset mnist only "
+                       f"({dataset_label(self.dataset)!r} is already binary or colour); leave binarize at 'static'")
+        if self.model == "pixelcnn":
+            self._pixelcnn_rules()
+        elif self.num_orderings > (limit := max_orderings(self.ordering_family) or self.num_orderings):
+            raise rule("num_orderings", f"{self.num_orderings} is more than ordering_family {self.ordering_family!r} "
+                       f"offers ({limit}); use at most {limit} or the 'random' family")
         if self.weight_sharing == "shared_hidden" and len(self.hidden_sizes) < 2:
-            raise ConfigError(f"weight_sharing: 'shared_hidden' shares the hidden-to-hidden layers, and "
-                              f"hidden_sizes {list(self.hidden_sizes)} has none (it would be 'separate'); give "
-                              "two or more hidden sizes, or choose separate")
-        if self.model == "pixelcnn" and not self._colour():
-            raise ConfigError(f"dataset: {dataset_label(self.dataset)!r} is not a colour dataset; model pixelcnn "
-                              f"models 8-bit RGB images: choose {', '.join(COLOUR_DATASETS)} or a spec with "
-                              "channels: 3 (or model made)")
-        if self.model == "pixelcnn" and self.num_orderings > len(SYMMETRIES):
-            raise ConfigError(f"num_orderings: {self.num_orderings} is more than the {len(SYMMETRIES)} symmetry "
-                              f"transforms model pixelcnn orders by; use at most 8")
-        if self.model == "pixelcnn" and self.num_orderings <= len(SYMMETRIES):
-            same = same_conditionings(transform_indices(self.num_orderings, self.ordering_family), self.causal)
-            if same:
-                raise ConfigError(f"num_orderings: {self.num_orderings} {self.ordering_family} transforms with causal "
-                                  f"{self.causal!r} repeat {len(same)} ordering(s) (an anti-diagonal ordering "
-                                  "depends only on row + column); use fewer orderings (paper family: at most 4) "
-                                  "or causal raster")
-        limit = None if self.model == "pixelcnn" else max_orderings(self.ordering_family)
-        if limit is not None and self.num_orderings > limit:
-            raise ConfigError(f"num_orderings: {self.num_orderings} is more than ordering_family "
-                              f"{self.ordering_family!r} offers ({limit}); use at most {limit} or the "
-                              f"'random' family")
+            raise rule("weight_sharing", f"'shared_hidden' shares the hidden-to-hidden layers, and hidden_sizes "
+                       f"{list(self.hidden_sizes)} has none (it would be 'separate'); give two or more hidden sizes, "
+                       "or choose separate")
+        if self.lr_warmup_epochs > self.epochs:
+            raise rule("lr_warmup_epochs", f"{self.lr_warmup_epochs} must be in 0..epochs ({self.epochs})")
+        return self
 
-    def _colour(self) -> bool:
-        if isinstance(self.dataset, DatasetSpec):
-            return self.dataset.channels == 3
-        return self.dataset in COLOUR_DATASETS
+    def _pixelcnn_rules(self) -> None:
+        if self.direct_connections or self.weight_sharing not in ("shared", "separate"):
+            raise rule("weight_sharing", f"{self.weight_sharing!r} / direct_connections: {self.direct_connections} "
+                       "are MADE options; model pixelcnn takes weight_sharing shared or separate and no direct "
+                       "connections")
+        spec = isinstance(self.dataset, DatasetSpec)
+        if not (self.dataset.channels == 3 if spec else self.dataset in COLOUR_DATASETS):
+            raise rule("dataset", f"{dataset_label(self.dataset)!r} is not a colour dataset; model pixelcnn models "
+                       f"8-bit RGB images: choose {', '.join(COLOUR_DATASETS)} or a spec with channels: 3 (or model "
+                       "made)")
+        if self.num_orderings > len(SYMMETRIES):
+            raise rule("num_orderings", f"{self.num_orderings} is more than the {len(SYMMETRIES)} symmetry transforms "
+                       "model pixelcnn orders by; use at most 8")
+        if same_conditionings(transform_indices(self.num_orderings, self.ordering_family), self.causal):
+            raise rule("num_orderings", f"{self.num_orderings} {self.ordering_family} transforms with causal "
+                       f"{self.causal!r} repeat orderings (an anti-diagonal ordering depends only on row + column); "
+                       "use fewer orderings (paper family: at most 4) or causal raster")
 
-    def _check_ranges(self) -> None:
-        for name in ("lr", "divergence_weight", "dropout", "ema_decay"):
-            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name}: {getattr(self, name)} must be a finite number, not infinity or NaN")
-        positive = ("num_orderings", "num_masks", "resample_every", "batch_size", "epochs", "lr", "filters",
-                    "resnets_per_stage", "stages", "mixtures")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: {quote(getattr(self, name))} must be positive")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ConfigError(f"hidden_sizes: {quote(list(self.hidden_sizes))} must be one or more positive sizes")
-        if self.divergence_weight < 0:
-            raise ConfigError(f"divergence_weight: {self.divergence_weight} must be >= 0 (it weighs a "
-                              f"divergence added to the loss)")
-        for name in ("dropout", "ema_decay"):
-            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name}: {getattr(self, name)} must be in [0, 1)")
-        if not 0 <= self.lr_warmup_epochs <= self.epochs:
-            raise ConfigError(f"lr_warmup_epochs: {self.lr_warmup_epochs} must be in 0..epochs ({self.epochs})")
-        if self.max_train_examples is not None and self.max_train_examples < 1:
-            raise ConfigError(f"max_train_examples: {self.max_train_examples} must be positive or null")
+
+class TrainConfig(TrainConfigSchema):
+    """A training run's configuration (fields: TrainConfigSchema); a value that cannot work raises ConfigError."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise config_error(error) from None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from plain values (a study's fixed and sampled parameters); unknown keys are errors."""
-        if not isinstance(values, Mapping):
+        if not isinstance(values, dict):
             raise ConfigError(f"expected a mapping of field names to values, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(name) for name in set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {quote(', '.join(unknown))}; known: {', '.join(sorted(known))}")
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise ConfigError(str(error)) from error
+        return cls(**{str(name): value for name, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["hidden_sizes"] = list(self.hidden_sizes)
-        if isinstance(self.dataset, DatasetSpec):
-            values["dataset"] = self.dataset.to_dict()
-        return values  # asdict turns early_stopping into its mapping, as from_dict reads it
+        """Plain values (lists, mappings) that from_dict reads back."""
+        return self.__pydantic_serializer__.to_python(self, mode="json")
 
 
-def _dataset(value: Any) -> Any:
-    """A dataset spec's mapping read into a DatasetSpec (a relative path starts at the working directory)."""
-    if not isinstance(value, dict):
-        return value
-    try:
-        return DatasetSpec.from_value(value)
-    except DataError as error:
-        raise ConfigError(f"dataset: {error}") from None
+def config_error(error: ValidationError) -> ConfigError:
+    """A ValidationError of TrainConfigSchema as the ConfigError `FIELD: reason; fix`."""
+    field, reason = problem(error, TrainConfigSchema)
+    return ConfigError(f"{field}: {reason}" if field else reason)
 
-
-def _matches(value: Any, hint: Any) -> bool:
-    """isinstance for the few annotations TrainConfig uses (bool is never a number here)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in args)
-    if hint is type(None):
-        return value is None
-    if origin is tuple:
-        return isinstance(value, list | tuple) and all(_matches(v, args[0]) for v in value)
-    if isinstance(value, bool):
-        return hint is bool
-    if hint is float:
-        return isinstance(value, int | float)
-    return isinstance(value, hint)
