@@ -27,8 +27,8 @@ Comparisons are timed by the project's benchmark method (farm_sweep/timing.py: i
 two runs of 5 rounds, median [min-max], a ratio published when the runs agree); each round is a fresh study
 in fresh stores.
 
-    python bench/driver_scale.py [--trials 2000] [--concurrent 1000] [--epochs 100] [--compare-trials 10]
-        [--compare-concurrent 5] [--compare-epochs 10] [--skip-scale] [--profile FILE]
+    python bench/driver_scale.py [--trials 2000] [--concurrent 1000] [--epochs 100] [--compare-trials 20]
+        [--compare-concurrent 10] [--compare-epochs 20] [--skip-scale | --skip-compare] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -296,10 +296,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--concurrent", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--compare-trials", type=int, default=10)
-    parser.add_argument("--compare-concurrent", type=int, default=5)
-    parser.add_argument("--compare-epochs", type=int, default=10)
+    parser.add_argument("--compare-trials", type=int, default=20)
+    parser.add_argument("--compare-concurrent", type=int, default=10)
+    parser.add_argument("--compare-epochs", type=int, default=20)
     parser.add_argument("--skip-scale", action="store_true", help="only the side-by-side comparisons")
+    parser.add_argument("--skip-compare", action="store_true", help="only the study at scale")
     parser.add_argument("--profile", type=Path, help="cProfile the scale run into this file and print its top")
     args = parser.parse_args()
     logging.getLogger("ray").setLevel(logging.ERROR)
@@ -309,6 +310,8 @@ def main() -> None:
         scratch = Path(folder)
         if not args.skip_scale:
             at_scale(Scale(args.trials, args.concurrent, args.epochs), scratch, args.profile)
+        if args.skip_compare:
+            return
         side_by_side("the pruning bridge's Optuna calls", compare, {
             "on Optuna's RDBStorage": lambda where: BridgeCalls(f"sqlite:///{where}.db", compare.epochs),
             "on the driver's storage": lambda where: BridgeCalls(driver_storage.open_fresh(f"sqlite:///{where}.db"),
