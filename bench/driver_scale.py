@@ -162,7 +162,8 @@ class SimulatedDriver:
         self.scheduler, self.flag = OptunaPruningScheduler(self.link, METRIC), PrunedFlag(self.link)
         if tracked:  # a copy of an empty store: MLflow creates its tables in seconds, a copy takes milliseconds
             shutil.copyfile(empty_mlflow_store(folder.parent), folder / "mlflow.db")
-        self.tracker = tracking.start(NAME, folder, tracking.default_uri(folder), {}, []) if tracked else None
+        self.tracker = tracking.start(NAME, folder, tracking.default_uri(folder), {}, [], "simulated") if tracked \
+            else None
         self.callback = tracking.TrackingCallback(self.tracker) if self.tracker else None
         self.runs: dict[str, str] = {}
 
