@@ -101,7 +101,7 @@ class DriverStorage(BaseStorage):
         return shared, (self.url,)
 
     def flush(self) -> None:
-        """Write the queued parameters and intermediate values, in one transaction."""
+        """Write the queued rows (parameters, attributes, intermediate values), in one transaction."""
         with self._lock:
             if self._oldest_queued == math.inf:
                 return
