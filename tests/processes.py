@@ -18,6 +18,9 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 # `mlflow server` without MLflow's job runner (a second process for GenAI jobs, which no test uses): it starts
 # faster on a busy machine.
@@ -257,3 +260,17 @@ def _unprivileged_account() -> pwd.struct_passwd | None:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
     raise AssertionError("running as root, but neither a postgres nor a nobody account exists to run PostgreSQL")
+
+
+FIXED: dict[str, Any] = {"dataset": "digits", "hidden_sizes": [32], "batch_size": 50}
+
+
+def study_file(folder: Path, name: str, lrs: list[float], epochs: int, **settings: Any) -> Path:
+    """A tiny digits study of one trial per learning rate, enqueued in order, one at a time, never pruned."""
+    document = {"name": name, "fixed": {**FIXED, "epochs": epochs}, "pruner": "none", "trials": len(lrs),
+                "max_concurrent_trials": 1, "resources": {"cpus": 1},
+                "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": lrs}}},
+                "enqueue": [{"lr": lr} for lr in lrs], **settings}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path

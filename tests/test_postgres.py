@@ -29,7 +29,6 @@ from typing import Any
 import optuna
 import pytest
 import ray
-import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
@@ -41,10 +40,9 @@ from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
-from tests.processes import PostgresServer, free_port, postgres_binaries, when_epoch_reported
+from tests.processes import PostgresServer, free_port, postgres_binaries, study_file, when_epoch_reported
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXED = {"dataset": "digits", "hidden_sizes": [32], "batch_size": 50}
 PASSWORD = f"pw-{secrets.token_hex(12)}"  # searched for, byte by byte, in everything a study writes
 STUDIES = {"quick": [2e-2, 1e-2], "second": [5e-3]}
 
@@ -127,16 +125,6 @@ def databases(server: PostgresServer, name: str) -> tuple[str, str]:
     """URLs (with the password) of two new databases: MLflow's and Optuna's (each store needs its own)."""
     server.execute(f"CREATE DATABASE {name}_mlflow", f"CREATE DATABASE {name}_optuna")
     return server.url(f"{name}_mlflow"), server.url(f"{name}_optuna")
-
-
-def study_file(folder: Path, name: str, lrs: list[float], epochs: int, **settings: Any) -> Path:
-    document = {"name": name, "fixed": {**FIXED, "epochs": epochs}, "pruner": "none", "trials": len(lrs),
-                "max_concurrent_trials": 1, "resources": {"cpus": 1},
-                "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": lrs}}},
-                "enqueue": [{"lr": lr} for lr in lrs], **settings}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
 
 
 def driver(path: Path, output: Path, address: str, tracking_uri: str, optuna_storage: str) -> subprocess.Popen:

@@ -22,7 +22,6 @@ from unittest import mock
 import optuna
 import pytest
 import ray
-import yaml
 from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
@@ -40,12 +39,12 @@ from tests.processes import (
     start_mlflow_server,
     stop,
     stop_tree,
+    study_file,
     when_epoch_reported,
 )
 from tests.test_tables import check_study_tables
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXED = {"dataset": "digits", "hidden_sizes": [32], "batch_size": 50}
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +53,6 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-def study_file(folder: Path, name: str, lrs: list[float], epochs: int, **settings: Any) -> Path:
-    document = {"name": name, "fixed": {**FIXED, "epochs": epochs}, "pruner": "none", "trials": len(lrs),
-                "max_concurrent_trials": 1, "resources": {"cpus": 1},
-                "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": lrs}}},
-                "enqueue": [{"lr": lr} for lr in lrs], **settings}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
 
 
 def child_runs(uri: str, name: str) -> dict[str, Any]:
