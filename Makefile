@@ -35,12 +35,13 @@ browser:
 		apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
 		echo "no chromium-driver here: the MLflow UI test will be skipped (as root: apt-get install chromium chromium-driver)"
 
-# Tests use the real datasets beside the checkout unless FARM_DATA_DIR points elsewhere.
+# Tests use the real datasets beside the checkout unless FARM_DATA_DIR points elsewhere. Two pytest processes,
+# each test file in one of them (its module fixtures run once); plain `pytest` runs them in one.
 test: export FARM_DATA_DIR ?= $(abspath ../shared/data)
 test: $(STAMP) system-packages browser
 	$(VENV)/bin/ruff check farm_sweep tests bench
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check farm_sweep tests bench

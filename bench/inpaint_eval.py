@@ -1,14 +1,19 @@
-"""Benchmark: batched teacher-forced nll_exact vs a per-pixel loop like the paper's code, one model.
+"""Benchmark: the batched inpainting computations vs a per-pixel loop like the paper's code, one model.
 
-The paper's code scored an occlusion with one forward per occluded pixel; `nll_exact` needs one forward
-per batch (the orderings its plan uses). Both are timed in this run on the same images and occlusions (the
-paper's protocol by default), by the project's benchmark method (farm_sweep/timing.py: interleaved, a
-warm-up round, two runs of 5 rounds, a ratio published when the runs agree within 20%). Their numbers are
-compared per image with each other and with nll_exact in float64 (the value both round): float32 sums in
-another order differ by about 1e-6 relative; more than 1e-5 fails.
+`--metric exact` (default): the paper's code scored an occlusion with one forward per occluded pixel;
+`nll_exact` needs one forward per batch (the orderings its plan uses). Their numbers are compared per image
+with each other and with nll_exact in float64 (the value both round): float32 sums in another order differ
+by about 1e-6 relative; more than 1e-5 fails.
+`--metric chain`: sampling the hole (l2, nll_chain) pixel by pixel, one forward per occluded pixel, vs
+`inpaint`'s fixed-point sweeps (each a forward of the usable orderings); the fills must be equal, noise for
+noise (a pixel whose uniform lies within float32 rounding of its probability may differ: the count is shown).
+
+Both settings are timed in this run on the same images and occlusions (the paper's protocol by default), by
+the project's benchmark method (farm_sweep/timing.py: interleaved, a warm-up round, two runs of 5 rounds, a
+ratio published when the runs agree within 20%).
 
     FARM_DATA_DIR=../shared/data python bench/inpaint_eval.py                     # a quickly trained model
-    python bench/inpaint_eval.py --checkpoint runs/trial/checkpoints --num-occlusions 10
+    python bench/inpaint_eval.py --checkpoint runs/trial/checkpoints --num-occlusions 10 --metric chain
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import torch
 
 from farm_sweep.data import ImageDataset, load_dataset
 from farm_sweep.losses import ensemble_log_probs
-from farm_sweep.made.inpaint import nll_exact
+from farm_sweep.made import inpaint as inpainting
+from farm_sweep.made.inpaint import inpaint, nll_exact
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.occlusions import CASES, FILLS, PROTOCOLS, fill_plan, make_occlusions
 from farm_sweep.timing import describe, measure
@@ -80,6 +86,38 @@ def per_pixel_nll(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor
     return total
 
 
+@torch.no_grad()
+def sequential_fill(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Sampling the hole by its definition: for each occluded pixel in fill order, one forward (of the
+    orderings usable there) of the current fill, x_d = 1[u_d < p_d] with inpaint's uniforms."""
+    plan = fill_plan(model.ranks, occlusion, fill)
+    x = images * ~occlusion.to(images.device)
+    noise = torch.rand(len(images), len(plan.pixels), generator=generator).to(images.device)
+    for t, pixel in enumerate(plan.pixels.tolist()):
+        used = plan.weights[:, t].nonzero().squeeze(1)
+        log_one, _ = ensemble_log_probs(model(x, used)[:, :, pixel:pixel + 1], plan.weights[used, t:t + 1].float())
+        x[:, pixel] = (noise[:, t] < log_one[:, 0].exp()).to(x.dtype)
+    return x
+
+
+def count_sweeps(blocks: list[tuple[torch.Tensor, torch.Tensor]], model: FarmMADE, fill: str) -> int:
+    """The fixed point's forwards over every occlusion (each call of inpaint's batched predictor, counted)."""
+    predictor, calls = inpainting._mask_logits, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return predictor(*args, **kwargs)
+
+    inpainting._mask_logits = counted
+    try:
+        for hole, batch in blocks:
+            inpaint(model, batch, hole, fill, torch.Generator().manual_seed(0))
+    finally:
+        inpainting._mask_logits = predictor
+    return len(calls)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
@@ -89,6 +127,8 @@ def main() -> None:
     parser.add_argument("--num-occlusions", type=int, default=100)
     parser.add_argument("--images-per-occlusion", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, fixed while timing")
+    parser.add_argument("--metric", default="exact", choices=["exact", "chain"],
+                        help="teacher-forced nll_exact, or the sampled fill (l2, nll_chain)")
     args = parser.parse_args()
     model, test = trained_model(args)
     if model.num_masks > 1:
@@ -98,6 +138,8 @@ def main() -> None:
     images = images[:args.num_occlusions * args.images_per_occlusion].to(device)
     occlusions = make_occlusions(args.case, args.num_occlusions, test.height, test.width, 0, args.protocol)
     blocks = list(zip(occlusions, images.split(args.images_per_occlusion)))
+    if args.metric == "chain":
+        return compare_fills(model, blocks, args, device)
     settings = {"loop": lambda: [per_pixel_nll(model, batch, hole, args.fill) for hole, batch in blocks],
                 "nll_exact": lambda: [nll_exact(model, batch, hole, args.fill).double().sum(1)
                                       for hole, batch in blocks]}
@@ -125,6 +167,28 @@ def main() -> None:
     print(f"method: {describe(m)}")
     if max(worst.values()) > AGREEMENT:
         raise SystemExit(f"the computations disagree by more than {AGREEMENT:g}")
+
+
+def compare_fills(model: FarmMADE, blocks: list[tuple[torch.Tensor, torch.Tensor]], args: argparse.Namespace,
+                  device: torch.device) -> None:
+    def fills(method):
+        return lambda: [method(model, batch, hole, args.fill, torch.Generator().manual_seed(0))
+                        for hole, batch in blocks]
+
+    settings = {"sequential": fills(sequential_fill), "fixed_point": fills(lambda *a: inpaint(*a)[0])}
+    m = measure(settings, threads=args.threads, synchronize=torch.cuda.synchronize if device.type == "cuda" else None)
+    sequential, fixed = (torch.cat(m.results[name]) for name in ("sequential", "fixed_point"))
+    pixels = sum(int(hole.sum()) for hole, _ in blocks)
+    print(f"{model.k} orderings, hidden {model.hidden_sizes}, {device}; {args.case} case, fill {args.fill}, protocol "
+          f"{args.protocol}: {len(blocks)} occlusions x {args.images_per_occlusion} images ({pixels} hole pixels)")
+    for name, forwards in (("sequential", pixels), ("fixed_point", count_sweeps(blocks, model, args.fill))):
+        timing = m.timing(name)
+        print(f"{name:12s} {timing.median:9.3f} s  [{timing.low:.3f}-{timing.high:.3f}]  ({forwards} forwards)")
+    ratio = m.ratio("sequential", "fixed_point")
+    runs = ", ".join(f"{r:.1f}x" for r in m.run_ratios("sequential", "fixed_point"))
+    print(f"speed-up: {'not published, the runs disagree' if ratio is None else f'{ratio:.1f}x'} (runs: {runs})")
+    print(f"pixels filled differently: {int((sequential != fixed).sum())} of {sequential.numel()}")
+    print(f"method: {describe(m)}")
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,10 +1,11 @@
 """Sweep-system overhead and what pruning saves, measured side by side in one run.
 
-1. Per-trial overhead: the same configuration trained by calling `farm_sweep.training.loop.train` directly,
-   and as a one-trial study (Ray Tune + Optuna + MLflow + checkpoints), timed by the project's benchmark
-   method (farm_sweep/timing.py: the two interleaved, a warm-up round, two runs of 5 rounds, median
-   [min-max]; the ratio is published only when the two runs agree within 20%); the difference of the
-   medians is the system's overhead per trial.
+1. Per-trial overhead: N configurations (seeds 0..N-1, default N = 6) trained by calling
+   `farm_sweep.training.loop.train` directly one after another, and as an N-trial study (Ray Tune + Optuna +
+   MLflow + checkpoints, one trial at a time, Ray started once), timed by the project's benchmark method
+   (farm_sweep/timing.py: the two interleaved, a warm-up round, two runs of 5 rounds, median [min-max]; the
+   ratio is published only when the two runs agree within 20%); the difference of the medians, divided by N,
+   is the system's overhead per trial (the study's own start and end spread over its trials).
 2. Pruning: one study (default studies/quickstart.yaml) run twice with the same seed, with its pruner and
    with `pruner: none`; trial-epochs spent and the best validation nll_image each reached (counts, not
    timings: repeating whole studies 11 times is out of a benchmark's budget).
@@ -32,18 +33,22 @@ from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import train
 
 
-def overhead(config: TrainConfig, scratch: Path) -> Measurement:
-    """train() itself (checkpointing every epoch, as trials do) against a one-trial study of the same
-    configuration, each round in a fresh folder."""
+def overhead(config: TrainConfig, trials: int, scratch: Path) -> Measurement:
+    """train() itself (checkpointing every epoch, as trials do) for seeds 0..trials-1 against a study of the
+    same configurations, each round in a fresh folder."""
     fixed = {k: v for k, v in config.to_dict().items() if k != "seed"}
-    space = SearchSpace((Parameter("seed", "categorical", choices=(config.seed,)),), fixed)
+    seeds = tuple(range(trials))
+    space = SearchSpace((Parameter("seed", "categorical", choices=seeds),), fixed)
     study = Study(name="overhead", path=scratch / "overhead.yaml", search_space_path=None, space=space,
-                  trials=1, max_concurrent_trials=1, pruner=Component("none"), max_failures=0)
+                  trials=trials, max_concurrent_trials=1, pruner=Component("none"), max_failures=0,
+                  enqueue=tuple({"seed": seed} for seed in seeds))
     rounds = itertools.count()
 
     def direct() -> None:
-        for _ in train(config, scratch / f"direct_{next(rounds)}", progress=None):
-            pass
+        folder = scratch / f"direct_{next(rounds)}"
+        for seed in seeds:
+            for _ in train(TrainConfig.from_dict({**fixed, "seed": seed}), folder / str(seed), progress=None):
+                pass
 
     def system() -> None:
         run_study(study, scratch / f"study_{next(rounds)}")
@@ -64,20 +69,22 @@ def pruning_comparison(study: Study, scratch: Path) -> dict[str, tuple[int, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, default=Path("studies/quickstart.yaml"))
+    parser.add_argument("--trials", type=int, default=6, help="trials per timed study (and train() calls)")
     args = parser.parse_args()
     study = load_study(args.study)
     config = TrainConfig.from_dict({**study.space.fixed, **(study.enqueue[0] if study.enqueue else {})})
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        timed = overhead(config, scratch)
+        timed = overhead(config, args.trials, scratch)
         pruning = pruning_comparison(study, scratch)
     direct, system = timed.timing("train()"), timed.timing("study trial")
     ratio = timed.ratio("study trial", "train()")
-    print(f"\nper-trial overhead ({config.epochs} epochs of {config.dataset}; {describe(timed)}):")
-    print(f"  train() directly   {direct.median:7.2f} s/trial  [{direct.low:.2f}-{direct.high:.2f}]")
-    print(f"  as a study trial   {system.median:7.2f} s/trial  [{system.low:.2f}-{system.high:.2f}]  "
-          f"(overhead {system.median - direct.median:+.2f} s, "
+    n = args.trials
+    print(f"\nper-trial overhead ({n} trials of {config.epochs} epochs of {config.dataset}; {describe(timed)}):")
+    print(f"  train() directly   {direct.median / n:7.2f} s/trial  [{direct.low / n:.2f}-{direct.high / n:.2f}]")
+    print(f"  as study trials    {system.median / n:7.2f} s/trial  [{system.low / n:.2f}-{system.high / n:.2f}]  "
+          f"(overhead {(system.median - direct.median) / n:+.2f} s per trial, "
           f"{'ratio not published: the runs disagree' if ratio is None else f'x{ratio:.2f}'})")
     print(f"\npruning on {study.name} ({study.trials} trials, seed {study.seed}, pruner {study.pruner.type}):")
     for label, (epochs, best) in pruning.items():

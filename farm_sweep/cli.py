@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from farm_sweep.sweep.cluster import keep_embedded_ray_local
+from farm_sweep.sweep.command_start import before_imports
 
 COMMANDS = {
     "run": ("farm_sweep.sweep.runner", "run a study file on Ray Tune with Optuna and MLflow"),
@@ -38,5 +38,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sys.argv[0] = f"farm-sweep {command}"
     if command == "run":
-        keep_embedded_ray_local(rest)  # before the runner imports Ray
+        before_imports(rest)
     return importlib.import_module(COMMANDS[command][0]).main(rest)

@@ -1,18 +1,17 @@
-"""Study-level figures (every trial's learning curve, the speed-quality Pareto front across trials, the parameter
-importances) and the one way every figure is saved."""
+"""Study-level figures (every trial's learning curve, the speed-quality Pareto front across trials, the Pareto
+front of a study of several objectives, the parameter importances, the confirmation's seeds against the search)
+and the one way every figure is saved."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backend)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
 
 _STATUS_COLORS = {"completed": "tab:blue", "pruned": "tab:gray", "failed": "tab:red", "interrupted": "tab:purple"}
 
@@ -45,7 +44,7 @@ def pareto_front(points: Sequence[SpeedQualityPoint]) -> list[SpeedQualityPoint]
 
 def pareto_figure(points: Sequence[SpeedQualityPoint], path: Path) -> Path:
     front = pareto_front(points)
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = subplots(figsize=(6, 4))
     for sampler in sorted({p.sampler for p in points}):
         chosen = [p for p in points if p.sampler == sampler]
         axes.scatter([p.speedup for p in chosen], [p.classifier_score for p in chosen], label=sampler, alpha=0.6)
@@ -60,6 +59,31 @@ def pareto_figure(points: Sequence[SpeedQualityPoint], path: Path) -> Path:
     return save_figure(figure, path)
 
 
+@dataclass(frozen=True)
+class ObjectivePoint:
+    """A trial's values of a study's first two objectives, and whether it is on the study's Pareto front."""
+
+    trial_id: str
+    x: float
+    y: float
+    on_front: bool
+
+
+def objectives_front_figure(points: Sequence[ObjectivePoint], x_label: str, y_label: str, path: Path) -> Path:
+    """Every trial at its first two objectives' values, the Pareto front highlighted and labelled by trial."""
+    front = sorted((p for p in points if p.on_front), key=lambda p: (p.x, p.y))
+    others = [p for p in points if not p.on_front]
+    figure, axes = subplots(figsize=(7, 4.5))
+    axes.scatter([p.x for p in others], [p.y for p in others], color="tab:gray", alpha=0.6, label="other trials")
+    axes.plot([p.x for p in front], [p.y for p in front], "--*", color="tab:red", markersize=10,
+              label="Pareto front")
+    for p in front:
+        axes.annotate(p.trial_id[-5:], (p.x, p.y), fontsize=7)
+    axes.set(xlabel=x_label, ylabel=y_label, title="Pareto front of the study's trials")
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
 def learning_curves_figure(epochs: Sequence[Mapping[str, Any]], statuses: Mapping[str, str], path: Path) -> Path:
     """Validation nll_image by epoch of every trial (rows of a study's epochs table), coloured by how each
     trial ended (`statuses`: trial id to status)."""
@@ -67,7 +91,7 @@ def learning_curves_figure(epochs: Sequence[Mapping[str, Any]], statuses: Mappin
     for row in epochs:
         if _finite(row.get("nll_image")):
             curves.setdefault(str(row["trial_id"]), []).append((row["epoch"], float(row["nll_image"])))
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = subplots(figsize=(7, 4.5))
     labelled = set()
     for trial_id, points in curves.items():
         status = statuses.get(trial_id, "unknown")
@@ -79,23 +103,78 @@ def learning_curves_figure(epochs: Sequence[Mapping[str, Any]], statuses: Mappin
         values = [value for points in curves.values() for _, value in points]
         last = max(points[-1][1] for points in curves.values())
         axes.set_ylim(min(values) - 1, min(max(values), last + max(10.0, last - min(values))) + 1)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(axes.xaxis)
     axes.set(xlabel="epoch", ylabel="validation nll_image (nats)", title="Learning curves of every trial")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
 
 
+def confirmation_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence[Mapping[str, Any]], path: Path,
+                        shown: int = 20) -> Path:
+    """The search's completed trials by validation nll_image (the best `shown`, each labelled by its parameters)
+    and, beside each confirmed configuration's trial, its seeds' mean ± std on validation and on test (rows of
+    confirmation.csv): whether the best configuration beats the next beyond seed noise is read off here."""
+    trials = sorted((row for row in search if row["status"] == "completed" and _finite(row.get("nll_image"))),
+                    key=lambda row: row["nll_image"])[:shown]
+    position = {row["trial_id"]: x for x, row in enumerate(trials)}
+    figure, axes = subplots(figsize=(max(6.0, 0.7 * len(trials) + 2), 4.8))
+    axes.plot(range(len(trials)), [row["nll_image"] for row in trials], "o", color="tab:gray",
+              label="search: validation (one seed)")
+    stds = {row["config_id"]: row for row in confirmed if row["kind"] == "std"}
+    for metric, offset, color, split in (("nll_image", 0.15, "tab:blue", "validation"),
+                                         ("test/nll_image", 0.3, "tab:orange", "test")):
+        points = [(position[row["config_id"]] + offset, row[metric], stds[row["config_id"]].get(metric) or 0.0)
+                  for row in confirmed if row["kind"] == "mean" and row["config_id"] in position
+                  and _finite(row.get(metric))]
+        if points:
+            xs, ys, errors = zip(*points)
+            axes.errorbar(xs, ys, yerr=errors, fmt="s", capsize=4, color=color,
+                          label=f"confirmed: {split}, mean ± std over seeds")
+    axes.set_xticks(range(len(trials)), [_parameters_label(row) for row in trials], rotation=30, ha="right",
+                    fontsize=7)
+    axes.set(ylabel="nll_image (nats)", title="The search's best trials and their confirmation")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def _parameters_label(row: Mapping[str, Any]) -> str:
+    return "\n".join(f"{key.removeprefix('param.')}={value:.3g}" if isinstance(value, float)
+                     else f"{key.removeprefix('param.')}={value}" for key, value in row.items()
+                     if key.startswith("param."))
+
+
 def importance_figure(importances: Mapping[str, float], path: Path) -> Path:
     names = list(importances)[::-1]
-    figure, axes = plt.subplots(figsize=(6, 1.5 + 0.4 * len(names)))
+    figure, axes = subplots(figsize=(6, 1.5 + 0.4 * len(names)))
     axes.barh(names, [importances[name] for name in names])
     axes.set(xlabel="importance for validation nll_image", title="Parameter importance (Optuna)")
     return save_figure(figure, path)
 
 
-def save_figure(figure: plt.Figure, path: Path | str) -> Path:
+def subplots(*grid: int, **options: Any) -> tuple[Figure, Any]:
+    """`pyplot.subplots` on the headless backend. matplotlib is imported here, for the first figure, rather than
+    by every process that imports a module able to draw one: it costs each trial worker about a second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*grid, **options)
+
+
+def integer_ticks(axis: Axis) -> None:
+    """Ticks at whole numbers only (epochs, trial numbers)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def save_figure(figure: Figure, path: Path | str) -> Path:
     """Lay out, write as PNG (creating the folder) and close: every figure the project makes ends here."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

@@ -2,12 +2,12 @@
 
 import sys
 
-from farm_sweep.sweep.cluster import keep_embedded_ray_local
+from farm_sweep.sweep.command_start import before_imports
 
 if __name__ == "__main__":
-    keep_embedded_ray_local(sys.argv[1:])  # before the runner imports Ray
+    before_imports(sys.argv[1:])
 
-from farm_sweep.sweep.runner import main  # noqa: E402 (after the line above)
+from farm_sweep.sweep.runner import main  # noqa: E402 (after the lines above)
 
 if __name__ == "__main__":
     sys.exit(main())

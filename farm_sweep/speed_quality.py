@@ -16,14 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import matplotlib
-import matplotlib.pyplot as plt
 import torch
 
-from farm_sweep.figures import save_figure
+from farm_sweep.figures import save_figure, subplots
 from farm_sweep.timing import MIN_ROUNDS, measure
-
-matplotlib.use("Agg")
 
 CURVE_FIELDS = ("sampler", "knob", "network_evaluations", "wall_seconds", "wall_seconds_min", "wall_seconds_max",
                 "speedup", "evaluation_speedup", "classifier_score", "frechet_distance", "threads", "timed_samples")
@@ -74,7 +70,7 @@ def write_speed_quality(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
         writer = csv.DictWriter(handle, fieldnames=CURVE_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("classifier_score", "frechet_distance")):
         for sampler in dict.fromkeys(row["sampler"] for row in rows):
             mine = [row for row in rows if row["sampler"] == sampler and not math.isnan(row["speedup"])]

@@ -27,6 +27,7 @@ MAX_EXPANDED = 2 * MAX_FILE_BYTES  # nodes plus scalar characters of a document 
 MAX_DEPTH = 50  # levels of nesting
 MAX_INT_DIGITS = 100
 QUOTE_CHARS = 80
+PATH_CHARS = 300  # a path is quoted whole unless it is absurdly long
 MAX_NAME_LENGTH = 100  # of a name that becomes a file name (file systems allow 255 bytes)
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -42,10 +43,11 @@ def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise InputError(f"cannot read the file ({error.strerror or error}); check the path") from None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a folder with an OSError of its own
+        os.close(descriptor)
+        raise InputError(f"not a regular file ({_kind(info.st_mode)}); give the path of a file")
     with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"not a regular file ({_kind(info.st_mode)}); give the path of a file")
         data = handle.read(limit + 1)
     if max(info.st_size, len(data)) > limit:
         raise InputError(f"the file has more than {limit:,} bytes, far more than such a file needs; check that "
@@ -172,12 +174,10 @@ class _Brief(reprlib.Repr):
         return repr(value[:self.maxstring]) + ("..." if len(value) > self.maxstring else "")
 
 
-_BRIEF = _Brief()
-_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple = 3, 30, 10, 10
-_BRIEF.maxstring = _BRIEF.maxlong = _BRIEF.maxother = QUOTE_CHARS
-
-
 def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
     """repr(value) for a message, cut to `limit` characters (never computing the whole repr of a huge value)."""
-    text = _BRIEF.repr(value)
+    brief = _Brief()
+    brief.maxlevel, brief.maxdict, brief.maxlist, brief.maxtuple = 3, 30, 10, 10
+    brief.maxstring = brief.maxlong = brief.maxother = limit
+    text = brief.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."

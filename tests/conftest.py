@@ -7,9 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.processes import local_ray
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if "FARM_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+if not os.environ.get("FARM_DATA_DIR") and SHARED_DATA.is_dir():  # unset or empty
     os.environ["FARM_DATA_DIR"] = str(SHARED_DATA)
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> str:
+    """The address of a local Ray (2 CPUs) in this process, for the module's studies and the drivers it joins
+    to it (`--address`). Started once and kept for the modules after (each start costs seconds; Ray stops it at
+    exit); a module that needs a Ray of its own shuts this one down first."""
+    return local_ray()
 
 
 @pytest.fixture
@@ -26,9 +36,6 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of one finished real study, shared by the tests of what users do with a study's results
     (MLflow Models, registry and serving, the MLflow UI, Optuna's tools): 2 trials of one epoch on digits, each
     with an inpainting figure. Tests may add to its MLflow store (log, register), never change what is there."""
-    import logging
-
-    import ray
     import yaml
 
     from farm_sweep.sweep.runner import run_study
@@ -43,9 +50,6 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "evaluation": {"inpaint": {"cases": ["average"], "fills": ["evidence_weighted"], "num_occlusions": 2,
                                    "images_per_occlusion": 4}, "sampling": None}}
     (folder / "tiny.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        run_study(load_study(folder / "tiny.yaml"), folder / "out")
-    finally:
-        ray.shutdown()
+    local_ray()
+    run_study(load_study(folder / "tiny.yaml"), folder / "out")
     return folder / "out"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -16,11 +17,18 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
+from ray import cloudpickle
+
+import farm_sweep.sweep.trial as trial_module
+from farm_sweep.sweep.trial import TrialContext, run_trial
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import the tests
 
 # `mlflow server` without MLflow's job runner (a second process for GenAI jobs, which no test uses): it starts
 # faster on a busy machine.
@@ -83,10 +91,10 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
     process.wait()
 
 
-def stop_tree(process: subprocess.Popen) -> None:
+def stop_tree(process: subprocess.Popen, timeout: float = 30) -> None:
     """stop(), then SIGKILL every descendant still alive (Ray's workers start sessions of their own)."""
     family = descendants(process.pid)
-    stop(process)
+    stop(process, timeout)
     for pid in family:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -151,6 +159,61 @@ def when_epoch_reported(output: Path, name: str, epoch: int, action: Callable[[]
                 action()
                 return
         time.sleep(0.2)
+
+
+def run_trial_with(after_epoch: Callable[[dict[str, Any]], None], config: dict[str, Any],
+                   context: TrialContext) -> None:
+    """run_trial, calling `after_epoch(metrics)` once each epoch is reported (before the next one starts)."""
+    real_train = trial_module.train
+
+    def train(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for metrics in real_train(*args, **kwargs):
+            yield metrics  # run_trial reports it, with its checkpoint, before asking for the next epoch
+            after_epoch(metrics)
+
+    with mock.patch.object(trial_module, "train", train):
+        run_trial(config, context)
+
+
+GATE: list[Any] = []  # [epoch, file]: set by a test before its study starts; pickled into the trainable
+
+
+def gated(config: dict[str, Any], context: TrialContext) -> None:
+    """run_trial, except that a trial reporting epoch GATE[0] waits (2 minutes at most) until the file GATE[1]
+    exists: a test opens the gate once its outage has begun, so the epochs after it meet the outage."""
+    epoch, gate = GATE
+
+    def wait(metrics: dict[str, Any]) -> None:
+        deadline = time.monotonic() + 120
+        while metrics["epoch"] == epoch and not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    run_trial_with(wait, config, context)
+
+
+def local_ray() -> str:
+    """The address of this process's local Ray (2 CPUs, no dashboard), started unless it runs already."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
+
+
+def finished_trials(experiment: Path, process: subprocess.Popen, timeout: float = 600) -> list[str]:
+    """The trials that Tune's saved state in `experiment` holds as finished, once there is one (what `--resume`
+    reads: so it must not run them again)."""
+    from ray import tune
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(Exception):  # no state yet, or a state file being written
+            finished = [trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment)).trials
+                        if trial.status == "TERMINATED"]
+            if finished:
+                return finished
+        time.sleep(0.5)
+    raise AssertionError(f"no finished trial in {experiment}:\n{process.communicate()[0][-3000:]}")
 
 
 def postgres_binaries() -> Path | None:

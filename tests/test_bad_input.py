@@ -31,6 +31,7 @@ from farm_sweep.sweep import tracking, tune_state
 from farm_sweep.training import checkpoint, loop
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import build_model
+from farm_sweep.untrusted import PATH_CHARS, QUOTE_CHARS, quote
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FARM_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
@@ -38,6 +39,8 @@ SPACE = {"parameters": {"lr": {"distribution": "log_float", "low": 1.0e-3, "high
                         "divergence": {"distribution": "categorical", "choices": ["none", "jsd"]}}}
 FIXED = {"dataset": "digits", "hidden_sizes": [16], "epochs": 1}
 STUDY = {"name": "bad", "search_space": "space.yaml", "fixed": FIXED, "trials": 2}
+TWO_OBJECTIVES = [{"metric": "nll_image", "direction": "minimize"},
+                  {"metric": "sampling/fixed_point/64/network_evaluations", "direction": "minimize"}]
 MAINS = {"run": run.main, "export": command.main, "evaluate": evaluate.main, "train": loop.main}
 
 
@@ -364,12 +367,34 @@ CASES = [
     Case("pruner type not a name", "run", study(pruner={"type": ["median"]}),
          (STUDY_FILE, "pruner.type", "choose one of median")),
     Case("unknown sampler", "run", study(sampler="bayes"), (STUDY_FILE, "sampler.type", "choose one of tpe")),
+    Case("NSGA-II population of one", "run", study(sampler={"type": "nsga2", "population_size": 1}),
+         (STUDY_FILE, "sampler.population_size", "must be an integer >= 2")),
+    Case("pruner with two objectives", "run", study(pruner="median", objectives=TWO_OBJECTIVES),
+         (STUDY_FILE, "pruner: median cannot prune a study of 2 objectives", "set pruner: none")),
+    Case("objective listed twice", "run", study(objectives=[TWO_OBJECTIVES[0], TWO_OBJECTIVES[0]]),
+         (STUDY_FILE, "objectives: 'nll_image' is listed twice", "give each metric once")),
+    Case("objective direction unknown", "run", study(objectives=[{"metric": "nll_image", "direction": "down"}]),
+         (STUDY_FILE, "objectives[0].direction", "'down'", "choose one of minimize, maximize")),
+    Case("no objectives", "run", study(objectives=[]), (STUDY_FILE, "objectives: [] must have at least 1")),
+    Case("objective no trial reports", "run",
+         study(objectives=[TWO_OBJECTIVES[0], {"metric": "nll_imag", "direction": "minimize"}]),
+         (STUDY_FILE, "objectives[1].metric", "'nll_imag' is not a metric every trial reports", "use one of")),
+    Case("one objective other than nll_image", "run",
+         study(objectives=[{"metric": "seconds", "direction": "minimize"}]),
+         (STUDY_FILE, "objectives: a study of one objective minimizes validation nll_image", "list two or more")),
+    Case("objective of an evaluation the study does not run", "run", study(objectives=TWO_OBJECTIVES),
+         (STUDY_FILE, "objectives[1].metric", "which this study does not run", "add evaluation.sampling")),
+    Case("two objectives with a confirmation", "run", study(objectives=TWO_OBJECTIVES, confirm={"top": 1, "seeds": 2},
+                                                            evaluation={"inpaint": None, "sampling": {}}),
+         (STUDY_FILE, "confirm: the confirmation stage ranks", "remove confirm")),
     Case("seed beyond the sampler's range", "run", study(seed=2**40),
          (STUDY_FILE, f"seed: {2**40} must be in 0..4294967295",)),
     Case("unknown dataset", "run", fixed(dataset="imagenet"),
          (STUDY_FILE, "fixed.dataset", "'imagenet'", "choose one of digits")),
     Case("search-space file missing", "run", study(search_space="nowhere.yaml"),
          (STUDY_FILE, "search_space", "{tmp}/nowhere.yaml' does not exist", "relative to the study file")),
+    Case("search-space file a folder", "run", study(search_space="."),
+         (STUDY_FILE, "search_space", "not a regular file (a folder)", "give the path of a search-space file")),
     Case("grid too large", "run", study(sampler="grid", space={"parameters": {
         "num_masks": {"distribution": "int", "low": 1, "high": 10**9}}}),
          (STUDY_FILE, "sampler.type", "1000000000 configurations", "narrow the int ranges")),
@@ -618,6 +643,13 @@ def test_bad_input_exits_2_names_file_field_fix_and_writes_nothing(
         assert unexpected not in message, message
     assert len(message) < 2000 and "Traceback" not in message, message
     assert snapshot(tmp_path) == before
+
+
+def test_a_quoted_path_is_whole_and_a_huge_value_is_cut() -> None:
+    path = "/tmp/" + "d" * 150 + "/study.yaml"  # a test's or a cluster's folders can be this deep
+    assert quote(path, PATH_CHARS) == repr(path)
+    assert quote(path).startswith("'/tmp/ddd") and len(quote(path)) == QUOTE_CHARS
+    assert len(quote("x" * 10_000_000, PATH_CHARS)) == PATH_CHARS
 
 
 def test_the_table_covers_the_issue() -> None:

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from farm_sweep import cli
-from farm_sweep.sweep import cluster
+from farm_sweep.sweep import command_start, output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,18 +22,18 @@ def test_every_command_is_a_python_dash_m_module_with_the_same_main():
 
 
 def test_run_subcommand_validates_a_study_like_python_dash_m(capsys, monkeypatch):
-    monkeypatch.setenv(cluster.LOOPBACK_ENV, "1")
-    monkeypatch.delenv(cluster.LOOPBACK_ENV)  # restored (unset) after the test: Ray's `ray start` reads it
+    monkeypatch.setenv(command_start.LOOPBACK_ENV, "1")
+    monkeypatch.delenv(command_start.LOOPBACK_ENV)  # restored (unset) after the test: Ray's `ray start` reads it
     assert cli.main(["run", str(ROOT / "studies" / "quickstart.yaml"), "--dry-run"]) == 0
     assert "quickstart" in capsys.readouterr().out
-    assert os.environ[cluster.LOOPBACK_ENV] == "0"  # the embedded Ray of `farm-sweep run` stays on 127.0.0.1
+    assert os.environ[command_start.LOOPBACK_ENV] == "0"  # the embedded Ray of `farm-sweep run` stays on 127.0.0.1
 
 
 def test_run_with_an_address_leaves_rays_node_address_alone(monkeypatch):
-    monkeypatch.setenv(cluster.LOOPBACK_ENV, "1")
-    monkeypatch.delenv(cluster.LOOPBACK_ENV)
-    cluster.keep_embedded_ray_local(["study.yaml", "--address", "auto"])
-    assert cluster.LOOPBACK_ENV not in os.environ
+    monkeypatch.setenv(command_start.LOOPBACK_ENV, "1")
+    monkeypatch.delenv(command_start.LOOPBACK_ENV)
+    command_start.keep_embedded_ray_local(["study.yaml", "--address", "auto"])
+    assert command_start.LOOPBACK_ENV not in os.environ
 
 
 def test_unknown_command_exits_2_naming_the_choices(capsys):
@@ -44,3 +46,15 @@ def test_python_dash_m_export_runs_the_export_command():
     result = subprocess.run([sys.executable, "-m", "farm_sweep.export", "--help"], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0 and "--top" in result.stdout
+
+
+def test_a_held_output_is_refused_before_the_runner_is_imported(tmp_path, capsys):
+    output = tmp_path / "out"
+    with output_lock.hold(output):
+        with pytest.raises(SystemExit) as refused:
+            command_start.refuse_a_busy_output(["study.yaml", "--output", str(output)])
+        assert refused.value.code == 2
+        assert f"error: {output}: --output: in use by the run of host " in capsys.readouterr().err
+        command_start.refuse_a_busy_output(["study.yaml", "--output", str(output), "--dry-run"])  # takes no lock
+    command_start.refuse_a_busy_output(["study.yaml", f"--output={output}"])  # free again
+    assert not output.exists()  # the check wrote nothing

@@ -7,7 +7,6 @@ and is stopped with SIGINT once the first seed has finished; `--resume` complete
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import statistics
@@ -20,7 +19,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-import ray
 import yaml
 from mlflow import MlflowClient
 from ray import tune
@@ -55,7 +53,7 @@ class Confirmed:
 
 
 @pytest.fixture(scope="module")
-def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
+def confirmed(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
     folder = tmp_path_factory.mktemp("confirm")
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump({
@@ -66,26 +64,21 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Confirmed]:
         "evaluation": {"inpaint": {"cases": ["best"], "fills": ["single"], "num_occlusions": 2,
                                    "images_per_occlusion": 4}, "sampling": None}}, sort_keys=False))
     output = folder / "out"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), "--address", ray_address],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     try:
-        address = ray.get_runtime_context().gcs_address
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "farm_sweep.run", str(path), "--output", str(output), "--address", address],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-        try:
-            said = "".join(read_until(driver, "completed after epoch", after="confirmation:", timeout=600))
-            driver.send_signal(signal.SIGINT)
-            said += driver.communicate(timeout=300)[0]
-        finally:
-            driver.kill()
-            driver.wait()
-        interrupted = read_table(output / CONFIRMATION_FILE)
-        killed = {name: run.info.status for name, run in study_runs(output).items()}
-        search = run_study(load_study(path), output, resume=True)
-        yield Confirmed(output, said, driver.returncode, interrupted, killed, search,
-                        read_table(output / CONFIRMATION_FILE))
+        said = "".join(read_until(driver, "completed after epoch", after="confirmation:", timeout=600))
+        driver.send_signal(signal.SIGINT)
+        said += driver.communicate(timeout=300)[0]
     finally:
-        ray.shutdown()
+        driver.kill()
+        driver.wait()
+    interrupted = read_table(output / CONFIRMATION_FILE)
+    killed = {name: run.info.status for name, run in study_runs(output).items()}
+    search = run_study(load_study(path), output, resume=True)
+    yield Confirmed(output, said, driver.returncode, interrupted, killed, search,
+                    read_table(output / CONFIRMATION_FILE))
 
 
 def study_runs(output: Path) -> dict[str, Any]:
@@ -184,7 +177,9 @@ def test_an_interrupted_confirmation_resumes_without_running_finished_seeds(conf
     best = next(row for row in confirmed.table if row["kind"] == "mean" and row["confirmed_rank"] == "1")
     assert parent.data.tags["farm.confirmed_config_id"] == best["config_id"]
     assert parent.data.metrics["confirmed/test/nll_image/mean"] == pytest.approx(float(best["test/nll_image"]))
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {f"study/{CONFIRMATION_FILE}"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {
+        f"study/{CONFIRMATION_FILE}", f"study/{confirmation.FIGURE_FILE}"}
+    assert (confirmed.output / confirmation.FIGURE_FILE).read_bytes().startswith(b"\x89PNG")  # beside the table
 
 
 def test_export_takes_the_best_seed_of_the_best_confirmed_configuration(confirmed: Confirmed, tmp_path: Path) -> None:

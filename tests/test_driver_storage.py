@@ -10,6 +10,8 @@ import optuna
 import pytest
 
 from farm_sweep.sweep import driver_storage
+from farm_sweep.sweep.pruning import OptunaLink, PruningOptunaSearch
+from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -80,3 +82,25 @@ def test_a_pickled_storage_is_this_processs_storage_of_its_database(tmp_path: Pa
     assert pickle.loads(pickle.dumps(storage)) is storage
     assert len(pickle.dumps(storage)) < 300  # the URL, not what it has read
     assert driver_storage.open_fresh(url) is not storage
+
+
+def test_on_resume_the_runner_and_the_restored_searcher_share_one_view_of_the_study(tmp_path: Path) -> None:
+    """--resume: the runner reads the study afresh and fails an orphan through its link; the searcher Tune
+    restores (its pickle names the storage by URL) tells a trial its older state lacks through that same storage."""
+    url, space = f"sqlite:///{tmp_path / 'optuna.db'}", {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}
+    optuna.create_study(study_name="s", storage=url)
+    searcher = PruningOptunaSearch(space=space, metric="nll_image", mode="min", study_name="s",
+                                   storage=driver_storage.shared(url))
+    searcher.save(str(tmp_path / "searcher.pkl"))  # the snapshot, older than the two trials asked for next
+    for _ in range(2):
+        searcher._ot_study.ask(space)
+    link = OptunaLink(url, "s")
+    link.open_fresh()
+    link.study.tell(1, state=optuna.trial.TrialState.FAIL)  # an orphan, as the runner fails it
+    restored = PruningOptunaSearch(space=space, metric="nll_image", mode="min", study_name="s",
+                                   storage=driver_storage.shared(url))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("a1b2c3d4", result={"nll_image": 2.5, f"config/{OPTUNA_TRIAL_KEY}": 0})
+    expected = [(optuna.trial.TrialState.COMPLETE, [2.5]), (optuna.trial.TrialState.FAIL, None)]
+    assert [(link.frozen(number).state, link.frozen(number).values) for number in (0, 1)] == expected
+    assert [record[1:3] for record in records(url)] == expected

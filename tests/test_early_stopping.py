@@ -3,13 +3,11 @@ a study whose trial stops early reports its best epoch everywhere (trials.csv, O
 
 import csv
 import json
-import logging
 import math
 from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -105,17 +103,13 @@ def test_resuming_mid_run_keeps_the_best_weights_it_had(tmp_path):
     assert resumed[-1]["nll_image"] == straight[-1]["nll_image"]
 
 
-def test_a_trial_that_stops_early_reports_its_best_epoch_everywhere(tmp_path):
+def test_a_trial_that_stops_early_reports_its_best_epoch_everywhere(ray_address: str, tmp_path: Path) -> None:
     document = {"name": "early", "trials": 1, "pruner": "none", "resources": {"cpus": 1},
                 "fixed": {"dataset": "digits", "hidden_sizes": [16], "epochs": 6, "batch_size": 50,
                           "early_stopping": NEVER_IMPROVES},
                 "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": [2e-2]}}}}
     (tmp_path / "early.yaml").write_text(yaml.safe_dump(document))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        (row,) = run_study(load_study(tmp_path / "early.yaml"), tmp_path / "out")
-    finally:
-        ray.shutdown()
+    (row,) = run_study(load_study(tmp_path / "early.yaml"), tmp_path / "out")
     assert (row["status"], row["epochs"], row["best_epoch"], row["stopped_early"]) == ("completed", 3, 1, True)
     client = MlflowClient(tracking.default_uri(tmp_path / "out"))
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("early").experiment_id])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -33,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def study_output(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A finished 4-trial study: every weight-sharing scheme, with and without direct connections, 2 orderings,
     2 mask sets, 2 epochs."""
     folder = tmp_path_factory.mktemp("study")
@@ -47,11 +45,7 @@ def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             "direct_connections": {"distribution": "categorical", "choices": [False, True]}}},
         "enqueue": [{"weight_sharing": sharing, "direct_connections": direct} for sharing, direct in schemes]}
     (folder / "export.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        run_study(load_study(folder / "export.yaml"), folder / "out")
-    finally:
-        ray.shutdown()
+    run_study(load_study(folder / "export.yaml"), folder / "out")
     yield folder / "out"
 
 

@@ -5,7 +5,6 @@ refused."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import shutil
@@ -15,7 +14,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -44,7 +42,7 @@ def colour_images(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def study_output(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A finished 2-trial study, k=2 paper orderings, one epoch: raster with shared weights and a weight
     average, anti-diagonal with one network per ordering."""
     folder = tmp_path_factory.mktemp("pixelcnn_study")
@@ -61,11 +59,7 @@ def study_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                                         for name in TRIALS[0]}},
         "enqueue": TRIALS}
     (folder / "pixels.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        run_study(load_study(folder / "pixels.yaml"), folder / "out")
-    finally:
-        ray.shutdown()
+    run_study(load_study(folder / "pixels.yaml"), folder / "out")
     yield folder / "out"
 
 

@@ -201,6 +201,36 @@ def test_chain_nll_over_multi_pixel_holes_equals_brute_force(fill, num_masks):
             torch.testing.assert_close(nll[order], expected, rtol=1e-9, atol=1e-9)
 
 
+def sequential_fill(model: FarmMADE, images: torch.Tensor, hole: torch.Tensor, fill: str,
+                    noise: torch.Tensor) -> torch.Tensor:
+    """The definition, one mask set: for each hole pixel in fill order, one full forward of the current fill,
+    the plan's weighted mixture of the orderings' probabilities, x_d = 1[u_d < p_d]."""
+    plan = fill_plan(model.ranks, hole, fill)
+    x = images * ~hole
+    for t, pixel in enumerate(plan.pixels.tolist()):
+        with torch.no_grad():
+            probabilities = torch.sigmoid(model(x)[:, :, pixel])  # (k, B)
+        mixed = (plan.weights[:, t, None].to(x.dtype) * probabilities).sum(0)
+        x[:, pixel] = (noise[:, t] < mixed).to(x.dtype)
+    return x
+
+
+@pytest.mark.parametrize("fill", FILLS)
+def test_the_fixed_point_fill_is_the_sequential_fill_noise_for_noise(fill):
+    """inpaint's Jacobi sweeps against a pixel-by-pixel loop with the same uniforms, on 7x7 images with
+    whole-row and rectangular holes (an ordering whose conditionals change with every filled pixel)."""
+    model = random_model(k=3, height=7, width=7).double()
+    generator = torch.Generator().manual_seed(5)
+    images = (torch.rand(40, 49, generator=generator) < 0.5).double()
+    for hole in [make_occlusions("average", 1, 7, 7, 3)[0], torch.arange(49) >= 14]:
+        seed = torch.Generator().manual_seed(9)
+        filled, _ = inpaint(model, images, hole, fill, seed)
+        noise = torch.rand(len(images), int(hole.sum()), generator=torch.Generator().manual_seed(9))
+        expected = sequential_fill(model, images, hole, fill, noise)
+        assert torch.equal(filled, expected)
+        assert 0 < (filled[:, hole] != images[:, hole]).float().mean() < 1  # the fill is not the truth
+
+
 @pytest.mark.parametrize("protocol", ["ours", "paper"])
 def test_evaluate_inpainting_values_of_a_model_that_always_says_one(protocol):
     """Zero weights and output bias 30: every pixel is 1 with probability sigmoid(30), so every fill is 1,

@@ -2,8 +2,9 @@
 
 The head (`ray start --head`, 1 trial slot) and a second node joined with `ray start --address` (2 trial
 slots, so it takes most trials) run with token authentication; trials request the custom resource
-`farm_trial`. Both nodes write checkpoints to one folder, as NFS would serve a real cluster. Every
-process the tests start is stopped by process group, even when a test fails.
+`farm_trial`. Both nodes write checkpoints to one folder, as NFS would serve a real cluster. Both tests share the
+cluster, in the order they are written here. Every process the tests start is stopped by process group, even when
+a test fails.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.processes import descendants, free_port, kill, stop, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-EPOCHS = 10
+EPOCHS = 6
 SNAPSHOT_S = 3  # > the driver's experiment-snapshot period (TUNE_GLOBAL_CHECKPOINT_S=1 in farm_sweep.sweep.runner)
 FIXED = {"dataset": "binarized_mnist", "max_train_examples": 3000, "hidden_sizes": [128], "batch_size": 50,
          "epochs": EPOCHS, "num_orderings": 2}
@@ -45,8 +46,10 @@ class Cluster:
     worker: subprocess.Popen
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    """One cluster for the module: the driver-loss test first, then the node-loss test, which stops the
+    second node for good."""
     root = Path(tempfile.mkdtemp(prefix="farm-ray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     token = root / "token"
     token.write_text(secrets.token_hex(32))
@@ -63,9 +66,9 @@ def cluster() -> Iterator[Cluster]:
         _wait_for_nodes(address, env, 2)
         yield Cluster(address, env, head, worker)
     finally:
-        for process in (worker, head):
+        for process in (worker, head):  # thrown away: a graceful `ray stop` would only cost time
             if process is not None:
-                stop_tree(process)
+                stop_tree(process, timeout=3)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -134,6 +137,42 @@ def assert_one_run_per_trial(output: Path, name: str, trial_ids: list[str]) -> M
     return client
 
 
+def test_losing_the_driver_mid_study(cluster: Cluster, tmp_path: Path) -> None:
+    study, output = write_study(tmp_path, "driverloss", [2e-3, 3e-3, 4e-3, 5e-3], max_concurrent_trials=2), \
+        tmp_path / "out"
+    run = driver(cluster, study, output)
+    try:
+        finished = _kill_when_one_trial_finished(run)
+    finally:
+        stop(run)
+    resumed = driver(cluster, study, output, "--resume")
+    printed = finish(resumed)
+    assert resumed.returncode == 0, printed[-3000:]
+
+    rows = read_table(output / "trials.csv")
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"completed"}
+    analysis = tune.ExperimentAnalysis(str(output / "ray" / "driverloss"))
+    for trial_id in finished:
+        epochs = list(analysis.trial_dataframes[trial_id]["epoch"])
+        assert epochs == list(range(1, EPOCHS + 1)), f"finished trial {trial_id} ran again: {epochs}"
+    assert_one_run_per_trial(output, "driverloss", [row["trial_id"] for row in rows])
+
+
+def _kill_when_one_trial_finished(process: subprocess.Popen, timeout: float = 300) -> list[str]:
+    """SIGKILL the driver once its first trial has completed and the driver has recorded that (Tune's
+    experiment snapshot, every second); the other trials are mid-run then."""
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    for line in process.stdout:
+        if f"completed after epoch {EPOCHS}" in line:
+            time.sleep(SNAPSHOT_S)
+            kill(process)
+            return [line.split()[0]]
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError("no trial completed before the deadline")
+
+
 def test_losing_a_node_mid_study(cluster: Cluster, tmp_path: Path) -> None:
     study, output = write_study(tmp_path, "nodeloss", [2e-3, 3e-3, 4e-3]), tmp_path / "out"
     run = driver(cluster, study, output)
@@ -171,39 +210,3 @@ def _stop_node_when_its_trials_are_mid_run(output: Path, name: str, node: subpro
             return {trial: last["epoch"] for trial, last in mine.items()}
         time.sleep(0.1)
     raise AssertionError("no trial ran on the second node")
-
-
-def test_losing_the_driver_mid_study(cluster: Cluster, tmp_path: Path) -> None:
-    study, output = write_study(tmp_path, "driverloss", [2e-3, 3e-3, 4e-3, 5e-3], max_concurrent_trials=2), \
-        tmp_path / "out"
-    run = driver(cluster, study, output)
-    try:
-        finished = _kill_when_one_trial_finished(run)
-    finally:
-        stop(run)
-    resumed = driver(cluster, study, output, "--resume")
-    printed = finish(resumed)
-    assert resumed.returncode == 0, printed[-3000:]
-
-    rows = read_table(output / "trials.csv")
-    assert len(rows) == 4 and {row["status"] for row in rows} == {"completed"}
-    analysis = tune.ExperimentAnalysis(str(output / "ray" / "driverloss"))
-    for trial_id in finished:
-        epochs = list(analysis.trial_dataframes[trial_id]["epoch"])
-        assert epochs == list(range(1, EPOCHS + 1)), f"finished trial {trial_id} ran again: {epochs}"
-    assert_one_run_per_trial(output, "driverloss", [row["trial_id"] for row in rows])
-
-
-def _kill_when_one_trial_finished(process: subprocess.Popen, timeout: float = 300) -> list[str]:
-    """SIGKILL the driver once its first trial has completed and the driver has recorded that (Tune's
-    experiment snapshot, every second); the other trials are mid-run then."""
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    for line in process.stdout:
-        if f"completed after epoch {EPOCHS}" in line:
-            time.sleep(SNAPSHOT_S)
-            kill(process)
-            return [line.split()[0]]
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError("no trial completed before the deadline")

@@ -29,6 +29,7 @@ from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import StudyError, load_study
 from farm_sweep.training import loop, preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
+from tests.processes import local_ray
 
 HEIGHT, WIDTH = 10, 12
 LABELS = {"train": "train_labels", "valid": "valid_labels", "test": "test_labels"}
@@ -185,7 +186,8 @@ def ray_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.mktemp("ray_cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(quality.CACHE_DIR_ENV, str(cache))  # workers inherit the environment of ray.init
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.shutdown()  # the tests' shared Ray (conftest), if another module started it
+        local_ray()
         yield cache
         ray.shutdown()
 

@@ -2,8 +2,9 @@
 127.0.0.1 and a free port, password authentication), with studies on a real local Ray.
 
 One scenario serves most checks: two studies started at the same moment on the same empty MLflow and Optuna
-databases, the password in their URLs. `quick` (2 trials x 2 epochs, one at a time) has its driver killed once
-Tune has saved its first trial as finished, and is resumed; `second` (1 trial x 1 epoch, then its confirmation:
+databases, the password in their URLs. `quick` (3 trials x 2 epochs, one at a time) has its driver killed once
+Tune has saved its first trial as finished, and is resumed (three, so that trials which reuse their worker cannot
+all finish between two of Tune's snapshots); `second` (1 trial x 1 epoch, then its confirmation:
 2 fresh seeds) runs through meanwhile. Then `export --register` on `quick`, as a user runs it. Apart: the server
 stopped mid-study, and stores that cannot be used.
 
@@ -12,15 +13,14 @@ Tiny on purpose: digits, one hidden layer of 32.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,6 @@ from typing import Any
 
 import optuna
 import pytest
-import ray
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
@@ -40,11 +39,22 @@ from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
-from tests.processes import PostgresServer, free_port, postgres_binaries, study_file, when_epoch_reported
+from tests.processes import (
+    GATE,
+    PostgresServer,
+    finished_trials,
+    free_port,
+    gated,
+    postgres_binaries,
+    study_file,
+    when_epoch_reported,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = f"pw-{secrets.token_hex(12)}"  # searched for, byte by byte, in everything a study writes
-STUDIES = {"quick": [2e-2, 1e-2], "second": [5e-3]}
+STUDIES = {"quick": [2e-2, 1.5e-2, 1e-2, 7e-3, 5e-3], "second": [5e-3]}
+QUICK_EPOCHS = 3  # x 5 trials one at a time: still running when Tune has saved the first as finished
+EPOCH_STEPS = list(range(1, QUICK_EPOCHS + 1))
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +69,6 @@ def server() -> Iterator[PostgresServer]:
         yield postgres
     finally:
         postgres.close()
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Shared:
 def shared(server: PostgresServer, ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Shared:
     folder = tmp_path_factory.mktemp("shared")
     tracking_uri, optuna_storage = databases(server, "shared")
-    paths = {"quick": study_file(folder, "quick", STUDIES["quick"], epochs=2),
+    paths = {"quick": study_file(folder, "quick", STUDIES["quick"], epochs=QUICK_EPOCHS),
              "second": study_file(folder, "second", STUDIES["second"], epochs=1, confirm={"top": 1, "seeds": 2},
                                   max_concurrent_trials=2)}
     drivers = {name: driver(path, folder / name, ray_address, tracking_uri, optuna_storage)
@@ -107,20 +110,6 @@ def shared(server: PostgresServer, ray_address: str, tmp_path_factory: pytest.Te
                   {name: read_table(folder / name / "trials.csv") for name in STUDIES})
 
 
-def finished_trials(experiment: Path, process: subprocess.Popen, timeout: float = 600) -> list[str]:
-    """The trials that Tune's saved state in `experiment` holds as finished, once there is one (what `--resume`
-    reads: so it must not run them again)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(Exception):  # no state yet, or a state file being written
-            finished = [trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment)).trials
-                        if trial.status == "TERMINATED"]
-            if finished:
-                return finished
-        time.sleep(0.5)
-    raise AssertionError(f"no finished trial in {experiment}:\n{process.communicate()[0][-3000:]}")
-
-
 def databases(server: PostgresServer, name: str) -> tuple[str, str]:
     """URLs (with the password) of two new databases: MLflow's and Optuna's (each store needs its own)."""
     server.execute(f"CREATE DATABASE {name}_mlflow", f"CREATE DATABASE {name}_optuna")
@@ -137,12 +126,14 @@ def driver(path: Path, output: Path, address: str, tracking_uri: str, optuna_sto
 @dataclass(frozen=True)
 class StudyRuns:
     parent: Any
-    trials: dict[str, Any]  # the search's child runs, by trial id
+    trials: dict[str, Any]  # the search's child runs, by trial id, but for the lost ones
+    lost: dict[str, Any]  # runs of trials that a killed driver started after Tune's last snapshot of its state
     stages: dict[str, Any]  # the runs of the study's stages (the confirmation), by name
     seeds: dict[str, Any]  # the runs nested under a stage, by trial id
 
     def all(self) -> list[Any]:
-        return [self.parent, *self.trials.values(), *self.stages.values(), *self.seeds.values()]
+        return [self.parent, *self.trials.values(), *self.lost.values(), *self.stages.values(),
+                *self.seeds.values()]
 
 
 def study_runs(uri: str, name: str) -> StudyRuns:
@@ -153,9 +144,11 @@ def study_runs(uri: str, name: str) -> StudyRuns:
 
     def trials_under(run: Any) -> dict[str, Any]:
         return {child.data.tags[tracking.TRIAL_TAG]: child for child in found if tracking.TRIAL_TAG in child.data.tags
-                and child.data.tags[MLFLOW_PARENT_RUN_ID] == run.info.run_id}
+                and child.data.tags[MLFLOW_PARENT_RUN_ID] == run.info.run_id
+                and child.data.tags[tracking.STATUS_TAG] != "lost"}
 
-    return StudyRuns(parent, trials_under(parent), stages,
+    lost = {run.data.tags[tracking.TRIAL_TAG]: run for run in found if run.data.tags.get(tracking.STATUS_TAG) == "lost"}
+    return StudyRuns(parent, trials_under(parent), lost, stages,
                      {trial: run for stage in stages.values() for trial, run in trials_under(stage).items()})
 
 
@@ -187,18 +180,25 @@ def test_a_study_on_postgresql_writes_and_prints_no_password(shared: Shared, ser
 
 def test_resume_after_the_driver_is_killed_finishes_each_trial_once(shared: Shared) -> None:
     rows = shared.rows["quick"]
-    assert [row["status"] for row in rows] == ["completed", "completed"]
-    assert len(shared.killed_after) == 1  # killed mid-study
+    trials = len(STUDIES["quick"])
+    assert [row["status"] for row in rows] == ["completed"] * trials
+    assert 1 <= len(shared.killed_after) < trials  # killed mid-study
     analysis = tune.ExperimentAnalysis(str(shared.output("quick") / "ray" / "quick"))
     for trial_id in shared.killed_after:
-        assert list(analysis.trial_dataframes[trial_id]["epoch"]) == [1, 2], f"{trial_id} ran again"
+        assert list(analysis.trial_dataframes[trial_id]["epoch"]) == EPOCH_STEPS, f"{trial_id} ran again"
     runs = study_runs(shared.tracking_uri, "quick")
     assert runs.parent.info.status == "FINISHED" and sorted(runs.trials) == sorted(row["trial_id"] for row in rows)
+    for run in runs.lost.values():  # a trial started within Tune's last second: its configuration ran again
+        assert run.info.status == "KILLED" and "--resume ran its configuration as a new trial" in \
+            run.data.tags[tracking.REASON_TAG]
     for row in rows:
         run = runs.trials[row["trial_id"]]
-        assert run.data.tags[tracking.STATUS_TAG] == "completed" and steps(shared.tracking_uri, run) == [1, 2]
-    trials = optuna.load_study(study_name="quick", storage=shared.optuna_storage).trials
-    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE"]
+        assert run.data.tags[tracking.STATUS_TAG] == "completed" and steps(shared.tracking_uri, run) == EPOCH_STEPS
+    states = Counter(trial.state.name for trial in optuna.load_study(study_name="quick",
+                                                                      storage=shared.optuna_storage).trials)
+    # A lost trial's Optuna trial fails, and so does one the searcher asked for just before the kill, before Tune
+    # started its trial (it has no run).
+    assert states["COMPLETE"] == trials and states["FAIL"] >= len(runs.lost) and set(states) <= {"COMPLETE", "FAIL"}
 
 
 def test_the_confirmation_runs_on_the_study_s_stores(shared: Shared) -> None:
@@ -225,8 +225,10 @@ def test_two_studies_at_once_in_one_database_keep_to_their_own(shared: Shared) -
         assert sorted(runs.trials) == sorted(row["trial_id"] for row in rows)
         assert {run.info.run_id for run in runs.trials.values()} == {row["mlflow_run_id"] for row in rows}
         trials = optuna.load_study(study_name=name, storage=shared.optuna_storage).trials
-        assert sorted(trial.params["lr"] for trial in trials) == sorted(lrs)
-        assert {trial.state.name for trial in trials} == {"COMPLETE"}
+        complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
+        assert sorted(trial.params["lr"] for trial in complete) == sorted(lrs)
+        failed = [trial for trial in trials if trial.state.name == "FAIL"]  # lost, or asked for just before the kill
+        assert len(failed) >= len(runs.lost) and len(failed) + len(complete) == len(trials)
 
 
 def test_export_registers_with_the_password_from_pgpassword(shared: Shared, tmp_path: Path,
@@ -249,11 +251,13 @@ def test_a_database_server_that_goes_away_mid_study_loses_nothing(server: Postgr
     output = tmp_path / "out"
     journaled: list[str] = []
     try:
+        GATE[:] = [1, tmp_path / "stopped"]  # the trial waits after epoch 1 until the server is down
         watcher = threading.Thread(target=when_epoch_reported, args=(
-            output, "outage", 1, lambda: journaled.extend(an_outage(server, output / tracking.JOURNAL_FILE))))
+            output, "outage", 1, lambda: journaled.extend(an_outage(server, output / tracking.JOURNAL_FILE,
+                                                                    GATE[1]))))
         watcher.start()
         (row,) = run_study(load_study(study_file(tmp_path, "outage", [2e-2], epochs=5)), output,
-                           tracking_uri=tracking_uri)
+                           tracking_uri=tracking_uri, trainable=gated)
         watcher.join()
     finally:
         server.start()  # whether or not the watcher stopped it
@@ -267,10 +271,11 @@ def test_a_database_server_that_goes_away_mid_study_loses_nothing(server: Postgr
     assert steps(tracking_uri, run) == [1, 2, 3, 4, 5] and run.data.tags[tracking.STATUS_TAG] == "completed"
 
 
-def an_outage(server: PostgresServer, journal: Path, timeout: float = 120) -> list[str]:
-    """Stop the server until a refused write reaches the journal; then start it again. Returns the journal's
-    lines as they were."""
+def an_outage(server: PostgresServer, journal: Path, gate: Path, timeout: float = 120) -> list[str]:
+    """Stop the server (then open the trial's gate) until a refused write reaches the journal; then start it
+    again. Returns the journal's lines as they were."""
     server.stop()
+    gate.touch()
     deadline = time.monotonic() + timeout
     while not (journal.is_file() and journal.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.2)

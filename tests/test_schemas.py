@@ -86,6 +86,8 @@ def as_path(field: str) -> list[str]:
     ({"sampler": "bayes"}, SPACE, "sampler.type"),
     ({"resources": {"gpus": -1}}, SPACE, "resources.gpus"),
     ({"confirm": {"top": 1, "seeds": 1}}, SPACE, "confirm.seeds"),
+    ({"objectives": [{"metric": "nll_image", "direction": "down"}]}, SPACE, "objectives[0].direction"),
+    ({"sampler": {"type": "nsga2", "crossover_prob": 2.0}}, SPACE, "sampler.crossover_prob"),
     ({"enqueue": [{"lr": "fast"}]}, SPACE, "enqueue[0].lr"),
     ({"evaluation": {"inpaint": {"cases": ["bogus"]}}}, SPACE, "evaluation.inpaint.cases[0]"),
     ({}, {"parameters": {"lr": {"distribution": "gaussian", "low": 0, "high": 1}}}, "parameters.lr.distribution"),

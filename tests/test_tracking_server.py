@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from mlflow import MlflowClient
 
@@ -27,7 +25,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(process)
 
 
-def test_study_runs_metrics_and_artifacts_reach_the_server(server: str, tmp_path: Path) -> None:
+def test_study_runs_metrics_and_artifacts_reach_the_server(ray_address: str, server: str, tmp_path: Path) -> None:
     document = {"name": "served", "trials": 2, "pruner": "none", "max_concurrent_trials": 2,
                 "resources": {"cpus": 1},
                 "fixed": {"dataset": "digits", "hidden_sizes": [32], "epochs": 2, "num_orderings": 2},
@@ -35,11 +33,7 @@ def test_study_runs_metrics_and_artifacts_reach_the_server(server: str, tmp_path
                 "enqueue": [{"lr": 0.01}, {"lr": 0.02}]}
     (tmp_path / "served.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     output = tmp_path / "out"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        rows = run_study(load_study(tmp_path / "served.yaml"), output, tracking_uri=server)
-    finally:
-        ray.shutdown()
+    rows = run_study(load_study(tmp_path / "served.yaml"), output, tracking_uri=server)
     assert not (output / "mlflow.db").exists()
 
     client = MlflowClient(server)

@@ -13,7 +13,10 @@ code: farm_sweep.occlusions) for the three cases, on the test
 split (headline) and the valid split (what the paper's code used), with the FARM rows filling with
 --fill (default evidence_weighted) and MADE k=1 with its only ordering. The training budget (hidden
 sizes, epochs, examples) is an argument; the paper's models had two hidden layers of 1000 units.
-Training checkpoints every epoch under --work-dir and resumes there if interrupted. `--dataset` runs the same
+`--recipe` adds training settings to every row (the converging recipe of docs/results.md: direct
+connections, dropout, a learning-rate schedule, early stopping); `--losses` picks the row groups. Training
+checkpoints every epoch under --work-dir (one folder per row, k<k>_<loss>_<divergence>) and resumes there if
+interrupted; a row whose folder holds a finished run is only evaluated. `--dataset` runs the same
 table on other binary images: a dataset name, or your own data as a JSON dataset spec (docs/data.md; a
 relative path starts at the working directory); the paper's values are then left out.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +42,9 @@ from farm_sweep.made.likelihood import nll_image
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.occlusions import CASES, FILLS, PROTOCOLS
 from farm_sweep.training import checkpoint, preflight
-from farm_sweep.training.config import TrainConfig
+from farm_sweep.training.config import ConfigError, TrainConfig
 from farm_sweep.training.loop import build_model, resolve_device, train
+from farm_sweep.untrusted import InputError, parse_json
 
 # Table 1 of the paper: (L2, NLL) per case; its NLL is our nll_chain.
 PAPER = {
@@ -66,20 +71,27 @@ class Row:
     divergence: str
 
 
-def table_rows(ks: list[int]) -> list[Row]:
+# The row groups after MADE k = 1: (--losses name, label suffix, loss, divergence)
+GROUPS = (("mc", "", "mc", "none"), ("ensemble", " + FARM loss", "ensemble", "none"),
+          ("ensemble+kl", " + FARM loss + KL", "ensemble", "kl"))
+ROW_FIELDS = {"num_orderings", "ordering_family", "loss", "divergence", "divergence_weight"}  # set per row
+
+
+def table_rows(ks: list[int], losses: Sequence[str] = tuple(g[0] for g in GROUPS)) -> list[Row]:
     rows = [Row("MADE (k = 1) baseline", 1, "mc", "none")]
-    for suffix, loss, divergence in (("", "mc", "none"), (" + FARM loss", "ensemble", "none"),
-                                     (" + FARM loss + KL", "ensemble", "kl")):
-        rows += [Row(f"FARM + MADE (k = {k}){suffix}", k, loss, divergence) for k in ks]
+    for name, suffix, loss, divergence in GROUPS:
+        if name in losses:
+            rows += [Row(f"FARM + MADE (k = {k}){suffix}", k, loss, divergence) for k in ks]
     return rows
 
 
 def row_config(row: Row, args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(dataset=args.dataset, data_dir=args.data_dir, max_train_examples=args.max_train_examples,
-                       hidden_sizes=tuple(args.hidden_sizes), num_orderings=row.k, ordering_family="raster",
-                       loss=row.loss, divergence=row.divergence,
-                       divergence_weight=args.kl_weight if row.divergence == "kl" else 0.0,
-                       lr=args.lr, epochs=args.epochs, seed=args.seed, device=args.device)
+    settings = {"dataset": args.dataset, "data_dir": args.data_dir, "max_train_examples": args.max_train_examples,
+                "hidden_sizes": tuple(args.hidden_sizes), "lr": args.lr, "epochs": args.epochs, "seed": args.seed,
+                "device": args.device, **args.recipe, "num_orderings": row.k, "ordering_family": "raster",
+                "loss": row.loss, "divergence": row.divergence,
+                "divergence_weight": args.kl_weight if row.divergence == "kl" else 0.0}
+    return TrainConfig.from_dict(settings)
 
 
 def train_row(row: Row, args: argparse.Namespace) -> FarmMADE:
@@ -117,8 +129,9 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], args: argparse.Nam
     paper = args.dataset == PAPER_DATASET
     title = "Table 1 reproduction: inpainting on binarized MNIST" if paper else \
         f"Table 1 on your own data: inpainting on {dataset_label(args.dataset)}"
+    recipe = f" (and {json.dumps(args.recipe)})" if args.recipe else ""
     lines = [f"# {title}\n",
-             f"Budget: hidden sizes {args.hidden_sizes}, {args.epochs} epochs, "
+             f"Budget: hidden sizes {args.hidden_sizes}, {args.epochs} epochs{recipe}, "
              f"{args.max_train_examples or 'all'} training images, lr {args.lr}, seed {args.seed}; "
              f"KL weight λ = {args.kl_weight}; FARM fill `{args.fill}`; occlusion protocol `{args.protocol}`, "
              f"{args.num_occlusions} occlusions x {args.images_per_occlusion} images per case. Cells: ours"
@@ -154,6 +167,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--kl-weight", type=float, default=1.0)
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8], choices=[2, 4, 8])
+    parser.add_argument("--losses", nargs="+", default=[g[0] for g in GROUPS], choices=[g[0] for g in GROUPS],
+                        help="the FARM row groups: mc (the MADE loss), ensemble (the FARM loss), ensemble+kl")
+    parser.add_argument("--recipe", type=_recipe, default={},
+                        help='training settings for every row as JSON, e.g. \'{"direct_connections": true, '
+                             '"dropout": 0.3, "lr_schedule": "cosine"}\' (farm_sweep.training.config)')
     parser.add_argument("--fill", default="evidence_weighted", choices=FILLS)
     parser.add_argument("--protocol", default="paper", choices=PROTOCOLS,
                         help="how occlusions are drawn and averaged (farm_sweep.occlusions); paper = the FARM "
@@ -163,6 +181,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser.parse_args(argv)
+
+
+def _recipe(text: str) -> dict:
+    try:
+        recipe = parse_json(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not isinstance(recipe, dict):
+        raise argparse.ArgumentTypeError("give a JSON object of training settings")
+    if ROW_FIELDS & recipe.keys():
+        raise argparse.ArgumentTypeError(f"{', '.join(sorted(ROW_FIELDS & recipe.keys()))}: set by each row; "
+                                         "leave them out")
+    return recipe
 
 
 def _dataset(text: str) -> str | DatasetSpec:
@@ -181,12 +212,15 @@ def _dataset(text: str) -> str | DatasetSpec:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:  # the data and the largest k's orderings, before anything trains
-        preflight.check(row_config(table_rows(args.ks)[-1], args))
+        preflight.check(row_config(table_rows(args.ks, args.losses)[-1], args))
+    except ConfigError as error:
+        print(f"error: --recipe: {error}", file=sys.stderr)
+        return 2
     except preflight.PreflightError as error:
         print(f"error: --dataset: {error.reason}", file=sys.stderr)
         return 2
     results, models = {}, {}
-    for row in table_rows(args.ks):
+    for row in table_rows(args.ks, args.losses):
         models[row.label] = train_row(row, args)
         results[row.label] = evaluate_row(models[row.label], row, args)
     args.work_dir.mkdir(parents=True, exist_ok=True)

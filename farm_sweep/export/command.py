@@ -1,11 +1,12 @@
 """Export a study's best trials: `python -m farm_sweep.export (--study NAME | --output DIR) --top K --out DIR
 [--confirmed] [--register]`.
 
-Each trial becomes a folder in its model family's export format (farm_sweep.export.formats), and an MLflow Model
-logged to its trial's run in the study's MLflow store (farm_sweep.export.registry). `--confirmed` exports the best
-configurations of the study's confirmation stage instead (confirmation.csv): ranked by mean validation nll_image
-over their seeds, each as its seed run with the lowest validation nll_image. `--register` also registers the
-exports as versions of `farm-<study>` in the MLflow model registry, the alias `champion` on the best.
+A study of several objectives exports its Pareto front (pareto_front.csv's order: best first by the first
+objective). Each trial becomes a folder in its model family's export format (farm_sweep.export.formats), and an
+MLflow Model logged to its trial's run in the study's MLflow store (farm_sweep.export.registry). `--confirmed`
+exports the best configurations of the study's confirmation stage instead (confirmation.csv): ranked by mean
+validation nll_image over their seeds, each as its seed run with the lowest validation nll_image. `--register`
+also registers the exports as versions of `farm-<study>` in the MLflow model registry, the alias `champion` on the best.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from farm_sweep.export.folder import ExportError
 from farm_sweep.export.formats import export_model
 from farm_sweep.sweep import stores, tracking
 from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE, best_confirmed
+from farm_sweep.sweep.pareto import FRONT_TABLE, PARETO_KEY
 from farm_sweep.sweep.results_table import METRIC, TABLE_FILE, read_table
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import load_model
-from farm_sweep.untrusted import is_plain_name, quote
+from farm_sweep.untrusted import PATH_CHARS, is_plain_name, quote
 
 TEXT_COLUMNS = ("trial_id", "status", "mlflow_run_id", "checkpoint", "config_id", "kind")
 REQUIRED_COLUMNS = ("trial_id", "status", METRIC, "checkpoint")
@@ -61,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--study", help="the study's name (its results are in results/<name>)")
     source.add_argument("--output", type=Path, help="the study's output folder")
-    parser.add_argument("--top", type=_positive, default=1, help="how many of the best completed trials (default 1)")
+    parser.add_argument("--top", type=_positive, default=1, help="how many of the best completed trials (default 1; "
+                        "a study of several objectives: of its Pareto front, by the first objective)")
     parser.add_argument("--confirmed", action="store_true",
                         help="export the best configurations of the confirmation stage (confirmation.csv; by mean "
                              "validation nll_image over seeds, each as its best seed run by validation nll_image)")
@@ -90,7 +93,8 @@ def _check_registry(output: Path) -> None:
 
 
 def best_rows(output: Path, top: int) -> list[dict[str, str]]:
-    """The `top` completed trials with the lowest validation metric, from <output>/trials.csv."""
+    """The `top` completed trials with the lowest validation metric (a study of several objectives: of its Pareto
+    front), from <output>/trials.csv."""
     table = output / TABLE_FILE
     if not table.is_file():
         raise ExportError(f"{table}: no trials table; pass the --output folder of a finished study "
@@ -103,11 +107,26 @@ def best_rows(output: Path, top: int) -> list[dict[str, str]]:
     if not completed:
         raise ExportError(f"{table}: no completed trial to export; run the study (or --resume it) until one "
                           "completes")
+    if rows and PARETO_KEY in rows[0]:
+        return _front(output, completed, top)
     try:
         return sorted(completed, key=lambda row: float(row[METRIC]))[:top]
     except (TypeError, ValueError) as error:
         raise ExportError(f"{table}: a {METRIC} value is not a number ({quote(str(error))}); "
                           f"{_restore(table)}") from None
+
+
+def _front(output: Path, completed: list[dict[str, str]], top: int) -> list[dict[str, str]]:
+    """A study of several objectives: the first `top` trials of its Pareto front, in the order of
+    <output>/pareto_front.csv (best first by the first objective)."""
+    table = output / FRONT_TABLE
+    if not table.is_file():
+        raise ExportError(f"{table}: missing, so the study's Pareto front is unknown; {_restore(table)}")
+    by_id = {row["trial_id"]: row for row in completed if row[PARETO_KEY] == "True"}
+    front = [by_id[row["trial_id"]] for row in read_table(table) if row.get("trial_id") in by_id]
+    if not front:
+        raise ExportError(f"{table}: no completed trial of trials.csv is on it; {_restore(table)}")
+    return front[:top]
 
 
 def confirmed_rows(output: Path, top: int) -> list[dict[str, str]]:
@@ -170,7 +189,7 @@ def _load_trial(output: Path, table: Path, row: Mapping[str, str]) -> tuple[torc
     checkpoint = output / row["checkpoint"]
     if not checkpoint.resolve().is_relative_to(output.resolve()):
         raise ExportError(f"{table}: trial {row['trial_id']}'s checkpoint "
-                          f"{quote(row['checkpoint'])} is outside the study folder; {_restore(table)}")
+                          f"{quote(row['checkpoint'], PATH_CHARS)} is outside the study folder; {_restore(table)}")
     try:
         model, config = load_model(checkpoint)
     except DataError as error:

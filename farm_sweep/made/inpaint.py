@@ -18,43 +18,50 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from farm_sweep.figures import save_figure
+from farm_sweep.figures import save_figure, subplots
 from farm_sweep.inference import inference
 from farm_sweep.losses import ensemble_log_probs, pixel_log_probs
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.made.staircase import logits_at
 from farm_sweep.occlusions import FillPlan, fill_plan, make_occlusions
 
-matplotlib.use("Agg")
 
 @inference
 def inpaint(model: FarmMADE, images: torch.Tensor, occlusion: torch.Tensor, fill: str,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample the hole of every image (B, D), pixel by pixel in fill order, one batched forward each.
+    """Sample the hole of every image (B, D) pixel by pixel in fill order: x_d = 1[u_d < p_d], u ~ U(0,1)
+    from `generator`, p_d the model's conditional given the evidence and the pixels filled before d (with
+    several mask sets, their mixture under the posterior over masks: module docstring).
 
-    Returns the filled images and the chain nll -log p(true x_d | evidence, sampled earlier pixels)
-    per pixel (B, D), zero outside the hole. x_d = 1[u_d < p_d] with u ~ U(0,1) from `generator`, p_d the
-    model's conditional: with several mask sets, their mixture under the posterior over masks given the
-    evidence and the pixels filled so far (module docstring)."""
+    Returns the filled images and the chain nll -log p(true x_d | evidence, sampled earlier pixels) per
+    pixel (B, D), zero outside the hole. Computed by fixed-point (Jacobi) iteration: every sweep predicts
+    every hole pixel at once from the current fill, as nll_exact does from the truth, and resamples it with
+    its own u_d. Pixel d's conditional depends only on the pixels filled before it (the plan uses an
+    ordering for d only once its earlier hole pixels are filled), so sweep s fixes at least the first s
+    pixels: the fill stops changing after at most n sweeps and is then the sequential fill, noise for noise,
+    usually after far fewer (a sweep costs about one sequential step)."""
     plan = fill_plan(model.ranks, occlusion, fill)
-    x = images * ~occlusion.to(images.device)
-    nll = torch.zeros_like(images)
+    used, weights = _usable(plan.weights)
+    needed = weights > 0
     noise = torch.rand(len(images), len(plan.pixels), generator=generator).to(images.device)
-    log_posterior = _mask_log_prior(model, x, plan)  # (M, B)
-    for t, pixel in enumerate(plan.pixels.tolist()):
-        used, weights = _usable(plan.weights[:, t:t + 1])
-        logits = _mask_logits(model, x, used, plan.pixels[t:t + 1])
-        log_one, log_zero = (v[..., 0] for v in _fill_log_probs(logits, weights))
-        mixed_one, mixed_zero = _mixed(log_posterior, log_one), _mixed(log_posterior, log_zero)
-        truth = images[:, pixel]
-        nll[:, pixel] = -(truth * mixed_one + (1 - truth) * mixed_zero)
-        x[:, pixel] = (noise[:, t] < mixed_one.exp()).to(x.dtype)
-        log_posterior = log_posterior + torch.where(x[:, pixel].bool(), log_one, log_zero)
+    x = images * ~occlusion.to(images.device)
+    log_prior = _mask_log_prior(model, x, plan)[..., None]  # (M, B, 1)
+    for _ in range(len(plan.pixels) + 1):  # the last sweep only confirms the fixed point
+        log_one, log_zero = _fill_log_probs(_mask_logits(model, x, used, plan.pixels, needed), weights)
+        current = x[:, plan.pixels]
+        log_filled = torch.where(current.bool(), log_one, log_zero)
+        log_posterior = log_prior + log_filled.cumsum(-1) - log_filled  # given the pixels filled before each
+        mixed_one = _mixed(log_posterior, log_one)
+        resampled = (noise < mixed_one.exp()).to(x.dtype)
+        if torch.equal(resampled, current):
+            break
+        x[:, plan.pixels] = resampled
+    truth = images[:, plan.pixels]
+    nll = torch.zeros_like(images)
+    nll[:, plan.pixels] = -(truth * mixed_one + (1 - truth) * _mixed(log_posterior, log_zero))
     return x, nll
 
 
@@ -169,7 +176,7 @@ def inpainting_figure(model: FarmMADE, images: torch.Tensor, height: int, width:
                                     ("FARM (evidence weighted)", model, "evidence_weighted")):
         filled, _ = inpaint(fill_model, images, occlusion, fill, torch.Generator().manual_seed(seed))
         panels[title] = _tint(filled, occlusion, (0.3, 0.6, 1.0), height, width)
-    figure, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    figure, axes = subplots(1, 3, figsize=(9, 3.4))
     for axis, (title, panel) in zip(axes, panels.items()):
         axis.imshow(panel, interpolation="nearest")
         axis.set_title(title, fontsize=9)

@@ -30,7 +30,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import matplotlib
 import torch
 
 from farm_sweep.inference import inference
@@ -38,8 +37,6 @@ from farm_sweep.made.network import FarmMADE
 from farm_sweep.made.staircase import blocked, ordering_staircase
 from farm_sweep.speed_quality import Scorer, speed_quality_rows
 from farm_sweep.timing import MIN_ROUNDS
-
-matplotlib.use("Agg")
 
 SAMPLERS = ("sequential", "multi_order", "fixed_point")
 

@@ -26,19 +26,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import torch
 
-from farm_sweep.figures import save_figure
+from farm_sweep.figures import save_figure, subplots
 from farm_sweep.inference import inference
 from farm_sweep.occlusions import FILLS, FillPlan, fill_plan, randint, side_range
 from farm_sweep.orderings import ranks
 from farm_sweep.pixelcnn.farm import FarmPixelCNN, ordering_log_probs
 from farm_sweep.pixelcnn.logistic_mixture import log_prob, sample, to_unit
 from farm_sweep.speed_quality import Scorer
-
-matplotlib.use("Agg")
 
 CASES = ("best", "average", "top_half")
 
@@ -152,7 +148,7 @@ def inpainting_figure(model: FarmPixelCNN, images: torch.Tensor, path: Path, *, 
     rows = {"original": x, "hole": x.masked_fill(occlusion.to(device), 0.0)}
     for title, fill_model, fill in (("canonical", baseline or model, "single"), ("FARM", model, "evidence_weighted")):
         rows[title], _ = inpaint(fill_model, x, occlusion, fill, torch.Generator().manual_seed(seed))
-    figure, axes = plt.subplots(len(rows), len(images), figsize=(1.3 * len(images), 1.4 * len(rows)), squeeze=False)
+    figure, axes = subplots(len(rows), len(images), figsize=(1.3 * len(images), 1.4 * len(rows)), squeeze=False)
     for r, (title, batch) in enumerate(rows.items()):
         for c, image in enumerate(batch):
             axes[r, c].imshow(((image.cpu().permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy(), interpolation="nearest")

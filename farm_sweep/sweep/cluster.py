@@ -1,23 +1,13 @@
 """The Ray a study runs on: an embedded one on this machine, or a running cluster (`--address`), and
-whether a trial's resource request can be granted by one of its live nodes.
-
-The embedded Ray listens on 127.0.0.1 only, when LOOPBACK_ENV is set before Ray is imported (Ray reads it
-once): Ray then takes 127.0.0.1 as this node's address, and its GCS, raylet, object manager, runtime-env
-agent, the driver and every worker bind to it (with any other node address they bind to all interfaces).
-`python -m farm_sweep.run` and `farm-sweep run` set it for themselves when no `--address` is given
-(`keep_embedded_ray_local`). docs/reliability.md says what listens where.
+whether a trial's resource request can be granted by one of its live nodes. (The embedded Ray's address,
+127.0.0.1, is set before Ray is imported: farm_sweep.sweep.command_start.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
-
-# Ray's switch for machines where it supports no multi-node clusters (macOS, Windows): the node's address is
-# the loopback address. Only read before `import ray`, so this module imports Ray inside its functions.
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class ResourcesUnavailable(ValueError):
@@ -26,13 +16,6 @@ class ResourcesUnavailable(ValueError):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(reason)
         self.field, self.reason = field, reason
-
-
-def keep_embedded_ray_local(argv: Sequence[str]) -> None:
-    """Before Ray is imported by a `run` command: unless it joins a cluster (--address), its embedded Ray
-    listens on 127.0.0.1 only."""
-    if not any(argument == "--address" or argument.startswith("--address=") for argument in argv):
-        os.environ.setdefault(LOOPBACK_ENV, "0")
 
 
 def connect(address: str | None) -> None:

@@ -17,7 +17,8 @@ Results: confirmation.csv (farm_sweep.sweep.confirmation_table; `rows` gives its
 every measure; the table; tag farm.stage) with one run per seed nested under it, tagged farm.config_id,
 farm.search_rank and farm.seed (MLflow's runs table shows them under the confirmation run, and its Group by
 on farm.config_id gathers each configuration's seeds). The study's parent run gets the table and the best
-confirmed configuration, and ends when the confirmation does.
+confirmed configuration, and ends when the confirmation does. confirmation.png, beside the table and logged with
+it, shows the search's best trials and each confirmed configuration's seeds (mean ± std, validation and test).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from ray import tune
 from ray.tune.experiment import Trial
 
+from farm_sweep import figures
 from farm_sweep.sweep import confirmation_table, experiment, tables, tracking, tune_state
 from farm_sweep.sweep.confirmation_table import CONFIRMATION_FILE, MEAN, STD
 from farm_sweep.sweep.results_table import METRIC, write_table
@@ -39,6 +41,7 @@ from farm_sweep.sweep.trial import TrialContext, run_name, run_tracked
 from farm_sweep.training.config import TrainConfig
 
 PLAN_FILE = "confirmation_plan.json"
+FIGURE_FILE = "confirmation.png"
 STAGE = "confirmation"  # the MLflow run's name and farm.stage tag
 SCOPE = "confirmation/"  # the prefix of this experiment's files in tune_state.json
 POINT_KEY = "point"  # a confirmation trial's Tune config: {point: {search_rank, config_id, seed, parameters...}}
@@ -135,6 +138,7 @@ def run(study: Study, output: Path, tracker: tracking.Tracker, search_rows: list
         stage.end_trial(stage.parent_run_id, "interrupted")
         tracker.interrupt_study(files)
     else:
+        files.append(figures.confirmation_figure(search_rows, table, output / FIGURE_FILE))
         tracker.finish_confirmation(stage.parent_run_id, _aggregates(table), _best(table), files)
     tracker.replay()
 
@@ -155,7 +159,7 @@ def _tuner(study: Study, output: Path, location: Path, stage: tracking.Tracker, 
     return tune.Tuner(
         function, param_space={POINT_KEY: tune.grid_search(plan.points())},  # in order, each once
         tune_config=tune.TuneConfig(metric=METRIC, mode=experiment.MODE,
-                                    max_concurrent_trials=study.max_concurrent_trials,
+                                    max_concurrent_trials=study.max_concurrent_trials, reuse_actors=True,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=experiment.run_config(study, output, location.name, stage, scope=SCOPE, label=_point))
 

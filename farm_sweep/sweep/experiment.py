@@ -25,6 +25,9 @@ from farm_sweep.sweep.trial import TrialContext
 
 MODE = "min"
 RAY_FOLDER = "ray"  # Tune's storage folder in a study's output folder
+# Tune deletes a trial's oldest checkpoint as it registers a newer one; a killed driver's last snapshot can lag
+# a few fast epochs behind, and --resume needs the checkpoint that snapshot names (docs/reliability.md).
+CHECKPOINTS_KEPT = 3
 EVALUATION_PREFIXES = ("inpaint/", "sampling/", "test/")  # evaluation metrics (test/: the confirmation's)
 
 Trainable = Callable[[dict[str, Any], TrialContext], None]
@@ -43,13 +46,13 @@ def trainable(function: Trainable, context: TrialContext, study: Study) -> Any:
 
 def run_config(study: Study, output: Path, name: str, tracker: tracking.Tracker, *, first: Sequence[Callback] = (),
                scope: str = "", label: Label = dict) -> tune.RunConfig:
-    """Tune's run configuration of experiment `name` in <output>/ray/: the study's retries, two checkpoints kept
-    per trial, and the callbacks (`first`, then tracking, progress lines that show a trial's `label(config)`,
-    signals, and the record of Tune's state under `scope` that --resume checks)."""
+    """Tune's run configuration of experiment `name` in <output>/ray/: the study's retries, CHECKPOINTS_KEPT
+    checkpoints per trial, and the callbacks (`first`, then tracking, progress lines that show a trial's
+    `label(config)`, signals, and the record of Tune's state under `scope` that --resume checks)."""
     return tune.RunConfig(
         name=name, storage_path=str(output / RAY_FOLDER), verbose=0,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         callbacks=[*first, tracking.TrackingCallback(tracker), ProgressPrinter(label), interrupts.StopOnSignal(),
                    tune_state.StateRecorder(output, scope)])
 

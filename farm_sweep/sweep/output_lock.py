@@ -29,6 +29,11 @@ class OutputUnusable(RuntimeError):
     """The output folder cannot be created or written."""
 
 
+def refusal(output: Path, error: OutputBusy | OutputUnusable) -> str:
+    """The error line of a command refused the folder `output` (given resolved)."""
+    return f"error: {output}: --output: {error}"
+
+
 @contextlib.contextmanager
 def hold(output: Path) -> Iterator[None]:
     """Hold the lock of `output` (OutputBusy, OutputUnusable) for the `with` block."""
@@ -67,9 +72,9 @@ def _locked(path: Path) -> int:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(descriptor)
+            busy = _busy(descriptor)
             os.close(descriptor)
-            raise OutputBusy(f"in use by {holder}; wait for that run to end, or choose another --output") from None
+            raise busy from None
         if _same_file(descriptor, path):
             break
         os.close(descriptor)  # the holder removed the file as it ended: lock the file now at this path
@@ -79,9 +84,25 @@ def _locked(path: Path) -> int:
     return descriptor
 
 
-def _holder(descriptor: int) -> str:
+def probe(output: Path) -> None:
+    """OutputBusy when a run holds the lock of `output` now; changes nothing (a command checks this before its
+    imports, which take seconds; `hold` decides)."""
+    try:
+        descriptor = os.open(output / LOCK_FILE, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
+    except OSError:  # no lock file: no run, or `hold` reports what is wrong
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(descriptor) from None
+    finally:
+        os.close(descriptor)  # releases the lock if this took it
+
+
+def _busy(descriptor: int) -> OutputBusy:
     text = os.pread(descriptor, 200, 0).decode(errors="replace").strip()
-    return f"the run of {text}" if text else "another run (just starting)"
+    holder = f"the run of {text}" if text else "another run (just starting)"
+    return OutputBusy(f"in use by {holder}; wait for that run to end, or choose another --output")
 
 
 def _same_file(descriptor: int, path: Path) -> bool:

@@ -10,7 +10,9 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
   marked in Ray's results (Tune lets callbacks edit a result in place; schedulers get a copy).
 - `PruningOptunaSearch`, OptunaSearch that leaves intermediate values to the scheduler, does not
   overwrite the PRUNED state of a pruned trial with COMPLETE, and forgets finished trials (Tune pickles the
-  searcher with every snapshot of the experiment, every second).
+  searcher with every snapshot of the experiment, every second); with several objectives (no pruning), a trial
+  that ends without reporting one of them is FAILed (Ray's OptunaSearch would leave it RUNNING); a trial
+  that Tune restored on `--resume` but the searcher's older saved state lacks is told by its number.
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
 (`optuna_trial`). The Optuna study lives in storage (SQLite by default, or a database server:
@@ -22,6 +24,7 @@ snapshots the experiment (`PruningOptunaSearch.save_to_dir`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import optuna
@@ -34,6 +37,8 @@ from farm_sweep.sweep import driver_storage, stores
 from farm_sweep.sweep.driver_storage import DriverStorage
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
+
+log = logging.getLogger(__name__)
 
 
 def make_pruner(kind: str, options: dict[str, Any], max_epochs: int) -> optuna.pruners.BasePruner:
@@ -149,11 +154,41 @@ class PruningOptunaSearch(OptunaSearch):
         """Intermediate values are reported by the scheduler (step = epoch)."""
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:  # told already; gone from _ot_trials, so not to be adopted again
+            super().on_trial_complete(trial_id, result, error)  # Ray's warning of a second completion
+            return
         if not (result and result.get(PRUNED_KEY)):  # a pruned trial was told PRUNED by the scheduler
-            super().on_trial_complete(trial_id, result, error)
+            self._tell(trial_id, result, error)
         self._completed_trials.add(trial_id)
         # Tune pickles the searcher with every snapshot: keep its live trials only, not every trial of the study
         self._ot_trials.pop(trial_id, None)
+
+    def _tell(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """Tell Optuna how a trial ended, as Ray's OptunaSearch does, also a trial this searcher's state lacks
+        (`_adopt`); with several objectives, a trial that did not report all of them fails."""
+        if trial_id not in self._ot_trials and not self._adopt(trial_id, result):
+            log.warning("trial %s ended unknown to the searcher and without its Optuna trial number; its Optuna "
+                        "trial fails at the end of the search", trial_id)
+            return
+        missing = [name for name in self.metric if result.get(name) is None] if result and isinstance(
+            self.metric, list) else []
+        if missing and not error:  # several objectives: Optuna takes all of them or none
+            log.warning("trial %s ended without reporting the objective(s) %s; its Optuna trial fails", trial_id,
+                        ", ".join(missing))
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    def _adopt(self, trial_id: str, result: dict[str, Any] | None) -> bool:
+        """Take on a trial that Tune restored but this searcher's restored state lacks (a driver killed while Tune
+        copied a snapshot: its trials newer than its searcher's state), by the Optuna trial number in the
+        trial's config, which Tune's flattened result carries. Optuna's tell() takes that number, through this
+        searcher's study: the driver's shared DriverStorage, as the scheduler's and the runner's."""
+        number = (result or {}).get(f"config/{OPTUNA_TRIAL_KEY}")
+        if number is None:
+            return False
+        self._ot_trials[trial_id] = int(number)
+        return True
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Tune snapshots the experiment: store the queued intermediate values before the snapshot is kept."""

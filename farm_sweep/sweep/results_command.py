@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from farm_sweep.sweep import tables
-from farm_sweep.untrusted import is_plain_name, quote
+from farm_sweep.untrusted import PATH_CHARS, is_plain_name, quote
 
 FORMATS = ("table", "csv", "json")
 RESULTS = Path("results")  # where `python -m farm_sweep.run` puts a study by default
@@ -62,9 +62,9 @@ def table_file(given: str, name: str) -> Path:
         if (folder / f"{name}.parquet").is_file():
             return folder / f"{name}.parquet"
     raise tables.TableError(
-        f"{quote(given)}: STUDY_OR_OUTPUT_DIR: no {tables.FOLDER}/{name}.parquet there; give the output folder of "
-        f"a study (python -m farm_sweep.run writes {tables.FOLDER}/ into it as the study runs) or the name of a "
-        f"study in {RESULTS}/")
+        f"{quote(given, PATH_CHARS)}: STUDY_OR_OUTPUT_DIR: no {tables.FOLDER}/{name}.parquet there; give the output "
+        f"folder of a study (python -m farm_sweep.run writes {tables.FOLDER}/ into it as the study runs) or the name "
+        f"of a study in {RESULTS}/")
 
 
 def combined(loaded: Sequence[tuple[str, pa.Table]]) -> pa.Table:

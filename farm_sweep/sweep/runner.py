@@ -21,18 +21,21 @@ store; `--resume` continues that stage too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import optuna
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from farm_sweep import figures
 from farm_sweep.sweep import (
@@ -43,6 +46,7 @@ from farm_sweep.sweep import (
     experiment,
     interrupts,
     output_lock,
+    pareto,
     stores,
     table_recorder,
     tables,
@@ -50,6 +54,7 @@ from farm_sweep.sweep import (
     tune_state,
 )
 from farm_sweep.sweep.experiment import MODE, RAY_FOLDER, Trainable, trial_name
+from farm_sweep.sweep.objectives import tune_modes
 from farm_sweep.sweep.pruning import (
     OptunaLink,
     OptunaPruningScheduler,
@@ -59,11 +64,13 @@ from farm_sweep.sweep.pruning import (
 )
 from farm_sweep.sweep.results_table import METRIC, STATUSES, TABLE_FILE, best_row, write_table
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, make_sampler, point_text
-from farm_sweep.sweep.study import SCHEMAS, Study, StudyError, json_schema, load_study
+from farm_sweep.sweep.study import DEFAULT_OBJECTIVES, SCHEMAS, Objective, Study, StudyError, json_schema, load_study
 from farm_sweep.sweep.trial import TrialContext, run_trial
 
 OPTUNA_FILE = "optuna.db"
+STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"  # "1": Tune lets reports lack the searched metrics
 OPTUNA_RECORD = "optuna_storage.json"  # the Optuna storage's public URL and study name, for --resume
+ENQUEUED_KEY = "fixed_params"  # Optuna's record of an enqueued point's parameters (Study.enqueue_trial)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (output_lock.OutputBusy, output_lock.OutputUnusable) as error:
-        print(f"error: {output}: --output: {error}", file=sys.stderr)
+        print(output_lock.refusal(output, error), file=sys.stderr)
         return 2
     except stores.StoreUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracker = tracking.load(output)
     confirmed = confirmation.rows(output, study.name)
     print("\n".join(summary(rows, time.perf_counter() - began, output, uri, tracker.ui_path(),
-                             len(tracker.unlogged()), confirmed)))
+                             len(tracker.unlogged()), confirmed, study.objectives)))
     return _exit_status([*rows, *confirmed], study, output)
 
 
@@ -214,8 +221,7 @@ def plan(study: Study, output: Path, uri: str, storage: str, address: str | None
     pruner = ", ".join([study.pruner.type, *(f"{k}={v}" for k, v in study.pruner.options.items())])
     sampler = ", ".join([study.sampler.type, f"seed={study.seed}",
                          *(f"{k}={v}" for k, v in study.sampler.options.items())])
-    return [f"study {study.name}: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
-             f"{METRIC}",
+    return [f"study {study.name}: {study.trials} trials of up to {study.epochs} epochs, {_objective_text(study)}",
              f"  search space ({study.search_space_path or 'inline'}):",
              *(f"    {line}" for line in study.space.describe()),
              f"  fixed: {json.dumps(study.space.fixed)}",
@@ -233,6 +239,13 @@ def plan(study: Study, output: Path, uri: str, storage: str, address: str | None
              f"  optuna: {stores.shown(storage)} (study {study.name!r})",
              f"  mlflow: {stores.shown(uri)}",
              f"  output: {output}"]
+
+
+def _objective_text(study: Study) -> str:
+    """What the search optimises, in words."""
+    if not study.several_objectives:
+        return f"minimizing validation {METRIC}"
+    return "searching the Pareto front of " + ", ".join(f"{o.metric} ({o.direction})" for o in study.objectives)
 
 
 def _custom_text(custom: Mapping[str, float]) -> str:
@@ -278,6 +291,8 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     if resume:
         experiment.quiet_deleted_checkpoints()
         tracker = tracking.reopen(output)
+        _fail_orphans(link, {trial.config.get(OPTUNA_TRIAL_KEY) for trial in tune.ExperimentAnalysis(
+            str(folder)).trials}, enqueue_again=True)
         tuner = tune.Tuner.restore(str(folder), trainable=_trainable(study, tracker, trainable))
     else:
         _create_optuna_study(study, link)
@@ -288,7 +303,8 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
         tuner = _new_tuner(study, output, link, tracker, trainable)
     tune_state.record(folder, output)
     try:
-        tuner.fit()
+        with _lenient_metrics(study.several_objectives):
+            tuner.fit()
         link.flush()
     except Exception as error:
         reason = stores.database_failure(error)
@@ -297,12 +313,32 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
         _stop_without_storage(study, folder, output, tracker, link, reason)
     tune_state.record(folder, output)
     rows = trial_rows(folder, tracker, output)
-    _fail_orphans(link, rows)
+    _fail_orphans(link, {row["optuna_trial"] for row in rows if row["status"] == "interrupted"})
+    tracker.end_unrecorded({row["trial_id"] for row in rows})
+    if study.several_objectives:
+        rows = pareto.mark(rows, link.study)
     if any(row["status"] == "interrupted" for row in rows):
         _interrupt(study, output, tracker, rows)
     else:
         _finish(study, output, link, tracker, rows, end=not confirmation.follows(study, output, rows))
     return tracker, rows
+
+
+@contextlib.contextmanager
+def _lenient_metrics(lenient: bool) -> Iterator[None]:
+    """While the search runs, with `lenient`: Tune accepts reports that lack the searched metrics. An evaluation
+    objective arrives with a trial's last epoch only; a trial that ends without it fails in Optuna
+    (PruningOptunaSearch). Restored after, so the next study in this process is checked strictly."""
+    before = os.environ.get(STRICT_METRICS)
+    if lenient:
+        os.environ[STRICT_METRICS] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STRICT_METRICS, None)
+        else:
+            os.environ[STRICT_METRICS] = before
 
 
 def _check_resources(study: Study, address: str | None) -> None:
@@ -322,7 +358,7 @@ def _create_optuna_study(study: Study, link: OptunaLink) -> None:
     study of the same name started at the same time: sharing it, the two would mix their trials)."""
     try:
         optuna.create_study(study_name=study.name, storage=stores.optuna_storage(link.storage_url),
-                            direction="minimize")
+                            directions=[objective.direction for objective in study.objectives])
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(study.path, "name", f"the Optuna storage {stores.shown(link.storage_url)} already holds a "
                          f"study named {study.name!r}; rename the study, or continue that one with --resume "
@@ -338,24 +374,39 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
                trainable: Trainable) -> tune.Tuner:
     enqueued = [study.space.as_optuna_point(point) for point in study.enqueue]
     searcher = PruningOptunaSearch(
-        space=study.space, metric=METRIC, mode=MODE, points_to_evaluate=enqueued or None,
+        space=study.space, **_search_objectives(study), points_to_evaluate=enqueued or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
         study_name=study.name, storage=driver_storage.shared(link.storage_url))  # the link's: one view of the study
     return tune.Tuner(
         _trainable(study, tracker, trainable),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
-                                    scheduler=OptunaPruningScheduler(link, METRIC), num_samples=study.trials,
-                                    max_concurrent_trials=study.max_concurrent_trials,
+                                    scheduler=_scheduler(study, link), num_samples=study.trials,
+                                    max_concurrent_trials=study.max_concurrent_trials, reuse_actors=True,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=experiment.run_config(study, output, study.name, tracker, first=[
             PrunedFlag(link), table_recorder.TableRecorder(output, output / RAY_FOLDER / study.name, study.name)]))
 
 
+def _search_objectives(study: Study) -> dict[str, Any]:
+    """The searcher's metric and mode: Tune's one (validation nll_image, min), or a list of each for several
+    objectives."""
+    if not study.several_objectives:
+        return {"metric": METRIC, "mode": MODE}
+    return {"metric": [objective.metric for objective in study.objectives],
+            "mode": tune_modes([objective.direction for objective in study.objectives])}
+
+
+def _scheduler(study: Study, link: OptunaLink) -> TrialScheduler:
+    """The Optuna pruning scheduler; for several objectives, which Optuna neither prunes nor takes intermediate
+    values of, Tune's plain first-in-first-out one."""
+    return FIFOScheduler() if study.several_objectives else OptunaPruningScheduler(link, METRIC)
+
+
 def study_note(study: Study) -> str:
     """The parent run's description (Markdown): what the study searched, and how."""
     return "\n".join([
-        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, minimizing validation "
-        f"{METRIC} (nats per image). {study.description}".rstrip(), "",
+        f"**Study {study.name}**: {study.trials} trials of up to {study.epochs} epochs, {_objective_text(study)}"
+        f"{'' if study.several_objectives else ' (nats per image)'}. {study.description}".rstrip(), "",
         "Searched:", "", *(f"- {line}" for line in study.space.describe()), "",
         f"Fixed: `{json.dumps(study.space.fixed)}`", "",
         f"Sampler {study.sampler.type}, pruner {study.pruner.type}; each child run is one trial, named by its "
@@ -373,6 +424,7 @@ def _settings(study: Study, storage: str) -> dict[str, Any]:
             "enqueue": list(study.enqueue), "cpus_per_trial": study.resources.cpus,
             "confirm": study.confirm and {"top": study.confirm.top, "seeds": study.confirm.seeds},
             "gpus_per_trial": study.resources.gpus, "max_failures": study.max_failures,
+            **({"objectives": [o.model_dump() for o in study.objectives]} if study.several_objectives else {}),
             **{f"fixed.{name}": value for name, value in study.space.fixed.items()}}
 
 
@@ -408,9 +460,15 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     if importances:
         files.append(figures.importance_figure(importances, output / "param_importance.png"))
     counts = Counter(row["status"] for row in rows)
-    best = best_row(rows)
-    tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
-                         files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
+    if study.several_objectives:
+        files += pareto.write_front(rows, study.objectives, output)
+        front = pareto.front_rows(rows, study.objectives)
+        tracker.finish_study(None, files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end,
+                             front=[{key: row[key] for key in ("trial_id", "mlflow_run_id")} for row in front])
+    else:
+        best = best_row(rows)
+        tracker.finish_study(best and {k: v for k, v in best.items() if v is not None and v != ""},
+                             files, {s: counts.get(s, 0) for s in STATUSES}, study_note(study), end=end)
     tracker.replay()
 
 
@@ -440,13 +498,16 @@ def _stop_without_storage(study: Study, folder: Path, output: Path, tracker: tra
                            "again, then continue the study with --resume")
 
 
-def _fail_orphans(link: OptunaLink, rows: Sequence[Mapping[str, Any]]) -> None:
-    """FAIL the Optuna trials left RUNNING without an unfinished Tune trial: the searcher asked for them just
-    before a driver was killed, before Tune recorded their trial, so no trial will ever tell their outcome."""
-    unfinished = {row["optuna_trial"] for row in rows if row["status"] == "interrupted"}
+def _fail_orphans(link: OptunaLink, owned: set[int], enqueue_again: bool = False) -> None:
+    """FAIL the Optuna trials left RUNNING that no Tune trial will tell (`owned`: the Optuna trial numbers of
+    those that will): the searcher asked for them just before a driver was killed, before Tune recorded their
+    trial. On --resume (`enqueue_again`), an orphan that was an enqueued point is enqueued again, so that the
+    study still runs that point (a sampled one is simply sampled anew)."""
     for trial in link.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.number not in unfinished:
+        if trial.number not in owned:
             link.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            if enqueue_again and ENQUEUED_KEY in trial.system_attrs:
+                link.study.enqueue_trial(trial.system_attrs[ENQUEUED_KEY])
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
@@ -460,9 +521,11 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
 
 def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri: str, ui_path: str,
-            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-    """The search's trials, its best, then the confirmation's configurations (`confirmed`: its rows), and where
-    to look: the results and the MLflow UI (its page of the study's runs)."""
+            unlogged: int = 0, confirmed: Sequence[Mapping[str, Any]] = (),
+            objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> list[str]:
+    """The search's trials, its best (several objectives: its Pareto front), then the confirmation's
+    configurations (`confirmed`: its rows), and where to look: the results and the MLflow UI (its page of the
+    study's runs)."""
     counts = Counter(row["status"] for row in rows)
     lines = [f"{'trial':<14}{'optuna':>7}  {'status':<11}{'epochs':>7}  {METRIC:>10}  parameters"]
     for row in rows:
@@ -473,7 +536,8 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
     best = best_row(rows)
     lines += [f"{len(rows)} trials in {seconds:.0f}s: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
-              f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed",
+              *(_front_lines(rows, objectives) if len(objectives) > 1 else
+                [f"best: {best['trial_id']} {METRIC} {float(best[METRIC]):.3f}" if best else "best: none completed"]),
               *confirmation_table.summary(confirmed),
               f"results: {output}",
               *([f"tracking: {unlogged} calls could not be logged to {stores.shown(uri)}; they are kept in "
@@ -482,3 +546,12 @@ def summary(rows: Sequence[Mapping[str, Any]], seconds: float, output: Path, uri
               f"MLflow UI: mlflow ui --backend-store-uri {stores.shown(uri)}, then open http://127.0.0.1:5000/{ui_path}"]
     return lines
 
+
+def _front_lines(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Objective]) -> list[str]:
+    """The Pareto front's trials, best first by the first objective, with every objective's value."""
+    front = pareto.front_rows(rows, objectives)
+    if not front:
+        return ["Pareto front: none completed"]
+    return [f"Pareto front: {len(front)} trial(s), by {objectives[0].metric} ({pareto.FRONT_TABLE}):",
+            *(f"  {row['trial_id']}  " + "  ".join(f"{o.metric} {float(row[o.metric]):.4g}" for o in objectives)
+              for row in front)]

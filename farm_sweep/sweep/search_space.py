@@ -24,7 +24,7 @@ import optuna
 from farm_sweep.untrusted import quote
 
 DISTRIBUTIONS = ("categorical", "int", "float", "log_float")
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("tpe", "random", "grid", "nsga2")
 OPTUNA_TRIAL_KEY = "optuna_trial"  # the Optuna trial number, added to every Tune trial's config
 _PRIMITIVE = (bool, int, float, str, type(None))
 
@@ -130,13 +130,15 @@ def point_text(values: Mapping[str, Any]) -> str:
 
 
 def make_sampler(kind: str, options: dict[str, Any], space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler for a study: TPE (default), random or grid, seeded."""
+    """Optuna's sampler for a study: TPE (default), random, grid or NSGA-II, seeded."""
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **options)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, **options)
     raise ValueError(f"unknown sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")
 
 

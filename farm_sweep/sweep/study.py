@@ -39,10 +39,11 @@ from pydantic.fields import FieldInfo
 
 from farm_sweep.declared import STRICT, Number, number, problem, rule
 from farm_sweep.evaluation.settings import EvaluationSettings, largest_batch, validate_settings
+from farm_sweep.sweep import objectives
 from farm_sweep.sweep.search_space import Parameter, SearchSpace
 from farm_sweep.training import preflight
 from farm_sweep.training.config import MAX_SEED, ConfigError, TrainConfig, TrainConfigSchema
-from farm_sweep.untrusted import MAX_NAME_LENGTH, QUOTE_CHARS, InputError, load_yaml, quote, read_text
+from farm_sweep.untrusted import MAX_NAME_LENGTH, PATH_CHARS, QUOTE_CHARS, InputError, load_yaml, quote, read_text
 
 MAX_CHECKED_COMBINATIONS = 2000  # corner configurations checked against TrainConfig before a study starts
 MAX_GRID_SIZE = 100_000  # the grid sampler lists every configuration up front
@@ -224,6 +225,17 @@ class GridSampler(_Options):
     type: Literal["grid"]
 
 
+class Nsga2Sampler(_Options):
+    """NSGA-II, the genetic algorithm for several objectives (one works too)."""
+
+    type: Literal["nsga2"]
+    population_size: Annotated[int, Field(ge=2, description="trials per generation")] = 50
+    crossover_prob: Annotated[number(ge=0.0, le=1.0), Field(description="chance that a child is a crossover of "
+                                                                         "two parents")] = 0.9
+    swapping_prob: Annotated[number(ge=0.0, le=1.0), Field(description="chance that a crossover takes each "
+                                                                        "parameter from the other parent")] = 0.5
+
+
 class _Window(_Options):
     n_startup_trials: Annotated[int, Field(ge=0, description="completed trials before pruning starts")] = 5
     n_warmup_steps: Annotated[int, Field(ge=0, description="pruning starts at this epoch")] = 0
@@ -266,7 +278,8 @@ class NoPruner(_Options):
     type: Literal["none"]
 
 
-SAMPLER_OPTIONS: dict[str, type[_Options]] = {"tpe": TpeSampler, "random": RandomSampler, "grid": GridSampler}
+SAMPLER_OPTIONS: dict[str, type[_Options]] = {"tpe": TpeSampler, "random": RandomSampler, "grid": GridSampler,
+                                             "nsga2": Nsga2Sampler}
 PRUNER_OPTIONS: dict[str, type[_Options]] = {"median": MedianPruner, "percentile": PercentilePruner,
                                             "successive_halving": SuccessiveHalvingPruner,
                                             "hyperband": HyperbandPruner, "none": NoPruner}
@@ -279,7 +292,7 @@ def _component(kinds: dict[str, type[_Options]], default: str, description: str)
                      Field(description=description)]
 
 
-Sampler = _component(SAMPLER_OPTIONS, "tpe", "tpe, random or grid, or {type: NAME, option: value, ...}")
+Sampler = _component(SAMPLER_OPTIONS, "tpe", "tpe, random, grid or nsga2, or {type: NAME, option: value, ...}")
 Pruner = _component(PRUNER_OPTIONS, "median", "an Optuna pruner (its options by Optuna's names); the step is the "
                     "epoch")
 
@@ -310,6 +323,20 @@ class Confirm(BaseModel):
     seeds: Annotated[int, Field(ge=2, le=MAX_CONFIRM_SEEDS, description=(
         f"fresh seeds per configuration: a standard deviation over seeds needs two or more, and {MAX_CONFIRM_SEEDS} "
         "are plenty"))]
+
+
+class Objective(BaseModel):
+    """A metric every trial reports at its end, and which way is better (farm_sweep.sweep.objectives)."""
+
+    model_config = STRICT | ConfigDict(frozen=True)
+
+    metric: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, description=(
+        f"{', '.join(objectives.EPOCH_METRICS)} (validation), or an evaluation metric "
+        "inpaint/<case>/<fill>/<metric> or sampling/<sampler>/<knob>/<field>"))]
+    direction: Annotated[Literal[*objectives.DIRECTIONS], Field(description="minimize or maximize")]
+
+
+DEFAULT_OBJECTIVES = (Objective(metric=objectives.DEFAULT_METRIC, direction=objectives.DEFAULT_DIRECTION),)
 
 
 class StudyFile(BaseModel):
@@ -343,6 +370,29 @@ class StudyFile(BaseModel):
                                                                        "empty: none)")] = None
     confirm: Annotated[Confirm | None, Field(description="the confirmation stage after the search: {top, seeds} "
                                                          "(null: none)")] = None
+    objectives: Annotated[list[Objective], Field(min_length=1, description=(
+        "what the search optimises: [{metric, direction}, ...]; two or more search for the Pareto front "
+        "(default: validation nll_image, minimized)"))] = list(DEFAULT_OBJECTIVES)
+
+    @model_validator(mode="after")
+    def _objectives_fit(self) -> StudyFile:
+        metrics = [objective.metric for objective in self.objectives]
+        repeated = next((metric for metric in metrics if metrics.count(metric) > 1), None)
+        if repeated is not None:
+            raise rule("objectives", f"{quote(repeated)} is listed twice; give each metric once")
+        if len(metrics) == 1:
+            if self.objectives[0] != DEFAULT_OBJECTIVES[0]:
+                raise rule("objectives", f"a study of one objective minimizes validation {objectives.DEFAULT_METRIC} "
+                           "(its pruner, best trial, confirmation and export rank by it); list two or more "
+                           "objectives to search a Pareto front")
+            return self
+        if "pruner" in self.model_fields_set and self.pruner.type != "none":
+            raise rule("pruner", f"{self.pruner.type} cannot prune a study of {len(metrics)} objectives (Optuna "
+                       "prunes single-objective trials only); set pruner: none, or keep one objective")
+        if self.confirm is not None:
+            raise rule("confirm", "the confirmation stage ranks configurations by validation nll_image, one "
+                       "objective; remove confirm, or keep one objective")
+        return self
 
 
 STUDY_KEYS = tuple(StudyFile.model_fields)
@@ -384,6 +434,12 @@ class Study:
     enqueue: tuple[dict[str, Any], ...] = ()
     evaluation: dict[str, Any] = field(default_factory=dict)
     confirm: Confirm | None = None
+    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+
+    @property
+    def several_objectives(self) -> bool:
+        """Two or more objectives: a multi-objective search for the Pareto front."""
+        return len(self.objectives) > 1
 
     @property
     def epochs(self) -> int:
@@ -414,13 +470,21 @@ def load_study(path: str | Path, *, runs_here: bool = False) -> Study:
         trials=_trials(path, document, space), seed=document.seed, description=document.description,
         max_concurrent_trials=document.max_concurrent_trials,
         sampler=Component(document.sampler.type, document.sampler.options()),
-        pruner=Component(document.pruner.type, document.pruner.options()),
+        pruner=_pruner(document),
         resources=document.resources, max_failures=document.max_failures,
         enqueue=tuple(point.given() for point in document.enqueue),
         evaluation=document.evaluation.model_dump(exclude_unset=True) if document.evaluation else {},
-        confirm=document.confirm)
+        confirm=document.confirm, objectives=tuple(document.objectives))
     _cross_check(study, study_fixed, lambda name: origins.get(name, (path, f"fixed.{name}")), runs_here)
     return study
+
+
+def _pruner(document: StudyFile) -> Component:
+    """The study's pruner; none for several objectives, which Optuna cannot prune (a pruner given for them is
+    refused by StudyFile)."""
+    if len(document.objectives) > 1:
+        return Component("none")
+    return Component(document.pruner.type, document.pruner.options())
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -453,8 +517,12 @@ def _search_space(study_path: Path, value: str | SearchSpaceFile) -> tuple[Path 
         return None, value
     space_path = study_path.parent / value
     if not _exists(space_path):
-        raise StudyError(study_path, "search_space", f"file {quote(str(space_path), 300)} does not exist; give a "
-                         "search-space file's path relative to the study file, or the space inline")
+        raise StudyError(study_path, "search_space", f"file {quote(str(space_path), PATH_CHARS)} does not exist; "
+                         "give a search-space file's path relative to the study file, or the space inline")
+    if space_path.is_dir():
+        raise StudyError(study_path, "search_space", f"{quote(str(space_path), PATH_CHARS)} is not a regular file (a "
+                         "folder); give the path of a search-space file relative to the study file, or the space "
+                         "inline")
     space_path = space_path.resolve()
     return space_path, _validated(SearchSpaceFile, space_path, _read(space_path))
 
@@ -525,6 +593,17 @@ def _cross_check(study: Study, study_fixed: dict[str, Any], locate: Locate, runs
         raise StudyError(study.path, "confirm.top", f"{study.confirm.top} must be in 1..{study.trials}; confirm at "
                          f"most as many configurations as the study has trials ({study.trials})")
     _check_configurations(study, locate, runs_here)
+    _check_objectives(study)
+
+
+def _check_objectives(study: Study) -> None:
+    """Each objective's metric is one a trial of this study reports (an evaluation metric needs its section;
+    the evaluation settings passed _check_configurations)."""
+    sections = validate_settings(study.evaluation) if study.evaluation else {}
+    for index, objective in enumerate(study.objectives):
+        reason = objectives.metric_problem(objective.metric, sections)
+        if reason is not None:
+            raise StudyError(study.path, f"objectives[{index}].metric", reason)
 
 
 def _check_conditions(space: SearchSpace, locate: Locate) -> None:

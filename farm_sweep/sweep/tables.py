@@ -55,6 +55,7 @@ SETTINGS = {"inpaint": ("case", "fill"), "sampling": ("sampler", "knob")}  # wha
 _EVALUATION = re.compile(r"^(?P<kind>inpaint|sampling)/(?P<first>[^/]+)/(?P<second>[^/]+)/(?P<metric>[^/]+)$")
 _FROM_RECORD = ("trial_id", "optuna_trial", "status", "epochs", "failure_reason", "nll_image", "stopped_early",
                 "mlflow_run_id", "checkpoint")
+PARETO_KEY = "pareto"  # a study of several objectives: the trial is on its Pareto front (farm_sweep.sweep.pareto)
 
 
 class TableError(ValueError):
@@ -145,6 +146,7 @@ def _trial_row(record: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]]) -
             "last_nll_image": last.get("nll_image"), "last_train_loss": last.get("train_loss"),
             "started_at": started, "last_report_at": last.get("reported_at"),
             "train_seconds": sum(seconds) if seconds else None, "wall_seconds": last.get("wall_seconds"),
+            **{key: record[key] for key in (PARETO_KEY,) if key in record},
             **{key: value for key, value in record.items() if key.startswith(PARAM_PREFIX)}}
 
 

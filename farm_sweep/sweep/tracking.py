@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -48,23 +48,27 @@ from farm_sweep.sweep.reports import PRUNED_KEY
 
 TRIAL_TAG = "farm.trial_id"
 STATUS_TAG = "farm.status"
+REASON_TAG = "farm.failure_reason"  # why a run ended failed or lost
 STUDY_TAG = "farm.study"
 STAGE_TAG = "farm.stage"  # the run of a stage of the study (the confirmation), nested under the parent run
 STATE_FILE = "tracking.json"
 JOURNAL_FILE = "tracking_unlogged.jsonl"
 PENDING = "pending:"
-RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's status of a trial's run; else FINISHED
+# MLflow's status of a trial's run; else FINISHED
+RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED", "lost": "KILLED"}
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 MAX_RUN_NAME = 250  # and on a run's name
 # MLflow 3 marks an experiment's kind with this tag; its UI (3.17) shows the kind its `workflowType` asks for.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 ATTEMPTS, BACKOFF_S = 3, 1.0
+RECHECK_S = 30.0  # after a store failed every attempt, how long writes are tried once only
 # MLflow's own HTTP retries back off for minutes per call; ours are short and end in the journal instead.
 HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
+_down_since: dict[str, float] = {}  # per process: tracking URI -> when it last failed every attempt
 
 
 class TrackingUnavailable(RuntimeError):
@@ -76,15 +80,21 @@ def default_uri(output: Path) -> str:
 
 
 def _journaled(method: Callable[..., Result]) -> Callable[..., Result | None]:
-    """Retry a write a few times; if the store still fails, journal the call and return None."""
+    """Retry a write a few times; if the store still fails, journal the call and return None. While a store
+    is down (it failed a whole round of retries less than RECHECK_S ago, in this process), each write is
+    tried once: a trial does not wait out the backoff on every write of an outage."""
 
     @functools.wraps(method)
     def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Result | None:
-        for attempt in range(ATTEMPTS):
+        attempts = 1 if time.monotonic() - _down_since.get(self.uri, -math.inf) < RECHECK_S else ATTEMPTS
+        for attempt in range(attempts):
             try:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+                _down_since.pop(self.uri, None)
+                return result
             except Exception as error:  # MLflow raises many types (HTTP, SQL, its own) for one cause
-                if attempt == ATTEMPTS - 1:
+                if attempt == attempts - 1:
+                    _down_since[self.uri] = time.monotonic()
                     self.journal_call(method.__name__, args, kwargs, error)
                     return None
                 time.sleep(BACKOFF_S * 2 ** attempt)
@@ -208,8 +218,25 @@ class Tracker:
         run_id = self._resolve(run_id)
         self.client.set_tag(run_id, STATUS_TAG, status)
         if reason:
-            self.client.set_tag(run_id, "farm.failure_reason", reason[:5000])
+            self.client.set_tag(run_id, REASON_TAG, reason[:5000])
         self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"))
+
+    def end_unrecorded(self, trial_ids: Collection[str]) -> int:
+        """End as `lost` (KILLED) the running child runs of trials outside `trial_ids`, the trials Tune recorded:
+        a driver killed just after such a trial started, before Tune's next snapshot of its state, leaves a
+        run that no trial will finish (--resume asks Optuna again, and the configuration runs as a new trial).
+        Returns how many; none when the store does not answer (the runs stay as they are)."""
+        try:
+            running = self.client.search_runs([self.experiment_id], filter_string=(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and tags.`{STATUS_TAG}` = 'running'"))
+        except Exception as error:  # an unreachable store: a later --resume tries again
+            log.warning("tracking: could not look for runs of unrecorded trials (%s)", error)
+            return 0
+        lost = [run for run in running if run.data.tags.get(TRIAL_TAG, "") not in {"", *trial_ids}]
+        for run in lost:
+            self.end_trial(run.info.run_id, "lost", reason="the driver stopped before Ray Tune recorded this "
+                                                           "trial; --resume ran its configuration as a new trial")
+        return len(lost)
 
     # ---------------------------------------------------------- logging
 
@@ -285,9 +312,11 @@ class Tracker:
 
     @_journaled
     def finish_study(self, best: Mapping[str, Any] | None, files: Iterable[Path], counts: Mapping[str, int],
-                     note: str, end: bool = True) -> None:
-        """Log the end-of-search summary on the parent run, its description: links to the best trial and to the
-        study's files, then `note`; and end it (or leave it running for the confirmation stage: `end` false)."""
+                     note: str, end: bool = True, front: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Log the end-of-search summary on the parent run, its description: links to the best trial (a study of
+        several objectives: to the trials of its Pareto front, `front`, each with trial_id and mlflow_run_id) and
+        to the study's files, then `note`; and end it (or leave it running for the confirmation stage: `end`
+        false)."""
         run, files = self.parent_run_id, list(files)
         self.log_metrics(run, {f"trials_{status}": n for status, n in counts.items()}, step=0)
         if best is not None:
@@ -295,8 +324,10 @@ class Tracker:
             self.client.set_tag(run, "farm.best_run_id", best["mlflow_run_id"])
             self.log_metrics(run, {"best_nll_image": best["nll_image"]}, step=0)
             self.client.log_dict(run, best, "best_trial.json")
+        if front:
+            self.client.set_tag(run, "farm.pareto_trial_ids", ",".join(trial["trial_id"] for trial in front))
         self.log_files(run, files, "study")
-        self.client.set_tag(run, MLFLOW_RUN_NOTE, f"{self._results_note(best, files)}\n\n{note}")
+        self.client.set_tag(run, MLFLOW_RUN_NOTE, f"{self._results_note(best, files, front)}\n\n{note}")
         if end:
             self.client.set_tag(run, STATUS_TAG, "finished")
             self.client.set_terminated(run, "FINISHED")
@@ -317,10 +348,15 @@ class Tracker:
             self.client.set_tag(run, STATUS_TAG, "finished")
             self.client.set_terminated(run, "FINISHED")
 
-    def _results_note(self, best: Mapping[str, Any] | None, files: Iterable[Path]) -> str:
-        """Markdown: the best trial and the study's figures and table, linked to their pages in the UI."""
+    def _results_note(self, best: Mapping[str, Any] | None, files: Iterable[Path],
+                      front: Sequence[Mapping[str, Any]] = ()) -> str:
+        """Markdown: the best trial (or the Pareto front's) and the study's figures and table, linked to their
+        pages in the UI."""
         best_text = (f"best trial [{best['trial_id']}]({self.ui_path(best['mlflow_run_id'])}), validation nll_image "
                      f"{float(best['nll_image']):.3f}" if best is not None else "no trial completed")
+        if front:
+            best_text = f"Pareto front of {len(front)} trial(s): " + ", ".join(
+                f"[{trial['trial_id']}]({self.ui_path(trial['mlflow_run_id'])})" for trial in front)
         names = [Path(path).name for path in files]  # a replayed call passes the paths as text
         links = ", ".join(f"[{name}]({self.ui_path(self.parent_run_id, f'study/{name}')})" for name in names)
         return f"**Results**: {best_text}. Figures and table: {links}."

@@ -9,10 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
-
-from farm_sweep.figures import save_figure
+from farm_sweep.figures import integer_ticks, save_figure, subplots
 
 SKIPPED = ("nll_image_ordering_",)  # one column per ordering: in the checkpoint's history, not the curve
 
@@ -32,14 +29,14 @@ def write_curve(history: Sequence[Mapping[str, Any]], path: Path, title: str) ->
 
 def curve_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
     """Validation nll_image per epoch for each named run, its best epoch marked."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = subplots(figsize=(7, 4.5))
     for label, history in curves.items():
         epochs = [int(row["epoch"]) for row in history]
         values = [float(row["nll_image"]) for row in history]
         best = min(range(len(values)), key=values.__getitem__)
         line, = axes.plot(epochs, values, label=f"{label} (lowest {values[best]:.2f} at epoch {epochs[best]})")
         axes.plot(epochs[best], values[best], "o", color=line.get_color())
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(axes.xaxis)
     axes.set(xlabel="epoch", ylabel="validation nll_image (nats)", title="Learning curves")
     bests = [min(float(row["nll_image"]) for row in history) for history in curves.values()]
     axes.set_ylim(min(bests) - 1, max(bests) + 12)  # the first epochs are far above: show where runs end
