@@ -8,15 +8,18 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
   pruned (its training is already done). The scheduler is the only writer of intermediate values.
 - `PrunedFlag`, a Tune callback that writes `pruned: True/False` into every result, so pruned trials are
   marked in Ray's results (Tune lets callbacks edit a result in place; schedulers get a copy).
-- `PruningOptunaSearch`, OptunaSearch that leaves intermediate values to the scheduler and does not
-  overwrite the PRUNED state of a pruned trial with COMPLETE; with several objectives (no pruning), a trial
+- `PruningOptunaSearch`, OptunaSearch that leaves intermediate values to the scheduler, does not
+  overwrite the PRUNED state of a pruned trial with COMPLETE, and forgets finished trials (Tune pickles the
+  searcher with every snapshot of the experiment, every second); with several objectives (no pruning), a trial
   that ends without reporting one of them is FAILed (Ray's OptunaSearch would leave it RUNNING); a trial
   that Tune restored on `--resume` but the searcher's older saved state lacks is told by its number.
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
 (`optuna_trial`). The Optuna study lives in storage (SQLite by default, or a database server:
 farm_sweep.sweep.stores), the single source of truth, so all three objects are stateless and survive Tune's
-pickling on `--resume`.
+pickling on `--resume`. In the driver they share one `farm_sweep.sweep.driver_storage.DriverStorage` per
+database: reads from memory, parameters and intermediate values written in batches, flushed whenever Tune
+snapshots the experiment (`PruningOptunaSearch.save_to_dir`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from farm_sweep.sweep import stores
+from farm_sweep.sweep import driver_storage, stores
+from farm_sweep.sweep.driver_storage import DriverStorage
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
 
@@ -53,12 +57,12 @@ def make_pruner(kind: str, options: dict[str, Any], max_epochs: int) -> optuna.p
 
 
 class OptunaLink:
-    """A lazily opened handle on one Optuna study in storage; pickles as (storage URL without its password,
-    study name, pruner)."""
+    """A lazily opened handle on one Optuna study in storage (this process's DriverStorage of the database);
+    pickles as (storage URL without its password, study name, pruner)."""
 
     def __init__(self, storage_url: str, study_name: str, pruner: optuna.pruners.BasePruner | None = None) -> None:
         self.storage_url, self.study_name, self.pruner = stores.remember(storage_url), study_name, pruner
-        self._storage: optuna.storages.RDBStorage | None = None
+        self._storage: DriverStorage | None = None
         self._study: optuna.Study | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -68,20 +72,33 @@ class OptunaLink:
     def study(self) -> optuna.Study:
         return self._open()[1]
 
-    def _open(self) -> tuple[optuna.storages.RDBStorage, optuna.Study]:
+    def open_fresh(self) -> None:
+        """Read the study from the database again: forget what this process read of it before (an earlier run)."""
+        self._storage, self._study = driver_storage.open_fresh(self.storage_url), None
+
+    def flush(self) -> None:
+        """Store the parameters and intermediate values still queued (driver_storage)."""
+        self._open()[0].flush()
+
+    def _open(self) -> tuple[DriverStorage, optuna.Study]:
         if self._storage is None or self._study is None:
-            self._storage = stores.optuna_storage(self.storage_url)
+            self._storage = self._storage or driver_storage.shared(self.storage_url)
             self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
                                             pruner=self.pruner or optuna.pruners.NopPruner())
         return self._storage, self._study
 
-    def trial(self, number: int) -> optuna.Trial:
-        """The live trial (report, should_prune) for an Optuna trial number."""
-        return optuna.Trial(self.study, self._trial_id(number))
-
     def frozen(self, number: int) -> optuna.trial.FrozenTrial:
-        """The trial's current record, read from storage (no cache)."""
+        """The trial's current record (a copy of it)."""
         return self._open()[0].get_trial(self._trial_id(number))
+
+    def report(self, trial: optuna.trial.FrozenTrial, value: float, step: int) -> None:
+        """Store an intermediate value of a running trial, and add it to `trial`, its record."""
+        self._open()[0].set_trial_intermediate_value(trial._trial_id, step, value)
+        trial.intermediate_values[step] = value
+
+    def should_prune(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """The study's pruner on the trial's record, as optuna.Trial.should_prune asks it."""
+        return self.study.pruner.prune(self.study, trial)
 
     def _trial_id(self, number: int) -> int:
         storage = self._open()[0]
@@ -103,10 +120,9 @@ class OptunaPruningScheduler(FIFOScheduler):
         frozen = self.link.frozen(number)
         if frozen.state.is_finished():
             return TrialScheduler.STOP if frozen.state == optuna.trial.TrialState.PRUNED else TrialScheduler.CONTINUE
-        optuna_trial = self.link.trial(number)
         if step not in frozen.intermediate_values:
-            optuna_trial.report(float(result[self._metric]), step)
-        if step < result[FINAL_STEP_KEY] and optuna_trial.should_prune():
+            self.link.report(frozen, float(result[self._metric]), step)
+        if step < result[FINAL_STEP_KEY] and self.link.should_prune(frozen):
             self.link.study.tell(number, state=optuna.trial.TrialState.PRUNED)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -138,8 +154,18 @@ class PruningOptunaSearch(OptunaSearch):
         """Intermediate values are reported by the scheduler (step = epoch)."""
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if result and result.get(PRUNED_KEY):
-            return  # already told PRUNED by the scheduler
+        if trial_id in self._completed_trials:  # told already; gone from _ot_trials, so not to be adopted again
+            super().on_trial_complete(trial_id, result, error)  # Ray's warning of a second completion
+            return
+        if not (result and result.get(PRUNED_KEY)):  # a pruned trial was told PRUNED by the scheduler
+            self._tell(trial_id, result, error)
+        self._completed_trials.add(trial_id)
+        # Tune pickles the searcher with every snapshot: keep its live trials only, not every trial of the study
+        self._ot_trials.pop(trial_id, None)
+
+    def _tell(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """Tell Optuna how a trial ended, as Ray's OptunaSearch does, also a trial this searcher's state lacks
+        (`_adopt`); with several objectives, a trial that did not report all of them fails."""
         if trial_id not in self._ot_trials and not self._adopt(trial_id, result):
             log.warning("trial %s ended unknown to the searcher and without its Optuna trial number; its Optuna "
                         "trial fails at the end of the search", trial_id)
@@ -150,16 +176,21 @@ class PruningOptunaSearch(OptunaSearch):
             log.warning("trial %s ended without reporting the objective(s) %s; its Optuna trial fails", trial_id,
                         ", ".join(missing))
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
-            self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
 
     def _adopt(self, trial_id: str, result: dict[str, Any] | None) -> bool:
         """Take on a trial that Tune restored but this searcher's restored state lacks (a driver killed while Tune
         copied a snapshot: its trials newer than its searcher's state), by the Optuna trial number in the
-        trial's config, which Tune's flattened result carries. Optuna's tell() takes that number."""
+        trial's config, which Tune's flattened result carries. Optuna's tell() takes that number, through this
+        searcher's study: the driver's shared DriverStorage, as the scheduler's and the runner's."""
         number = (result or {}).get(f"config/{OPTUNA_TRIAL_KEY}")
         if number is None:
             return False
         self._ot_trials[trial_id] = int(number)
         return True
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune snapshots the experiment: store the queued intermediate values before the snapshot is kept."""
+        self._storage.flush()
+        super().save_to_dir(checkpoint_dir, session_str)

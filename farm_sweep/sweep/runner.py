@@ -42,6 +42,7 @@ from farm_sweep.sweep import (
     cluster,
     confirmation,
     confirmation_table,
+    driver_storage,
     experiment,
     interrupts,
     output_lock,
@@ -285,6 +286,7 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     """Run (or resume) the search: its tracker and its rows, written to trials.csv and logged (the parent run
     stays open when a confirmation follows)."""
     link = OptunaLink(storage, study.name, make_pruner(study.pruner.type, study.pruner.options, study.epochs))
+    link.open_fresh()  # what an earlier run in this process read of the study is forgotten
     folder = output / RAY_FOLDER / study.name
     if resume:
         experiment.quiet_deleted_checkpoints()
@@ -303,6 +305,7 @@ def _search(study: Study, output: Path, uri: str, storage: str, resume: bool,
     try:
         with _lenient_metrics(study.several_objectives):
             tuner.fit()
+        link.flush()
     except Exception as error:
         reason = stores.database_failure(error)
         if reason is None:
@@ -373,7 +376,7 @@ def _new_tuner(study: Study, output: Path, link: OptunaLink, tracker: tracking.T
     searcher = PruningOptunaSearch(
         space=study.space, **_search_objectives(study), points_to_evaluate=enqueued or None,
         sampler=make_sampler(study.sampler.type, study.sampler.options, study.space, study.seed),
-        study_name=study.name, storage=stores.optuna_storage(link.storage_url))
+        study_name=study.name, storage=driver_storage.shared(link.storage_url))  # the link's: one view of the study
     return tune.Tuner(
         _trainable(study, tracker, trainable),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,

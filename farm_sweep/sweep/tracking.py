@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
@@ -203,7 +203,7 @@ class Tracker:
         existing = self.find_child(trial_id)
         if existing is not None:
             self.client.update_run(existing, status=RunStatus.to_string(RunStatus.RUNNING))
-            self.client.set_tag(existing, STATUS_TAG, "running")
+            self.client.log_batch(existing, tags=_tags({STATUS_TAG: "running", **tags}))  # a retry may run elsewhere
             return existing
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
             MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial_id, STATUS_TAG: "running",
@@ -443,6 +443,10 @@ class TrackingCallback(Callback):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tags(tags: Mapping[str, Any]) -> list[RunTag]:
+    return [RunTag(key, str(value)) for key, value in tags.items()]
 
 
 def _params(params: Mapping[str, Any]) -> list[Param]:

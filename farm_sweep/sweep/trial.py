@@ -3,10 +3,11 @@
 `run_trial(config, context)`: config holds the parameters Optuna sampled (plus the Optuna trial number),
 context the study's fixed parameters, evaluation settings and MLflow tracker. The trial builds its
 TrainConfig, resumes from Tune's checkpoint when Tune restarts it (retry after a failure, or --resume),
-trains one epoch at a time, logs each epoch to its MLflow child run (step = epoch) and reports the
-epoch's metrics with the epoch's checkpoint to Tune. After the last epoch a study with an `evaluation`
-section runs the end-of-trial evaluation and logs its metrics and artifacts; a trial of the confirmation stage
-(farm_sweep.sweep.confirmation, `TrialContext.on_test`) is evaluated on the test split instead.
+tags its MLflow child run with where it trains (`device_tags`), trains one epoch at a time, logs each epoch
+to that run (step = epoch) and reports the epoch's metrics with the epoch's checkpoint to Tune. After the last
+epoch a study with an `evaluation` section runs the end-of-trial evaluation and logs its metrics and
+artifacts; a trial of the confirmation stage (farm_sweep.sweep.confirmation, `TrialContext.on_test`) is
+evaluated on the test split instead.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from farm_sweep.sweep.reports import EPOCH_METRIC_KEY, FINAL_STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY, point_text
 from farm_sweep.sweep.tracking import MAX_RUN_NAME, Tracker
 from farm_sweep.training import checkpoint
-from farm_sweep.training.config import TrainConfig
-from farm_sweep.training.loop import NonFiniteLossError, load_model, resolve_device, train
+from farm_sweep.training.config import ConfigError, TrainConfig
+from farm_sweep.training.device import choose_device, visible_devices
+from farm_sweep.training.loop import NonFiniteLossError, load_model, train
 
 RESTORED = "restored"
 EVALUATION = "evaluation"
+CUDA_TAG, DEVICE_TAG, DEVICE_REASON_TAG = "farm.cuda_visible_devices", "farm.device", "farm.device_reason"
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,25 @@ def run_tracked(train_config: TrainConfig, context: TrialContext, name: str, tag
     `tags`)."""
     stores.learn(context.secrets)
     trial_dir = Path(tune.get_context().get_trial_dir())
-    run_id = context.tracker.child_run(tune.get_context().get_trial_id(), name, _params(train_config), tags=tags)
+    run_id = context.tracker.child_run(tune.get_context().get_trial_id(), name, _params(train_config),
+                                       tags={**tags, **device_tags(train_config.device)})
     try:
         _train_and_report(train_config, trial_dir, context, run_id)
     except NonFiniteLossError as error:  # a retry resumes before the divergence and diverges again: one epoch
         context.tracker.end_trial(run_id, "failed", reason=f"NonFiniteLossError: {error}")
         raise
+
+
+def device_tags(requested: str) -> dict[str, str]:
+    """Where the trial trains, as tags of its run: the CUDA_VISIBLE_DEVICES it was given (Ray sets it for a trial
+    with `resources.gpus`), the device, and why `device: auto` fell back to the CPU."""
+    tags = {CUDA_TAG: visible_devices()}
+    try:
+        choice = choose_device(requested)
+    except ConfigError:  # device: cuda on a node without CUDA: training fails the trial with this message
+        return tags
+    return {**tags, DEVICE_TAG: str(choice.device),
+            **({DEVICE_REASON_TAG: choice.fallback_reason} if choice.fallback_reason else {})}
 
 
 def run_name(params: dict[str, Any], label: str) -> str:
@@ -150,7 +166,7 @@ def _evaluate(checkpoint: Path, train_config: TrainConfig, out_dir: Path, contex
     stage); artifacts go to the child run."""
     from farm_sweep.evaluation import end_of_trial  # heavy: only when a study asks for it
 
-    model, config = load_model(checkpoint, str(resolve_device(train_config.device)))
+    model, config = load_model(checkpoint, str(choose_device(train_config.device).device))  # training logged why
     evaluate = end_of_trial.evaluate_on_test if context.on_test else end_of_trial.evaluate_trained_model
     metrics, files = evaluate(model, config, out_dir, context.evaluation)
     context.tracker.log_files(run_id, files, EVALUATION)

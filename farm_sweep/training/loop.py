@@ -25,6 +25,7 @@ from farm_sweep.pixelcnn.task import PixelCNNTask
 from farm_sweep.training import checkpoint, early_stopping, preflight
 from farm_sweep.training.config import ConfigError, TrainConfig
 from farm_sweep.training.curve import write_curve
+from farm_sweep.training.device import resolve_device
 from farm_sweep.training.schedule import learning_rate
 from farm_sweep.untrusted import InputError, parse_json
 
@@ -35,14 +36,6 @@ class NonFiniteLossError(FloatingPointError):
 
 def print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' requested but no CUDA GPU is visible; use device: auto or cpu")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 class Task(Protocol):
