@@ -15,7 +15,7 @@ COMMANDS = {
     "export": ("farm_sweep.export.command", "export a study's best trials"),
     "evaluate": ("farm_sweep.export.evaluate", "evaluate an exported model"),
     "train": ("farm_sweep.training.loop", "train one configuration without Ray"),
-    "table1": ("farm_sweep.evaluation.table1", "the paper's Table 1"),
+    "table1": ("farm_sweep.table1", "the paper's Table 1 (trained here, or with --study from a study's seeds)"),
     "convert_idx": ("farm_sweep.convert_idx", "convert MNIST-format IDX files to a binary dataset npz"),
 }
 

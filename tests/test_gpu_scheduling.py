@@ -35,6 +35,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 @pytest.fixture(scope="module")
 def logical_gpus() -> Iterator[None]:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+    ray.shutdown()  # the tests' shared Ray (conftest), if another module started it
     ray.init(num_cpus=TRIALS, num_gpus=GPUS, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
     yield

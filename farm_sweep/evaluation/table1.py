@@ -154,7 +154,8 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], args: argparse.Nam
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Reproduce the FARM paper's Table 1 (MADE inpainting).")
+    parser = argparse.ArgumentParser(description="Reproduce the FARM paper's Table 1 (MADE inpainting). Or, from a "
+                                     "study's confirmation stage: --study FILE --output DIR --out FILE.")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     parser.add_argument("--work-dir", type=Path, default=Path("table1_runs"), help="checkpoints and results")
     parser.add_argument("--dataset", type=_dataset, default=PAPER_DATASET,
