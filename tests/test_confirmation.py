@@ -242,8 +242,9 @@ def test_table1_rows_are_named_with_their_lambda_and_compared_with_the_paper_row
     assert named["b", "best_evidence"].paper == named["c", "evidence_weighted"].paper == paper_kl
     assert named["c", "evidence_weighted"].label.startswith("FARM + MADE (k = 8) + FARM loss + KL, λ = 0.3, ")
     assert named["d", "evidence_weighted"].paper is None
-    assert table1_report._cell("0.0600 ± 0.0010", 0.0641) == "**0.0600 ± 0.0010** (0.0641)"
-    assert table1_report._cell("0.0700 ± 0.0010", 0.0641) == "0.0700 ± 0.0010 (0.0641)"
+    cells = table1_report.Measured(3, {"best/l2": (0.06, 0.001), "average/l2": (0.07, 0.001)})
+    assert table1_report._cell(cells, "best/l2", 0.0641) == "**0.0600 ± 0.0010** (0.0641)"
+    assert table1_report._cell(cells, "average/l2", 0.0641) == "0.0700 ± 0.0010 (0.0641)"
 
 
 # ------------------------------------------------------------------ the plan and the table, without Ray

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,17 @@ class Line:
     fill: str
 
 
+Spread = tuple[float, float | None]  # a mean and its standard deviation (None: one seed)
+
+
+@dataclass
+class Measured:
+    """A line's cells (`<case>/<metric>` and nll_image) over `seeds` seeds."""
+
+    seeds: int
+    values: dict[str, Spread] = field(default_factory=dict)
+
+
 def markdown(study: Study, output: Path) -> str:
     """Table 1 of the study's confirmed configurations, test split then validation split."""
     section = validate_settings(study.evaluation)["inpaint"] if study.evaluation else None
@@ -52,11 +63,10 @@ def markdown(study: Study, output: Path) -> str:
     params = {config_id: {**study.space.fixed, **row["params"]} for config_id, row in confirmed.items()}
     lines = _lines(params, section["fills"], study.space.fixed.get("dataset") == PAPER_DATASET)
     seeds = max(int(row[MEAN]["n"]) for row in confirmed.values())
-    evaluated = _search_evaluation(output)
     parts = [_header(study, section, seeds),
              f"\n### Test split: mean ± std over the confirmation's seeds\n\n{_table(lines, _test_cells(confirmed))}",
              "\n### Validation split (the split the paper's code used): each configuration's search trial, one seed"
-             f"\n\n{_table(lines, _validation_cells(evaluated))}"]
+             f"\n\n{_table(lines, _validation_cells(output))}"]
     return "\n".join(parts) + "\n"
 
 
@@ -71,6 +81,9 @@ def _confirmed(study: Study, output: Path) -> dict[str, dict[str, Any]]:
         if row["kind"] in (MEAN, STD) and row["n"]:
             entry = found.setdefault(row["config_id"], {"params": _params(row)})
             entry[row["kind"]] = row
+    if not found:
+        raise StudyError(study.path, "confirm", f"{path}: no configuration completed a seed; see its seed rows' "
+                         "failure_reason, then continue the study with --resume")
     return found
 
 
@@ -110,63 +123,50 @@ def _row_name(values: Mapping[str, Any]) -> tuple[str, str]:
     return f"{base} + {divergence.upper()}, λ = {weight:g}{note}", paper_name
 
 
-def _test_cells(confirmed: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, str]]:
-    """{(config_id, fill): {column: "mean ± std"}} from the confirmation's aggregate rows."""
-    cells: dict[tuple[str, str], dict[str, str]] = {}
+def _test_cells(confirmed: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], Measured]:
+    """{(config_id, fill): its cells} from the confirmation's mean and std rows."""
+    cells: dict[tuple[str, str], Measured] = {}
     for config_id, row in confirmed.items():
         mean, std = row[MEAN], row[STD]
         for key, value in mean.items():
             parts = key.split("/")
             if len(parts) == 5 and parts[:2] == ["test", "inpaint"] and value is not None:
                 case, fill, metric = parts[2:]
-                cells.setdefault((config_id, fill), {})[f"{case}/{metric}"] = _spread(value, std.get(key))
-        for fill_cells in (cells[key] for key in cells if key[0] == config_id):
-            fill_cells["nll_image"] = _spread(mean[TEST_METRIC], std.get(TEST_METRIC), digits=2)
-            fill_cells["n"] = str(mean["n"])
+                measured = cells.setdefault((config_id, fill), Measured(
+                    int(mean["n"]), {"nll_image": (mean[TEST_METRIC], std.get(TEST_METRIC))}))
+                measured.values[f"{case}/{metric}"] = (value, std.get(key))
     return cells
 
 
-def _spread(mean: float, std: float | None, digits: int = 4) -> str:
-    shown = f"{mean:.{digits}f}"
-    return shown if std is None or math.isnan(std) else f"{shown} ± {std:.{digits}f}"
-
-
-def _search_evaluation(output: Path) -> dict[str, list[dict[str, Any]]]:
-    """The search trials' rows of the evaluation and trials tables, by trial id ({} where there are none)."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    for name in ("trials", "evaluation"):
-        path = output / tables.FOLDER / f"{name}.parquet"
-        for row in tables.read(path).to_pylist() if path.is_file() else []:
-            found.setdefault(row["trial_id"], []).append(row)
-    return found
-
-
-def _validation_cells(evaluated: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[tuple[str, str], dict[str, str]]:
-    cells: dict[tuple[str, str], dict[str, str]] = {}
-    for trial_id, rows in evaluated.items():
-        trial = next((row for row in rows if "kind" not in row), {})
-        for row in rows:
-            if row.get("kind") == "inpaint":
-                found = cells.setdefault((trial_id, row["fill"]), {"n": "1"})
-                found |= {f"{row['case']}/{metric}": f"{row[metric]:.4f}" for metric in CELLS
-                          if row.get(metric) is not None}
-                if trial.get("nll_image") is not None:
-                    found["nll_image"] = f"{trial['nll_image']:.2f}"
+def _validation_cells(output: Path) -> dict[tuple[str, str], Measured]:
+    """{(search trial id, fill): its cells} from the search's trials and evaluation tables (one seed)."""
+    trials = {row["trial_id"]: row for row in _table_rows(output, "trials")}
+    cells: dict[tuple[str, str], Measured] = {}
+    for row in _table_rows(output, "evaluation"):
+        if row["kind"] == "inpaint":
+            nll = trials.get(row["trial_id"], {}).get("nll_image")
+            measured = cells.setdefault((row["trial_id"], row["fill"]),
+                                        Measured(1, {} if nll is None else {"nll_image": (nll, None)}))
+            measured.values |= {f"{row['case']}/{metric}": (row[metric], None) for metric in CELLS
+                                if row.get(metric) is not None}
     return cells
 
 
-def _table(lines: Sequence[Line], cells: Mapping[tuple[str, str], Mapping[str, str]]) -> str:
+def _table_rows(output: Path, name: str) -> list[dict[str, Any]]:
+    path = output / tables.FOLDER / f"{name}.parquet"
+    return tables.read(path).to_pylist() if path.is_file() else []
+
+
+def _table(lines: Sequence[Line], cells: Mapping[tuple[str, str], Measured]) -> str:
     header = "| model | " + " | ".join(f"{case} L2 | {case} NLL chain | {case} NLL exact" for case in CASES) + \
         " | nll_image | seeds |"
     rows = [header, "|---" * (3 + len(CELLS) * len(CASES)) + "|"]
     for line in lines:
-        found = cells.get((line.config_id, line.fill), {})
-        values = []
-        for index, case in enumerate(CASES):
-            for metric in CELLS:
-                values.append(_cell(found.get(f"{case}/{metric}", "-"), _paper_value(line, index, metric)))
-        rows.append(f"| {line.label} | " + " | ".join(values) + f" | {found.get('nll_image', '-')} | "
-                    f"{found.get('n', '-')} |")
+        found = cells.get((line.config_id, line.fill), Measured(0))
+        values = [_cell(found, f"{case}/{metric}", _paper_value(line, index, metric))
+                  for index, case in enumerate(CASES) for metric in CELLS]
+        nll = _shown(found.values["nll_image"], digits=2) if "nll_image" in found.values else "-"
+        rows.append(f"| {line.label} | " + " | ".join(values) + f" | {nll} | {found.seeds or '-'} |")
     return "\n".join(rows)
 
 
@@ -176,12 +176,20 @@ def _paper_value(line: Line, case_index: int, metric: str) -> float | None:
     return line.paper[case_index][PAPER_CELLS.index(metric)]
 
 
-def _cell(ours: str, paper: float | None) -> str:
-    """`ours (paper)`, ours in bold when its mean is at or below the paper's."""
-    if paper is None or ours == "-":
-        return ours
-    mean = float(ours.split(" ")[0])
-    return f"**{ours}** ({paper:.4f})" if mean <= paper else f"{ours} ({paper:.4f})"
+def _cell(found: Measured, column: str, paper: float | None) -> str:
+    """`ours (paper)`, ours in bold when its mean is at or below the paper's; "-" when not measured."""
+    if column not in found.values:
+        return "-"
+    shown = _shown(found.values[column])
+    if paper is None:
+        return shown
+    return f"**{shown}** ({paper:.4f})" if found.values[column][0] <= paper else f"{shown} ({paper:.4f})"
+
+
+def _shown(spread: Spread, digits: int = 4) -> str:
+    mean, std = spread
+    text = f"{mean:.{digits}f}"
+    return text if std is None or math.isnan(std) else f"{text} ± {std:.{digits}f}"
 
 
 def _header(study: Study, section: Mapping[str, Any], seeds: int) -> str:
