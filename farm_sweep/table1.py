@@ -32,7 +32,8 @@ def from_study(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    return from_study(argv) if "--study" in argv else table1.main(argv)
+    by_study = any(argument == "--study" or argument.startswith("--study=") for argument in argv)
+    return from_study(argv) if by_study else table1.main(argv)
 
 
 if __name__ == "__main__":
