@@ -9,12 +9,16 @@ Timed by the project's benchmark method (farm_sweep/timing.py): the three interl
 round, two runs of 5 rounds, median [min-max]; a ratio is printed only when the two runs agree within 20%.
 "batched / dense" is printed as dense time over batched time (the share of the roofline reached).
 
-    python bench/made_throughput.py [--threads 1] [--device cpu|cuda]
+`--profile K` instead profiles 10 batched steps at k = K with torch.profiler and prints where the time goes, by
+operator (self time), beside the dense MLP's 10 steps: what separates the batched step from the roofline.
+
+    python bench/made_throughput.py [--threads 1] [--device cpu|cuda] [--profile 8]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 from farm_sweep.losses import mc_loss
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.orderings import make_orderings
-from farm_sweep.timing import Measurement, Timing, describe, measure
+from farm_sweep.timing import Measurement, Timing, describe, fixed_threads, measure
 
 SIZES = (784, 1000, 1000, 784)
 BATCH = 100
@@ -55,23 +59,49 @@ def dense_step(layers: list[torch.nn.Linear], x: torch.Tensor) -> None:
     F.binary_cross_entropy_with_logits(h, x).backward()
 
 
-def measure_k(k: int, device: torch.device, threads: int) -> Measurement:
+def steps_at(k: int, device: torch.device) -> dict[str, Callable[[], None]]:
+    """The three steps compared at k orderings, on fixed random binary data."""
     torch.manual_seed(0)
     model = FarmMADE(make_orderings("raster", k, 28, 28), SIZES[1:-1]).to(device)
     layers = [torch.nn.Linear(a, b).to(device) for a, b in zip(SIZES, SIZES[1:])]
     x = torch.bernoulli(torch.full((BATCH, 784), 0.3, device=device))
     x_dense = x.repeat(k, 1)
-    steps = {"batched": lambda: batched_step(model, x), "looped": lambda: looped_step(model, x),
-             "dense": lambda: dense_step(layers, x_dense)}
-    return measure(steps, threads=threads, synchronize=torch.cuda.synchronize if device.type == "cuda" else None)
+    return {"batched": lambda: batched_step(model, x), "looped": lambda: looped_step(model, x),
+            "dense": lambda: dense_step(layers, x_dense)}
+
+
+def measure_k(k: int, device: torch.device, threads: int) -> Measurement:
+    return measure(steps_at(k, device), threads=threads,
+                   synchronize=torch.cuda.synchronize if device.type == "cuda" else None)
+
+
+def profile(k: int, device: torch.device, threads: int, steps: int = 10) -> None:
+    """Print the operators that take the batched and the dense step's time, by self time over `steps` steps."""
+    settings = steps_at(k, device)
+    with fixed_threads(threads):
+        for name in ("batched", "dense"):
+            settings[name]()  # warm-up
+            with torch.profiler.profile() as profiler:
+                for _ in range(steps):
+                    settings[name]()
+            events = profiler.key_averages()
+            total = sum(event.self_cpu_time_total for event in events)
+            print(f"\n{name} step, k = {k}, {steps} steps, {threads} thread(s): {total / 1e3 / steps:.1f} ms per step")
+            for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+                print(f"  {event.key:<40} {event.self_cpu_time_total / 1e3 / steps:8.2f} ms/step "
+                      f"({event.self_cpu_time_total / total:5.1%})  calls/step {event.count / steps:.0f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, fixed while timing")
+    parser.add_argument("--profile", type=int, metavar="K", help="profile the batched step at k = K instead")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.profile:
+        profile(args.profile, device, args.threads)
+        return
     print(f"device {device}, MADE {'-'.join(map(str, SIZES))}, batch {BATCH}, forward+backward")
     print(f"{'k':>2} {'batched ms':>22} {'looped ms':>22} {'dense ms':>22} {'loop/batched':>13} "
           f"{'batched GFLOP/s':>16} {'dense GFLOP/s':>14} {'batched/dense':>14}")

@@ -1,47 +1,56 @@
-"""Sweep-system overhead and what pruning saves, measured side by side in one run.
+"""Sweep-system overhead per trial, measured side by side in one run (what pruning saves: bench/pruning.py).
 
-1. Per-trial overhead: N configurations (seeds 0..N-1, default N = 6) trained by calling
-   `farm_sweep.training.loop.train` directly one after another, and as an N-trial study (Ray Tune + Optuna +
-   MLflow + checkpoints, one trial at a time, Ray started once), timed by the project's benchmark method
-   (farm_sweep/timing.py: the two interleaved, a warm-up round, two runs of 5 rounds, median [min-max]; the
-   ratio is published only when the two runs agree within 20%); the difference of the medians, divided by N,
-   is the system's overhead per trial (the study's own start and end spread over its trials).
-2. Pruning: one study (default studies/quickstart.yaml) run twice with the same seed, with its pruner and
-   with `pruner: none`; trial-epochs spent and the best validation nll_image each reached (counts, not
-   timings: repeating whole studies 11 times is out of a benchmark's budget).
+N configurations (seeds 0..N-1, default N = 6) trained three ways, timed by the project's benchmark method
+(farm_sweep/timing.py: interleaved, a warm-up round, two runs of 5 rounds, median [min-max]):
+  train()      `farm_sweep.training.loop.train` called directly for each, one after another;
+  study N      an N-trial study (Ray Tune + Optuna + MLflow + checkpoints, one trial at a time, Ray started once);
+  study 2N     the same study with 2N trials (the seeds twice).
+A study costs a fixed start and end (a new MLflow store, the first trial worker's imports) plus a cost per trial;
+the difference between the 2N- and the N-trial study is N trials' worth, so
 
-    FARM_DATA_DIR=... python bench/sweep_overhead.py [--study studies/quickstart.yaml]
+  per-trial overhead = (study 2N - study N) / N - train() / N      (what each further trial adds)
+  study fixed cost   = study N - N x (train() / N + per-trial overhead)
+
+are computed per run from its medians, and published when the two runs agree within 20% (absolute 0.1 s for the
+per-trial figure, which can be near zero).
+
+    FARM_DATA_DIR=... python bench/sweep_overhead.py [--study studies/quickstart.yaml] [--trials 6]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 
-from farm_sweep.sweep.results_table import best_row
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.search_space import Parameter, SearchSpace
 from farm_sweep.sweep.study import Component, Study, load_study
-from farm_sweep.timing import Measurement, describe, measure
+from farm_sweep.timing import AGREEMENT, Measurement, describe, measure
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import train
 
 
-def overhead(config: TrainConfig, trials: int, scratch: Path) -> Measurement:
-    """train() itself (checkpointing every epoch, as trials do) for seeds 0..trials-1 against a study of the
-    same configurations, each round in a fresh folder."""
-    fixed = {k: v for k, v in config.to_dict().items() if k != "seed"}
+def seed_study(fixed: dict[str, Any], trials: int, scratch: Path) -> Study:
+    """A study of `trials` trials, one at a time, that differ only in their seed (enqueued: no sampling)."""
     seeds = tuple(range(trials))
     space = SearchSpace((Parameter("seed", "categorical", choices=seeds),), fixed)
-    study = Study(name="overhead", path=scratch / "overhead.yaml", search_space_path=None, space=space,
-                  trials=trials, max_concurrent_trials=1, pruner=Component("none"), max_failures=0,
-                  enqueue=tuple({"seed": seed} for seed in seeds))
+    return Study(name="overhead", path=scratch / "overhead.yaml", search_space_path=None, space=space,
+                 trials=trials, max_concurrent_trials=1, pruner=Component("none"), max_failures=0,
+                 enqueue=tuple({"seed": seed} for seed in seeds))
+
+
+def overhead(config: TrainConfig, trials: int, scratch: Path) -> Measurement:
+    """train() itself (checkpointing every epoch, as trials do) for seeds 0..trials-1 against studies of
+    `trials` and 2 x `trials` of the same configurations, each round in a fresh folder."""
+    fixed = {k: v for k, v in config.to_dict().items() if k != "seed"}
+    seeds = tuple(range(trials))
     rounds = itertools.count()
 
     def direct() -> None:
@@ -50,20 +59,23 @@ def overhead(config: TrainConfig, trials: int, scratch: Path) -> Measurement:
             for _ in train(TrainConfig.from_dict({**fixed, "seed": seed}), folder / str(seed), progress=None):
                 pass
 
-    def system() -> None:
-        run_study(study, scratch / f"study_{next(rounds)}")
+    def system(study: Study) -> Callable[[], None]:
+        return lambda: run_study(study, scratch / f"study_{next(rounds)}")
 
-    return measure({"train()": direct, "study trial": system})
+    return measure({"train()": direct, "study N": system(seed_study(fixed, trials, scratch)),
+                    "study 2N": system(seed_study(fixed, 2 * trials, scratch))})
 
 
-def pruning_comparison(study: Study, scratch: Path) -> dict[str, tuple[int, float]]:
-    """Per variant: (trial-epochs spent, best completed validation nll_image)."""
-    outcomes = {}
-    for label, variant in (("with pruning", study), ("without", dataclasses.replace(study, pruner=Component("none")))):
-        rows = run_study(variant, scratch / label.replace(" ", "_"))
-        best = best_row(rows)
-        outcomes[label] = (sum(int(row["epochs"]) for row in rows), float(best["nll_image"]) if best else float("nan"))
-    return outcomes
+def per_trial_and_fixed(direct: float, once: float, twice: float, n: int) -> tuple[float, float]:
+    """(per-trial overhead, study fixed cost) from the three medians (module docstring)."""
+    per_trial = (twice - once) / n - direct / n
+    return per_trial, once - n * (direct / n + per_trial)
+
+
+def agreed(values: list[float], absolute: float = 0.0) -> float | None:
+    """The mean of the runs' values when they agree within AGREEMENT (or within `absolute`), else None."""
+    low, high = min(values), max(values)
+    return sum(values) / len(values) if high - low <= max(AGREEMENT * abs(low), absolute) else None
 
 
 def main() -> None:
@@ -77,20 +89,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         timed = overhead(config, args.trials, scratch)
-        pruning = pruning_comparison(study, scratch)
-    direct, system = timed.timing("train()"), timed.timing("study trial")
-    ratio = timed.ratio("study trial", "train()")
     n = args.trials
-    print(f"\nper-trial overhead ({n} trials of {config.epochs} epochs of {config.dataset}; {describe(timed)}):")
-    print(f"  train() directly   {direct.median / n:7.2f} s/trial  [{direct.low / n:.2f}-{direct.high / n:.2f}]")
-    print(f"  as study trials    {system.median / n:7.2f} s/trial  [{system.low / n:.2f}-{system.high / n:.2f}]  "
-          f"(overhead {(system.median - direct.median) / n:+.2f} s per trial, "
-          f"{'ratio not published: the runs disagree' if ratio is None else f'x{ratio:.2f}'})")
-    print(f"\npruning on {study.name} ({study.trials} trials, seed {study.seed}, pruner {study.pruner.type}):")
-    for label, (epochs, best) in pruning.items():
-        print(f"  {label:<13} {epochs:4d} trial-epochs  best nll_image {best:8.3f}")
-    (with_epochs, _), (without_epochs, _) = pruning.values()
-    print(f"  pruning spent {with_epochs / without_epochs:.0%} of the trial-epochs")
+    print(f"\n{n} trials of {config.epochs} epochs of {config.dataset} ({describe(timed)}):")
+    for name in ("train()", "study N", "study 2N"):
+        timing = timed.timing(name)
+        print(f"  {name:<9} {timing.median:7.2f} s  [{timing.low:.2f}-{timing.high:.2f}]")
+    split = [per_trial_and_fixed(run["train()"].median, run["study N"].median, run["study 2N"].median, n)
+             for run in timed.runs]
+    for label, index, absolute in (("per-trial overhead", 0, 0.1), ("study fixed cost", 1, 0.0)):
+        values = [pair[index] for pair in split]
+        mean = agreed(values, absolute)
+        print(f"  {label}: runs {', '.join(f'{v:+.2f}' for v in values)} s; "
+              + ("not published: the runs disagree" if mean is None else f"{mean:+.2f} s"))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,26 @@ def test_on_resume_the_runner_and_the_restored_searcher_share_one_view_of_the_st
     expected = [(optuna.trial.TrialState.COMPLETE, [2.5]), (optuna.trial.TrialState.FAIL, None)]
     assert [(link.frozen(number).state, link.frozen(number).values) for number in (0, 1)] == expected
     assert [record[1:3] for record in records(url)] == expected
+
+
+def test_a_searcher_state_saved_with_a_plain_optuna_storage_resumes_on_the_shared_one(tmp_path: Path) -> None:
+    """A study started before the driver shared one storage pickled its searcher with Optuna's own RDBStorage;
+    restored, the searcher uses the driver's storage (so Tune's snapshots flush it) and keeps its sampler."""
+    url, space = f"sqlite:///{tmp_path / 'optuna.db'}", {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}
+    optuna.create_study(study_name="s", storage=url)
+    older = PruningOptunaSearch(space=space, metric="nll_image", mode="min", study_name="s",
+                                sampler=optuna.samplers.RandomSampler(seed=5),
+                                storage=optuna.storages.RDBStorage(url))
+    older._ot_study.ask(space)
+    older.save(str(tmp_path / "searcher.pkl"))
+
+    restored = PruningOptunaSearch(space=space, metric="nll_image", mode="min", study_name="s",
+                                   storage=driver_storage.shared(url))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored._storage is driver_storage.shared(url)
+    assert restored._ot_study._storage is driver_storage.shared(url)
+    assert isinstance(restored._ot_study.sampler, optuna.samplers.RandomSampler)  # the saved one, not the default
+    restored.save_to_dir(str(tmp_path))  # a snapshot flushes the shared storage
+    restored._ot_trials["a1b2c3d4"] = 0
+    restored.on_trial_complete("a1b2c3d4", result={"nll_image": 2.5})
+    assert [record[1:3] for record in records(url)] == [(optuna.trial.TrialState.COMPLETE, [2.5])]

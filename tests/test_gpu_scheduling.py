@@ -23,7 +23,7 @@ from ray import cloudpickle, tune
 from farm_sweep.sweep.experiment import Trainable
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
-from farm_sweep.sweep.trial import CUDA_TAG, DEVICE_REASON_TAG, DEVICE_TAG, TrialContext, run_trial
+from farm_sweep.sweep.trial import CUDA_TAG, DEVICE_REASON_TAG, DEVICE_TAG, THREADS_TAG, TrialContext, run_trial
 from farm_sweep.training.device import resolve_device
 from tests.test_sweep import child_runs
 
@@ -115,3 +115,16 @@ def test_auto_warns_only_when_a_gpu_was_named(monkeypatch: pytest.MonkeyPatch,
     assert [(record.levelname, record.getMessage().endswith(suffix)) for record, suffix in
             zip(caplog.records, ("(CUDA_VISIBLE_DEVICES=1)", "(CUDA_VISIBLE_DEVICES=unset)"), strict=True)] == [
         ("WARNING", True), ("INFO", True)]
+
+
+@pytest.mark.parametrize("cpus", [1, 3])
+def test_a_trial_runs_torch_on_as_many_threads_as_cpus_it_was_granted(logical_gpus: None, tmp_path: Path,
+                                                                     cpus: int) -> None:
+    document = {"name": f"threads_{cpus}", "trials": 1, "pruner": "none", "resources": {"cpus": cpus},
+                "fixed": {"dataset": "digits", "hidden_sizes": [8], "epochs": 1, "max_train_examples": 100},
+                "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": [1e-2]}}}}
+    path = tmp_path / "threads.yaml"
+    path.write_text(yaml.safe_dump(document))
+    run_study(load_study(path), tmp_path / "out")
+    [run] = child_runs(tmp_path / "out", f"threads_{cpus}")
+    assert run.data.tags[THREADS_TAG] == str(cpus)

@@ -190,6 +190,16 @@ class PruningOptunaSearch(OptunaSearch):
         self._ot_trials[trial_id] = int(number)
         return True
 
+    def restore(self, checkpoint_path: str) -> None:
+        """The saved state, on this driver's one shared storage of the study. A state saved before the driver
+        shared one storage (farm-sweep before driver_storage) holds a plain Optuna storage of its own, which
+        neither queues writes nor sees what the scheduler stores; the study is loaded again on the shared one,
+        keeping the saved sampler (its random state)."""
+        super().restore(checkpoint_path)
+        self._storage = driver_storage.shared(self._storage.url)
+        self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
+                                           sampler=self._ot_study.sampler)
+
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Tune snapshots the experiment: store the queued intermediate values before the snapshot is kept."""
         self._storage.flush()

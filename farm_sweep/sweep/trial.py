@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
+import ray
+import torch
 from ray import tune
 
 from farm_sweep.data import DatasetSpec, spec_sha256
@@ -36,6 +38,7 @@ from farm_sweep.training.loop import NonFiniteLossError, load_model, train
 RESTORED = "restored"
 EVALUATION = "evaluation"
 CUDA_TAG, DEVICE_TAG, DEVICE_REASON_TAG = "farm.cuda_visible_devices", "farm.device", "farm.device_reason"
+THREADS_TAG = "farm.torch_threads"
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +66,25 @@ def run_tracked(train_config: TrainConfig, context: TrialContext, name: str, tag
     """Train `train_config` as the current Tune trial, logging to its MLflow child run (named `name`, tagged
     `tags`)."""
     stores.learn(context.secrets)
+    threads = use_granted_cpus()
     trial_dir = Path(tune.get_context().get_trial_dir())
     run_id = context.tracker.child_run(tune.get_context().get_trial_id(), name, _params(train_config),
-                                       tags={**tags, **device_tags(train_config.device)})
+                                       tags={**tags, **device_tags(train_config.device), THREADS_TAG: threads})
     try:
         _train_and_report(train_config, trial_dir, context, run_id)
     except NonFiniteLossError as error:  # a retry resumes before the divergence and diverges again: one epoch
         context.tracker.end_trial(run_id, "failed", reason=f"NonFiniteLossError: {error}")
         raise
+
+
+def use_granted_cpus() -> int:
+    """Run torch on as many threads as the CPUs Ray granted the trial (`resources.cpus`, at least one), whatever
+    OMP_NUM_THREADS the driver was started with, so that the study file alone says how a trial uses its cores
+    (BENCHMARKS.md: 2 trials x 1 thread against 1 trial x 2 threads). Returns the thread count."""
+    granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    threads = max(1, int(granted))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def device_tags(requested: str) -> dict[str, str]:
