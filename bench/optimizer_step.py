@@ -27,14 +27,18 @@ HIDDEN = (1000, 1000)
 BATCH = 100
 
 
-def step_function(k: int, weight_sharing: str, fused: bool, steps: int) -> Callable[[], None]:
-    """`steps` mc steps (ordering t mod k at step t) of a fresh 784-1000-1000-784 MADE with direct connections."""
+def step_function(k: int, weight_sharing: str, fused: bool, steps: int, hidden: tuple[int, ...] = HIDDEN,
+                  threads: int | None = None) -> Callable[[], None]:
+    """`steps` mc steps (ordering t mod k at step t) of a fresh 784-`hidden`-784 MADE with direct connections,
+    on `threads` torch threads (None: as they are)."""
     torch.manual_seed(0)
-    model = FarmMADE(make_orderings("raster", k, 28, 28), HIDDEN, weight_sharing, direct_connections=True)
+    model = FarmMADE(make_orderings("raster", k, 28, 28), hidden, weight_sharing, direct_connections=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
     x = (torch.rand(BATCH, 784) < 0.3).float()
 
     def run() -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         for t in range(steps):
             optimizer.zero_grad(set_to_none=True)
             mc_loss(model(x, torch.tensor([t % k])), x).backward()

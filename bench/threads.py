@@ -12,41 +12,19 @@ two (bench/sweep_efficiency.py measures that at the study level).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
-import torch
+from optimizer_step import BATCH, step_function  # bench/, on the path as the script's folder
 
-from farm_sweep.losses import mc_loss
-from farm_sweep.made.network import FarmMADE
-from farm_sweep.orderings import make_orderings
 from farm_sweep.timing import describe, measure
 
 NETWORKS = {"MADE k=1, 4000 (the recipe)": (1, (4000,)), "FARM k=8, 2 x 1000 (the paper's)": (8, (1000, 1000))}
-BATCH = 100
-
-
-def training(k: int, hidden: tuple[int, ...], threads: int, steps: int) -> Callable[[], None]:
-    """`steps` mc steps (ordering t mod k at step t) on `threads` torch threads."""
-    torch.manual_seed(0)
-    model = FarmMADE(make_orderings("raster", k, 28, 28), hidden, direct_connections=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    x = (torch.rand(BATCH, 784) < 0.3).float()
-
-    def run() -> None:
-        torch.set_num_threads(threads)
-        for t in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            mc_loss(model(x, torch.tensor([t % k])), x).backward()
-            optimizer.step()
-
-    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed call")
     args = parser.parse_args()
-    settings = {f"{name}, {threads} thread(s)": training(k, hidden, threads, args.steps)
+    settings = {f"{name}, {threads} thread(s)": step_function(k, "shared", True, args.steps, hidden, threads)
                 for name, (k, hidden) in NETWORKS.items() for threads in (1, 2)}
     m = measure(settings)
     print(f"mc training steps, batch {BATCH}, ms per step:")

@@ -23,7 +23,8 @@ from ray import cloudpickle, tune
 from farm_sweep.sweep.experiment import Trainable
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
-from farm_sweep.sweep.trial import CUDA_TAG, DEVICE_REASON_TAG, DEVICE_TAG, THREADS_TAG, TrialContext, run_trial
+from farm_sweep.sweep.trial import (CUDA_TAG, DEVICE_REASON_TAG, DEVICE_TAG, THREADS_TAG, TrialContext, run_trial,
+                                    use_granted_cpus)
 from farm_sweep.training.device import resolve_device
 from tests.test_sweep import child_runs
 
@@ -94,6 +95,7 @@ def test_a_quarter_gpu_packs_four_trials_per_gpu_each_with_its_own_gpu(logical_g
         assert most_at_once([span for trial_id, span in spans.items() if gpu_of[trial_id] == gpu]) == TRIALS_PER_GPU
 
     for trial_id, tags in runs.items():  # device: auto, with a GPU named but no CUDA here
+        assert tags[THREADS_TAG] == "1"  # resources.cpus
         assert tags[DEVICE_TAG] == "cpu"
         assert tags[DEVICE_REASON_TAG].startswith("device auto: training on the CPU, as ")
         assert tags[DEVICE_REASON_TAG].endswith(f"(CUDA_VISIBLE_DEVICES={gpu_of[trial_id]})")
@@ -117,14 +119,14 @@ def test_auto_warns_only_when_a_gpu_was_named(monkeypatch: pytest.MonkeyPatch,
         ("WARNING", True), ("INFO", True)]
 
 
+def threads_of_a_trial() -> int:
+    """torch's thread count in a trial's process once the trial has taken its CPUs."""
+    use_granted_cpus()
+    return torch.get_num_threads()
+
+
 @pytest.mark.parametrize("cpus", [1, 3])
-def test_a_trial_runs_torch_on_as_many_threads_as_cpus_it_was_granted(logical_gpus: None, tmp_path: Path,
-                                                                     cpus: int) -> None:
-    document = {"name": f"threads_{cpus}", "trials": 1, "pruner": "none", "resources": {"cpus": cpus},
-                "fixed": {"dataset": "digits", "hidden_sizes": [8], "epochs": 1, "max_train_examples": 100},
-                "search_space": {"parameters": {"lr": {"distribution": "categorical", "choices": [1e-2]}}}}
-    path = tmp_path / "threads.yaml"
-    path.write_text(yaml.safe_dump(document))
-    run_study(load_study(path), tmp_path / "out")
-    [run] = child_runs(tmp_path / "out", f"threads_{cpus}")
-    assert run.data.tags[THREADS_TAG] == str(cpus)
+def test_a_trial_runs_torch_on_as_many_threads_as_cpus_it_was_granted(logical_gpus: None, cpus: int) -> None:
+    """Whatever OMP_NUM_THREADS the process was started with (a driver started with OMP_NUM_THREADS=1 passes it on)."""
+    task = ray.remote(num_cpus=cpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})(threads_of_a_trial)
+    assert ray.get(task.remote()) == cpus
