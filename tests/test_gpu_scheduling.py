@@ -23,8 +23,15 @@ from ray import cloudpickle, tune
 from farm_sweep.sweep.experiment import Trainable
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.study import load_study
-from farm_sweep.sweep.trial import (CUDA_TAG, DEVICE_REASON_TAG, DEVICE_TAG, THREADS_TAG, TrialContext, run_trial,
-                                    use_granted_cpus)
+from farm_sweep.sweep.trial import (
+    CUDA_TAG,
+    DEVICE_REASON_TAG,
+    DEVICE_TAG,
+    THREADS_TAG,
+    TrialContext,
+    run_trial,
+    use_granted_cpus,
+)
 from farm_sweep.training.device import resolve_device
 from tests.test_sweep import child_runs
 
