@@ -32,7 +32,7 @@ import ray
 from farm_sweep.sweep.runner import run_study
 from farm_sweep.sweep.search_space import Parameter, SearchSpace
 from farm_sweep.sweep.study import Component, Study, load_study
-from farm_sweep.timing import AGREEMENT, Measurement, describe, measure
+from farm_sweep.timing import Measurement, describe, measure, runs_agree
 from farm_sweep.training.config import TrainConfig
 from farm_sweep.training.loop import train
 
@@ -72,12 +72,6 @@ def per_trial_and_fixed(direct: float, once: float, twice: float, n: int) -> tup
     return per_trial, once - n * (direct / n + per_trial)
 
 
-def agreed(values: list[float], absolute: float = 0.0) -> float | None:
-    """The mean of the runs' values when they agree within AGREEMENT (or within `absolute`), else None."""
-    low, high = min(values), max(values)
-    return sum(values) / len(values) if high - low <= max(AGREEMENT * abs(low), absolute) else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, default=Path("studies/quickstart.yaml"))
@@ -98,9 +92,9 @@ def main() -> None:
              for run in timed.runs]
     for label, index, absolute in (("per-trial overhead", 0, 0.1), ("study fixed cost", 1, 0.0)):
         values = [pair[index] for pair in split]
-        mean = agreed(values, absolute)
         print(f"  {label}: runs {', '.join(f'{v:+.2f}' for v in values)} s; "
-              + ("not published: the runs disagree" if mean is None else f"{mean:+.2f} s"))
+              + (f"{sum(values) / len(values):+.2f} s" if runs_agree(values, absolute)
+                 else "not published: the runs disagree"))
 
 
 if __name__ == "__main__":

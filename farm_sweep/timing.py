@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -64,10 +64,16 @@ class Measurement:
     def ratio(self, numerator: str, denominator: str) -> float | None:
         """median(numerator) / median(denominator) over every run's rounds, or None (not published) when
         the runs' own ratios differ by more than AGREEMENT."""
-        ratios = self.run_ratios(numerator, denominator)
-        if max(ratios) > (1 + AGREEMENT) * min(ratios):
+        if not runs_agree(self.run_ratios(numerator, denominator)):
             return None
         return self.timing(numerator).median / self.timing(denominator).median
+
+
+def runs_agree(values: Sequence[float], absolute: float = 0.0) -> bool:
+    """Whether the runs' values (ratios, or figures derived from each run) lie within AGREEMENT of the smallest,
+    or within `absolute` of one another (for a figure that may be near zero)."""
+    low, high = min(values), max(values)
+    return high - low <= max(AGREEMENT * abs(low), absolute)
 
 
 def measure(settings: Mapping[str, Callable[[], Any]], rounds: int = MIN_ROUNDS, runs: int = RUNS,
