@@ -1,6 +1,6 @@
 """Study-level figures (every trial's learning curve, the speed-quality Pareto front across trials, the Pareto
-front of a study of several objectives, the parameter importances, the confirmation's seeds against the search)
-and the one way every figure is saved."""
+front of a study of several objectives, the parameter importances, the confirmation's seeds against the search,
+each metric against each searched parameter) and the one way every figure is saved."""
 
 from __future__ import annotations
 
@@ -137,6 +137,87 @@ def confirmation_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+def parameter_figures(parameters: Sequence[tuple[str, bool]], search: Sequence[Mapping[str, Any]],
+                      confirmed: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
+    """`by_<parameter>.png` for each searched (name, log scale) that took two or more values among the completed
+    trials: validation nll_image and, when the study inpaints, the best case's nll_chain against it."""
+    completed = [row for row in search if row["status"] == "completed" and _finite(row.get("nll_image"))]
+    chain = next((key for key in (completed[0] if completed else {}) if key.startswith("inpaint/best/")
+                  and key.endswith("/nll_chain")), None)
+    metrics = ["nll_image"] + ([chain] if chain else [])
+    return [parameter_figure(completed, confirmed, name, metrics, folder / f"by_{name}.png", log)
+            for name, log in parameters
+            if len({row.get(f"param.{name}") for row in completed if _present(row.get(f"param.{name}"))}) > 1]
+
+
+def parameter_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence[Mapping[str, Any]], name: str,
+                     metrics: Sequence[str], path: Path, log: bool = False) -> Path:
+    """A panel per metric against parameter `name`: each completed search trial a point, one series per value
+    of the other non-float parameters (a trial where `name` is inactive, a condition being off, a dashed
+    line); each confirmed configuration's mean ± std over seeds beside its trial (validation; test in black,
+    `test/<metric>`)."""
+    key = f"param.{name}"
+    others = sorted({k for row in search for k, v in row.items()
+                     if k.startswith("param.") and k != key and _present(v) and not isinstance(v, float)})
+    values = [row[key] for row in search if _present(row.get(key))]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    categories = list(dict.fromkeys(sorted(values, key=str)))
+
+    def position(row: Mapping[str, Any]) -> float:
+        return float(row[key]) if numeric else float(categories.index(row[key]))
+
+    def series(row: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k.removeprefix('param.')}={row.get(k)}" for k in others) or "search"
+
+    labels = list(dict.fromkeys(series(row) for row in search))
+    colors = {label: f"C{index % 10}" for index, label in enumerate(labels)}
+    by_trial = {row["trial_id"]: row for row in search}
+    figure, panels = subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.5), squeeze=False)
+    for axes, metric in zip(panels[0], metrics):
+        for label in labels:
+            rows = [row for row in search if series(row) == label and _finite(row.get(metric))]
+            placed = sorted((row for row in rows if _present(row.get(key))), key=position)
+            if placed:
+                axes.plot([position(r) for r in placed], [r[metric] for r in placed], "o-", color=colors[label],
+                          alpha=0.7, label=f"{label} (one seed)")
+            for row in rows:
+                if not _present(row.get(key)):
+                    axes.axhline(row[metric], color=colors[label], linestyle="--", label=f"{label} (no {name})")
+        _confirmed_points(axes, confirmed, by_trial, metric, key, position, colors, series)
+        if log and numeric:
+            axes.set_xscale("log")
+        if not numeric:
+            axes.set_xticks(range(len(categories)), [str(c) for c in categories])
+        axes.set(xlabel=name, ylabel=metric, title=f"{metric.rsplit('/', 1)[-1]} by {name}")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def _confirmed_points(axes: Any, confirmed: Sequence[Mapping[str, Any]], by_trial: Mapping[str, Mapping[str, Any]],
+                      metric: str, key: str, position: Any, colors: Mapping[str, str], series: Any) -> None:
+    """The confirmed configurations' mean ± std over seeds (validation: the series' colour, squares; test:
+    black diamonds), at their search trial's place, or as a band when the parameter is inactive there."""
+    stds = {row["config_id"]: row for row in confirmed if row["kind"] == "std"}
+    for mean in (row for row in confirmed if row["kind"] == "mean" and row["config_id"] in by_trial):
+        trial, std = by_trial[mean["config_id"]], stds.get(mean["config_id"], {})
+        for column, color, marker, split in ((metric, colors[series(trial)], "s", "validation"),
+                                             (f"test/{metric}", "black", "D", "test")):
+            if not _finite(mean.get(column)):
+                continue
+            spread = std.get(column) if _finite(std.get(column)) else 0.0
+            label = f"confirmed {mean['config_id']}: {split}, mean ± std of {mean['n']} seeds"
+            if _present(trial.get(key)):
+                axes.errorbar(position(trial), mean[column], yerr=spread, fmt=marker, color=color, capsize=4,
+                              markersize=7, markerfacecolor="none", label=label)
+            else:
+                axes.axhspan(mean[column] - spread, mean[column] + spread, color=color, alpha=0.15, label=label)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value != "" and value == value
 
 
 def _parameters_label(row: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ import yaml
 from mlflow import MlflowClient
 from ray import tune
 
+from farm_sweep import figures
 from farm_sweep import table1 as table1_command
 from farm_sweep.export.command import export_study
 from farm_sweep.sweep import confirmation, table1_report, tables, tracking
@@ -179,8 +180,25 @@ def test_an_interrupted_confirmation_resumes_without_running_finished_seeds(conf
     assert parent.data.tags["farm.confirmed_config_id"] == best["config_id"]
     assert parent.data.metrics["confirmed/test/nll_image/mean"] == pytest.approx(float(best["test/nll_image"]))
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {
-        f"study/{CONFIRMATION_FILE}", f"study/{confirmation.FIGURE_FILE}"}
-    assert (confirmed.output / confirmation.FIGURE_FILE).read_bytes().startswith(b"\x89PNG")  # beside the table
+        f"study/{CONFIRMATION_FILE}", f"study/{confirmation.FIGURE_FILE}", "study/by_lr.png"}
+    for figure in (confirmation.FIGURE_FILE, "by_lr.png"):  # beside the table
+        assert (confirmed.output / figure).read_bytes().startswith(b"\x89PNG")
+
+
+def test_parameter_figures_only_for_parameters_that_varied_among_completed_trials(tmp_path: Path) -> None:
+    """λ varied (a trial without it, its condition off, is a line); `width` took one value among the completed
+    trials (the other was pruned): no figure for it."""
+    search = [{"trial_id": f"t{i}", "status": status, "nll_image": 100.0 + i, "param.divergence": divergence,
+               "param.divergence_weight": weight, "param.width": width}
+              for i, (status, divergence, weight, width) in enumerate([
+                  ("completed", "none", None, 8), ("completed", "kl", 0.1, 8), ("completed", "kl", 10.0, 8),
+                  ("pruned", "jsd", 1.0, 16)])]
+    confirmed = [{"kind": "mean", "config_id": "t0", "n": 2, "nll_image": 100.2, "test/nll_image": 101.0},
+                 {"kind": "std", "config_id": "t0", "n": 2, "nll_image": 0.3, "test/nll_image": 0.2}]
+    written = figures.parameter_figures([("divergence", False), ("divergence_weight", True), ("width", False)],
+                                        search, confirmed, tmp_path)
+    assert [path.name for path in written] == ["by_divergence.png", "by_divergence_weight.png"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in written)
 
 
 def test_export_takes_the_best_seed_of_the_best_confirmed_configuration(confirmed: Confirmed, tmp_path: Path) -> None:

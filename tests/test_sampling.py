@@ -1,8 +1,9 @@
-"""Samplers: the fixed-point sampler reproduces sequential samples bit for bit; multi_order's schedule."""
+"""Samplers: fixed_point and cached_sequential reproduce sequential samples bit for bit; multi_order's schedule."""
 
 import pytest
 import torch
 
+from farm_sweep.made.cached_sequential import cached_sequential_pass
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.made.sampling import curve_settings, sample, speed_quality_curve
 from farm_sweep.orderings import make_orderings
@@ -49,6 +50,31 @@ def test_fixed_point_is_exact_for_every_network_variant(sharing, direct, num_mas
     assert len(set(map(tuple, sequential.tolist()))) > 20
 
 
+@pytest.mark.parametrize("sharing,direct,num_masks,hidden", [
+    ("shared", False, 1, [64, 64]), ("ordering_embedding", True, 1, [48, 32]), ("separate", False, 3, [48, 32]),
+    ("shared_hidden", True, 2, [40, 30, 20])])
+def test_cached_pass_alone_is_the_sequential_sample(sharing, direct, num_masks, hidden):
+    """The cached pass must be right by itself, not rescued by the check: in float64 (no rounding ties) its
+    samples are sequential's, so the check's single forward changes nothing and the count is 1 + 1."""
+    torch.manual_seed(0)
+    model = FarmMADE(make_orderings("random", 3, 6, 6, seed=4), hidden, sharing, num_masks=num_masks, seed=1,
+                     direct_connections=direct).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.8)
+    generator = torch.Generator().manual_seed(5)
+    noise, masks = torch.rand(40, 36, generator=generator), torch.randint(num_masks, (40,), generator=generator)
+    sequential, _ = sample(model, "sequential", 40, noise=noise, masks=masks)
+    cached, evaluations = sample(model, "cached_sequential", 40, noise=noise, masks=masks)
+    assert torch.equal(cached, sequential) and evaluations == 2
+    for mask in range(num_masks):
+        rows = masks == mask
+        with model.using_mask(mask), torch.no_grad():
+            alone = cached_sequential_pass(model, torch.logit(noise[rows].double()))
+        assert torch.equal(alone, sequential[rows])
+    assert len(set(map(tuple, sequential.tolist()))) > 20
+
+
 def test_truncated_fixed_point_has_the_first_iterations_pixels_exact():
     model = random_model(k=1, height=8, width=8, scale=1.0)
     noise = torch.rand(50, 64, generator=torch.Generator().manual_seed(1))
@@ -63,7 +89,7 @@ def test_truncated_fixed_point_has_the_first_iterations_pixels_exact():
 
 def test_samplers_are_seeded_and_binary():
     model = random_model(k=4, height=4, width=4, scale=1.0)
-    for sampler in ("sequential", "multi_order", "fixed_point"):
+    for sampler in ("sequential", "multi_order", "fixed_point", "cached_sequential"):
         first, _ = sample(model, sampler, 10, generator=torch.Generator().manual_seed(3))
         again, _ = sample(model, sampler, 10, generator=torch.Generator().manual_seed(3))
         assert torch.equal(first, again) and set(first.unique().tolist()) <= {0.0, 1.0}
@@ -130,7 +156,9 @@ def test_speed_quality_curve_rows_and_files(tmp_path):
     assert all(0 < row["wall_seconds_min"] <= row["wall_seconds"] <= row["wall_seconds_max"] for row in rows)
     assert [row["network_evaluations"] for row in rows if row["sampler"] == "multi_order"] == [16, 24]  # j a step
     exact = [row for row in rows if row["sampler"] == "fixed_point" and row["knob"] == 16][0]
-    assert exact["classifier_score"] == rows[0]["classifier_score"]  # the same samples
+    cached = rows[-1]
+    assert exact["classifier_score"] == cached["classifier_score"] == rows[0]["classifier_score"]  # the same samples
+    assert cached["sampler"] == "cached_sequential" and cached["evaluation_speedup"] == 16 / 2
     table, plot = write_speed_quality(rows, tmp_path)
     assert table.read_text().splitlines()[0] == ",".join(CURVE_FIELDS)
     assert plot.read_bytes()[:4] == b"\x89PNG"
@@ -150,7 +178,7 @@ def test_quality_is_scored_on_every_sample_and_time_measured_on_the_timed_batch(
     assert [row["evaluation_speedup"] for row in rows] == [1.0, 4.0] and rows[1]["timed_samples"] == 5
 
 
-@pytest.mark.parametrize("sampler", ["sequential", "multi_order", "fixed_point"])
+@pytest.mark.parametrize("sampler", ["sequential", "multi_order", "fixed_point", "cached_sequential"])
 def test_samplers_run_in_eval_mode_and_restore_the_callers_mode(sampler):
     """With dropout in training mode the network is random; every sampler must use eval mode, so a model
     left in training mode samples what it samples in eval mode (and the exact fixed point converges), and

@@ -22,6 +22,10 @@ sets (docs/models.md): each image draws its mask set, then is sampled under it. 
   leaves them all unchanged (usually just one), which makes the result the sequential sample bit for bit.
   Every iteration of either phase counts as one network evaluation, though a fast one costs less (wall
   time shows how much).
+- `cached_sequential`: the sequential sample again, drawn pixel by pixel with every hidden unit computed
+  once, when the pixels it reads are drawn (farm_sweep.made.cached_sequential): D small steps that together
+  multiply each unmasked weight once per image, at most one forward's work, counted as one evaluation; then
+  the fixed point's check, which makes it sequential's sample bit for bit (no knob).
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from typing import Any
 import torch
 
 from farm_sweep.inference import inference
+from farm_sweep.made.cached_sequential import cached_sequential_pass
 from farm_sweep.made.network import FarmMADE
 from farm_sweep.made.staircase import blocked, ordering_staircase
 from farm_sweep.speed_quality import Scorer, speed_quality_rows
 from farm_sweep.timing import MIN_ROUNDS
 
-SAMPLERS = ("sequential", "multi_order", "fixed_point")
+SAMPLERS = ("sequential", "multi_order", "fixed_point", "cached_sequential")
 
 
 @inference
@@ -81,6 +86,8 @@ def _sampler(model: FarmMADE, sampler: str, knob: int | None) -> Callable[[FarmM
         return functools.partial(_multi_order, count=_in_range("orderings", knob or model.k, model.k))
     if sampler == "fixed_point":
         return functools.partial(_fixed_point, max_iterations=_in_range("iterations", knob or model.dim, model.dim))
+    if sampler == "cached_sequential":
+        return _cached_sequential
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -105,6 +112,18 @@ def _multi_order(model: FarmMADE, threshold: torch.Tensor, count: int) -> tuple[
 def _fixed_point(model: FarmMADE, threshold: torch.Tensor, max_iterations: int) -> tuple[torch.Tensor, int]:
     """Jacobi iteration of the ordering-0 rule: the fast phase, then the check (module docstring)."""
     x, evaluations = _incremental_fixed_point(model, threshold, max_iterations)
+    return _check(model, threshold, x, evaluations, max_iterations)
+
+
+def _cached_sequential(model: FarmMADE, threshold: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The cached pass (one evaluation's work), then the check; from any start the check settles within D."""
+    return _check(model, threshold, cached_sequential_pass(model, threshold), 1, 1 + model.dim)
+
+
+def _check(model: FarmMADE, threshold: torch.Tensor, x: torch.Tensor, evaluations: int,
+           max_iterations: int) -> tuple[torch.Tensor, int]:
+    """Plain iterations of the network's ordering-0 rule on every image, until one changes nothing (then x
+    is the sequential sample bit for bit) or the evaluations reach `max_iterations`."""
     first = torch.zeros(1, dtype=torch.long, device=threshold.device)
     while evaluations < max_iterations:  # the network itself, on every image: a fixed point of it is exact
         update = (threshold < model(x, first)[0]).to(x.dtype)
@@ -164,13 +183,13 @@ def _in_range(what: str, knob: int, high: int) -> int:
 
 
 def curve_settings(k: int, dim: int) -> list[tuple[str, int]]:
-    """(sampler, knob) pairs of the curve: sequential, multi_order with 2, 4, ... up to k orderings, and
+    """(sampler, knob) pairs of the curve: sequential, multi_order with 2, 4, ... up to k orderings,
     fixed_point capped at D/100 (100x fewer evaluations than sequential), D/64, D/32, D/16, D/4 and D
-    iterations (D: exact)."""
+    iterations (D: exact), and cached_sequential."""
     orderings = sorted({min(2 ** e, k) for e in range(1, k.bit_length() + 1)} - {1})
     iterations = sorted({dim // share for share in (100, 64, 32, 16, 4, 1)} - {0})
     return ([("sequential", 1)] + [("multi_order", j) for j in orderings]
-            + [("fixed_point", m) for m in iterations])
+            + [("fixed_point", m) for m in iterations] + [("cached_sequential", 1)])
 
 
 def speed_quality_curve(model: FarmMADE, height: int, width: int, scorer: Scorer, num_samples: int,

@@ -139,6 +139,7 @@ def run(study: Study, output: Path, tracker: tracking.Tracker, search_rows: list
         tracker.interrupt_study(files)
     else:
         files.append(figures.confirmation_figure(search_rows, table, output / FIGURE_FILE))
+        files += figures.parameter_figures(study.space.scales(), search_rows, table, output)
         tracker.finish_confirmation(stage.parent_run_id, _aggregates(table), _best(table), files)
     tracker.replay()
 

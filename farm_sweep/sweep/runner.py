@@ -456,6 +456,7 @@ def _finish(study: Study, output: Path, link: OptunaLink, tracker: tracking.Trac
     points = figures.speed_quality_points(evaluation)
     if points:
         files.append(figures.pareto_figure(points, output / "speed_quality_pareto.png"))
+    files += figures.parameter_figures(study.space.scales(), rows, [], output)
     importances = _importances(link.study)
     if importances:
         files.append(figures.importance_figure(importances, output / "param_importance.png"))

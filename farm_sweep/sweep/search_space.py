@@ -90,6 +90,10 @@ class SearchSpace:
         sampled = {name: value for name, value in values.items() if name not in self.fixed}
         return {**sampled, OPTUNA_TRIAL_KEY: trial.number}
 
+    def scales(self) -> list[tuple[str, bool]]:
+        """Each parameter's name and whether it is searched on a log scale (for figures)."""
+        return [(parameter.name, parameter.distribution == "log_float") for parameter in self.parameters]
+
     def combinations(self) -> Iterator[dict[str, Any]]:
         """Fixed values joined with every combination of each active parameter's corner values."""
         def expand(index: int, values: dict[str, Any]) -> Iterator[dict[str, Any]]:
