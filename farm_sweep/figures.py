@@ -192,7 +192,8 @@ def parameter_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence[Ma
             axes.set_xticks(range(len(categories)), [str(c) for c in categories])
         axes.set(xlabel=name, ylabel=metric, title=f"{metric.rsplit('/', 1)[-1]} by {name}")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+        handles = dict(zip(*reversed(axes.get_legend_handles_labels())))  # each label once
+        axes.legend(handles.values(), handles.keys(), fontsize=7)
     return save_figure(figure, path)
 
 
