@@ -7,8 +7,8 @@ samples per setting (the same noise for every setting; `sequential`'s N samples 
 fixed point, checked bit for bit against sequential on the timed batch).
 
     FARM_DATA_DIR=../shared/data python bench/sampling.py                  # a quickly trained model
-    python bench/sampling.py --checkpoint CKPT --settings sequential:1 fixed_point:784 fixed_point:7 \\
-        --num-samples 100 --quality-samples 1000 --threads 1
+    python bench/sampling.py --checkpoint CKPT --settings sequential:1 cached_sequential:1 fixed_point:784 \\
+        fixed_point:7 --num-samples 100 --quality-samples 1000 --threads 1
 """
 
 from __future__ import annotations
@@ -68,14 +68,14 @@ def main() -> None:
           f"for bit: {exact}")
     print(f"real test images: classifier_score {scorer.classifier_score(test.images):.3f}")
     extra = f" {'score N':>8s} {'frechet N':>9s}" if quality else ""
-    print(f"{'sampler':12s} {'knob':>5s} {'evals':>6s} {'seconds median [min-max]':>26s} {'speed-up':>8s} "
+    print(f"{'sampler':17s} {'knob':>5s} {'evals':>6s} {'seconds median [min-max]':>26s} {'speed-up':>8s} "
           f"{'evals x':>8s} {'score':>6s} {'frechet':>8s}{extra}")
     for row in rows:
         wall = f"{row['wall_seconds']:.3f} [{row['wall_seconds_min']:.3f}-{row['wall_seconds_max']:.3f}]"
         speedup = "disagree" if math.isnan(row["speedup"]) else f"{row['speedup']:.2f}"
         more = quality.get((row["sampler"], row["knob"]))
         more_text = f" {more[0]:8.3f} {more[1]:9.2f}" if more else ""
-        print(f"{row['sampler']:12s} {row['knob']:5d} {row['network_evaluations']:6d} {wall:>26s} {speedup:>8s} "
+        print(f"{row['sampler']:17s} {row['knob']:5d} {row['network_evaluations']:6d} {wall:>26s} {speedup:>8s} "
               f"{row['evaluation_speedup']:8.2f} {row['classifier_score']:6.3f} {row['frechet_distance']:8.2f}"
               f"{more_text}")
     if quality:
