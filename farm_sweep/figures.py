@@ -4,7 +4,7 @@ each metric against each searched parameter) and the one way every figure is sav
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,27 +165,30 @@ def parameter_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence[Ma
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     categories = list(dict.fromkeys(sorted(values, key=str)))
 
-    def position(row: Mapping[str, Any]) -> float:
+    def place(row: Mapping[str, Any]) -> float | None:
+        """The row's x (None where the parameter is inactive)."""
+        if not _present(row.get(key)):
+            return None
         return float(row[key]) if numeric else float(categories.index(row[key]))
 
     def series(row: Mapping[str, Any]) -> str:
         return ", ".join(f"{k.removeprefix('param.')}={row.get(k)}" for k in others) or "search"
 
-    labels = list(dict.fromkeys(series(row) for row in search))
-    colors = {label: f"C{index % 10}" for index, label in enumerate(labels)}
-    by_trial = {row["trial_id"]: row for row in search}
+    colors = {label: f"C{index % 10}" for index, label in enumerate(dict.fromkeys(map(series, search)))}
+    trials = {row["trial_id"]: row for row in search}
     figure, panels = subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.5), squeeze=False)
     for axes, metric in zip(panels[0], metrics):
-        for label in labels:
+        for label, color in colors.items():
             rows = [row for row in search if series(row) == label and _finite(row.get(metric))]
-            placed = sorted((row for row in rows if _present(row.get(key))), key=position)
+            placed = sorted((row for row in rows if place(row) is not None), key=place)
             if placed:
-                axes.plot([position(r) for r in placed], [r[metric] for r in placed], "o-", color=colors[label],
-                          alpha=0.7, label=f"{label} (one seed)")
+                axes.plot(list(map(place, placed)), [r[metric] for r in placed], "o-" if numeric else "o",
+                          color=color, alpha=0.7, label=f"{label} (one seed)")
             for row in rows:
-                if not _present(row.get(key)):
-                    axes.axhline(row[metric], color=colors[label], linestyle="--", label=f"{label} (no {name})")
-        _confirmed_points(axes, confirmed, by_trial, metric, key, position, colors, series)
+                if place(row) is None:
+                    axes.axhline(row[metric], color=color, linestyle="--", label=f"{label} (no {name})")
+        _confirmed_points(axes, confirmed, metric, lambda config: place(trials[config]),
+                          lambda config: colors[series(trials[config])], 0.0 if numeric else 0.12, set(trials))
         if log and numeric:
             axes.set_xscale("log")
         if not numeric:
@@ -197,24 +200,26 @@ def parameter_figure(search: Sequence[Mapping[str, Any]], confirmed: Sequence[Ma
     return save_figure(figure, path)
 
 
-def _confirmed_points(axes: Any, confirmed: Sequence[Mapping[str, Any]], by_trial: Mapping[str, Mapping[str, Any]],
-                      metric: str, key: str, position: Any, colors: Mapping[str, str], series: Any) -> None:
-    """The confirmed configurations' mean ± std over seeds (validation: the series' colour, squares; test:
-    black diamonds), at their search trial's place, or as a band when the parameter is inactive there."""
+def _confirmed_points(axes: Any, confirmed: Sequence[Mapping[str, Any]], metric: str,
+                      place: Callable[[str], float | None], color: Callable[[str], str], shift: float,
+                      searched: set[str]) -> None:
+    """Each confirmed configuration (of a `searched` trial) as its seeds' mean ± std: validation in its series'
+    colour (squares), test in black (diamonds), at `place(config_id)` (`shift` to the right on a categorical
+    axis), or as a band where the parameter is inactive (place None)."""
     stds = {row["config_id"]: row for row in confirmed if row["kind"] == "std"}
-    for mean in (row for row in confirmed if row["kind"] == "mean" and row["config_id"] in by_trial):
-        trial, std = by_trial[mean["config_id"]], stds.get(mean["config_id"], {})
-        for column, color, marker, split in ((metric, colors[series(trial)], "s", "validation"),
-                                             (f"test/{metric}", "black", "D", "test")):
+    for mean in (row for row in confirmed if row["kind"] == "mean" and row["config_id"] in searched):
+        config, std, x = mean["config_id"], stds.get(mean["config_id"], {}), place(mean["config_id"])
+        for step, (column, tint, marker, split) in enumerate(((metric, color(config), "s", "validation"),
+                                                              (f"test/{metric}", "black", "D", "test")), 1):
             if not _finite(mean.get(column)):
                 continue
             spread = std.get(column) if _finite(std.get(column)) else 0.0
-            label = f"confirmed {mean['config_id']}: {split}, mean ± std of {mean['n']} seeds"
-            if _present(trial.get(key)):
-                axes.errorbar(position(trial), mean[column], yerr=spread, fmt=marker, color=color, capsize=4,
-                              markersize=7, markerfacecolor="none", label=label)
+            label = f"confirmed {config}: {split}, mean ± std of {int(mean['n'])} seeds"
+            if x is None:
+                axes.axhspan(mean[column] - spread, mean[column] + spread, color=tint, alpha=0.15, label=label)
             else:
-                axes.axhspan(mean[column] - spread, mean[column] + spread, color=color, alpha=0.15, label=label)
+                axes.errorbar(x + step * shift, mean[column], yerr=spread, fmt=marker, color=tint, capsize=4,
+                              markersize=7, markerfacecolor="none", label=label)
 
 
 def _present(value: Any) -> bool:
