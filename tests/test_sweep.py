@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
 import farm_sweep.sweep.trial as trial_module
-from farm_sweep.sweep import results_command, tracking
+from farm_sweep.sweep import repeats, results_command, tracking
 from farm_sweep.sweep.pruning import PruningOptunaSearch
 from farm_sweep.sweep.results_table import read_table
 from farm_sweep.sweep.runner import run_study
@@ -104,6 +104,30 @@ def test_pruner_stops_bad_trials_and_every_system_records_it(ray_address: str, t
     assert len(found["epochs"]) == sum(row["epochs"] for row in rows) and found["evaluation"] == []
     assert results_command.main([str(output), "--table", "epochs", "--format", "csv"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1 + len(found["epochs"])
+
+
+def test_a_proposal_repeating_a_completed_trial_is_answered_from_it(ray_address: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Two configurations and 6 trials: each is trained once; every later proposal repeats a completed trial and
+    is answered with its value, until repeats.MAX_IN_A_ROW in a row end the search."""
+    study = load_study(write_study(tmp_path, "repeats", trials=6, pruner="none", max_concurrent_trials=1,
+                                   sampler={"type": "random"}, fixed={**FIXED, "epochs": 1},
+                                   search_space={"parameters": {"lr": {"distribution": "categorical",
+                                                                       "choices": list(GOOD)}}}))
+    output = tmp_path / "out"
+    rows = run_study(study, output)
+
+    assert sorted(row["param.lr"] for row in rows) == sorted(GOOD)
+    assert {row["status"] for row in rows} == {"completed"}
+    trials = optuna.load_study(study_name="repeats", storage=f"sqlite:///{output / 'optuna.db'}").trials
+    answered = [trial for trial in trials if repeats.REPEAT_OF_ATTR in trial.user_attrs]
+    assert len(answered) >= repeats.MAX_IN_A_ROW and len(trials) == len(rows) + len(answered)
+    for trial in answered:
+        twin = trials[trial.user_attrs[repeats.REPEAT_OF_ATTR]]
+        assert twin.number in {row["optuna_trial"] for row in rows}
+        assert (trial.state.name, trial.params, trial.value) == ("COMPLETE", twin.params, twin.value)
+    printed = capsys.readouterr().out
+    assert printed.count("not trained again") == len(answered) and repeats.EXHAUSTED in printed
 
 
 def fail_once_after_epoch_2(config: dict[str, Any], context: TrialContext) -> None:

@@ -12,7 +12,8 @@ Ray's OptunaSearch creates its Optuna study with a no-op pruner and only samples
   overwrite the PRUNED state of a pruned trial with COMPLETE, and forgets finished trials (Tune pickles the
   searcher with every snapshot of the experiment, every second); with several objectives (no pruning), a trial
   that ends without reporting one of them is FAILed (Ray's OptunaSearch would leave it RUNNING); a trial
-  that Tune restored on `--resume` but the searcher's older saved state lacks is told by its number.
+  that Tune restored on `--resume` but the searcher's older saved state lacks is told by its number; a
+  proposal that repeats a completed trial is answered from it, not trained (farm_sweep.sweep.repeats).
 
 The Tune trial finds its Optuna trial through the number the search space adds to its config
 (`optuna_trial`). The Optuna study lives in storage (SQLite by default, or a database server:
@@ -31,9 +32,10 @@ import optuna
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from farm_sweep.sweep import driver_storage, stores
+from farm_sweep.sweep import driver_storage, repeats, stores
 from farm_sweep.sweep.driver_storage import DriverStorage
 from farm_sweep.sweep.reports import FINAL_STEP_KEY, PRUNED_KEY, STEP_KEY
 from farm_sweep.sweep.search_space import OPTUNA_TRIAL_KEY
@@ -149,6 +151,18 @@ class PrunedFlag(Callback):
 
 class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch for use with OptunaPruningScheduler (which reports the intermediate values)."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """Optuna's next configuration, asking again while the proposal repeats a completed trial (each repeat
+        answered from its twin); Searcher.FINISHED once repeats.MAX_IN_A_ROW proposals in a row did."""
+        for _ in range(repeats.MAX_IN_A_ROW):
+            config = super().suggest(trial_id)
+            twin = repeats.completed_twin(self._ot_study, self._ot_trials[trial_id])
+            if twin is None:
+                return config
+            repeats.answer(self._ot_study, self._ot_trials.pop(trial_id), twin)
+        print(repeats.EXHAUSTED, flush=True)
+        return Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values are reported by the scheduler (step = epoch)."""
