@@ -258,13 +258,15 @@ def integer_ticks(axis: Axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def save_figure(figure: Figure, path: Path | str) -> Path:
-    """Lay out, write as PNG (creating the folder) and close: every figure the project makes ends here."""
+def save_figure(figure: Figure, path: Path | str, tight: bool = True) -> Path:
+    """Lay out (`tight`: matplotlib's tight layout; False keeps the figure's own, e.g. room for a legend below),
+    write as PNG (creating the folder) and close: every figure the project makes ends here."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if tight:
+        figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path

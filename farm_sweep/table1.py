@@ -15,18 +15,21 @@ def from_study(argv: list[str]) -> int:
                                      description="Table 1 of a study's confirmed configurations.")
     parser.add_argument("--study", type=Path, required=True, help="the study file")
     parser.add_argument("--output", type=Path, required=True, help="the study's output folder")
-    parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="markdown file to write; the test split's figure goes beside it (.png)")
     args = parser.parse_args(argv)
     from farm_sweep.sweep import table1_report, tables  # the sweep's imports, only for this form
     from farm_sweep.sweep.study import StudyError, load_study
     try:
-        text = table1_report.markdown(load_study(args.study), args.output)
+        study = load_study(args.study)
+        text = table1_report.markdown(study, args.output)
     except (StudyError, tables.TableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(f"wrote {args.out}")
+    drawn = table1_report.figure(study, args.output, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {drawn}")
     return 0
 
 

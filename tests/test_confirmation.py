@@ -243,6 +243,7 @@ def test_table1_of_the_study_reads_the_seeds_spread_and_the_search_trials(confir
         (line,) = [line for line in valid_part.splitlines() if line.startswith(f"| MADE (k = 1) baseline, lr = {lr} ")]
         assert f"| {found['l2']:.4f} |" in line and line.endswith(" | 1 |")
     assert "(0." not in test_part  # digits: the paper has no values to compare with
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")  # the test split's figure beside it
 
 
 def test_table1_rows_are_named_with_their_lambda_and_compared_with_the_paper_row_of_their_kind() -> None:

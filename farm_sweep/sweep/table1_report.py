@@ -19,6 +19,7 @@ from typing import Any
 
 from farm_sweep.evaluation.settings import validate_settings
 from farm_sweep.evaluation.table1 import PAPER, PAPER_DATASET
+from farm_sweep.figures import save_figure, subplots
 from farm_sweep.occlusions import CASES
 from farm_sweep.sweep import tables
 from farm_sweep.sweep.confirmation_table import MEAN, STD, TEST_METRIC
@@ -55,19 +56,54 @@ class Measured:
 
 def markdown(study: Study, output: Path) -> str:
     """Table 1 of the study's confirmed configurations, test split then validation split."""
-    section = validate_settings(study.evaluation)["inpaint"] if study.evaluation else None
-    if section is None:
-        raise StudyError(study.path, "evaluation", "Table 1 needs an `inpaint` section (cases, fills, protocol); "
-                         "add one and run the study")
-    confirmed = _confirmed(study, output)
-    params = {config_id: {**study.space.fixed, **row["params"]} for config_id, row in confirmed.items()}
-    lines = _lines(params, section["fills"], study.space.fixed.get("dataset") == PAPER_DATASET)
+    section, confirmed, lines = _study_lines(study, output)
     seeds = max(int(row[MEAN]["n"]) for row in confirmed.values())
     parts = [_header(study, section, seeds),
              f"\n### Test split: mean ± std over the confirmation's seeds\n\n{_table(lines, _test_cells(confirmed))}",
              "\n### Validation split (the split the paper's code used): each configuration's search trial, one seed"
              f"\n\n{_table(lines, _validation_cells(output))}"]
     return "\n".join(parts) + "\n"
+
+
+def figure(study: Study, output: Path, path: Path) -> Path:
+    """Table 1's test split as bars: per case, each line's L2 and chain NLL (mean ± std over the confirmation's
+    seeds), the paper's value as a black bar where the paper has the row."""
+    _, confirmed, lines = _study_lines(study, output)
+    cells = _test_cells(confirmed)
+    legend_inches = 0.2 * math.ceil((len(lines) + 1) / 2) + 0.3
+    drawing, panels = subplots(1, len(PAPER_CELLS), figsize=(13, 4.5 + legend_inches))
+    width = 0.85 / len(lines)
+    for axes, metric in zip(panels, PAPER_CELLS):
+        for index, line in enumerate(lines):
+            xs = [case + (index - (len(lines) - 1) / 2) * width for case in range(len(CASES))]
+            found = cells.get((line.config_id, line.fill), Measured(0)).values
+            spreads = [found.get(f"{case}/{metric}", (math.nan, None)) for case in CASES]
+            axes.bar(xs, [mean for mean, _ in spreads], width, yerr=[std or 0.0 for _, std in spreads], capsize=2,
+                     label=f"{line.label.replace('`', '')}", color=f"C{index}")
+            if line.paper is not None:
+                axes.hlines([line.paper[case][PAPER_CELLS.index(metric)] for case in range(len(CASES))],
+                            [x - width / 2 for x in xs], [x + width / 2 for x in xs], color="black", linewidth=2,
+                            label="the paper's value for the row")
+        axes.set_xticks(range(len(CASES)), [f"{case} case" for case in CASES])
+        axes.set(ylabel=f"{metric} (per occluded pixel)", title=f"Table 1 of {study.name}: {metric}")
+        axes.grid(axis="y", alpha=0.3)
+    handles = dict(zip(*reversed(panels[0].get_legend_handles_labels())))  # each label once
+    drawing.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=8,
+                   title=f"test split, mean ± std over {max(int(row[MEAN]['n']) for row in confirmed.values())} "
+                         "seeds", title_fontsize=8)
+    drawing.tight_layout(rect=(0, legend_inches / (4.5 + legend_inches), 1, 1))  # the legend below the panels
+    return save_figure(drawing, path, tight=False)
+
+
+def _study_lines(study: Study, output: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[Line]]:
+    """The study's inpainting section, its confirmed configurations and the table's lines."""
+    section = validate_settings(study.evaluation)["inpaint"] if study.evaluation else None
+    if section is None:
+        raise StudyError(study.path, "evaluation", "Table 1 needs an `inpaint` section (cases, fills, protocol); "
+                         "add one and run the study")
+    confirmed = _confirmed(study, output)
+    params = {config_id: {**study.space.fixed, **row["params"]} for config_id, row in confirmed.items()}
+    return section, confirmed, _lines(params, section["fills"], study.space.fixed.get("dataset") == PAPER_DATASET)
 
 
 def _confirmed(study: Study, output: Path) -> dict[str, dict[str, Any]]:
