@@ -18,6 +18,8 @@ from farm_sweep.sweep.search_space import point_text
 
 REPEAT_OF_ATTR = "farm.repeat_of"
 MAX_IN_A_ROW = 20  # proposals in a row that all repeat completed trials: the sampler has nothing new to offer
+EXHAUSTED = (f"the sampler proposed {MAX_IN_A_ROW} configurations in a row that completed trials had already "
+             "trained: the search ends here, with fewer trials than the study's `trials`")
 
 
 def completed_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
@@ -36,6 +38,3 @@ def answer(study: optuna.Study, trial: optuna.Trial, twin: FrozenTrial) -> None:
     values = ", ".join(f"{value:.3f}" for value in twin.values)
     print(f"optuna trial {trial.number} {point_text(trial.params)} repeats optuna trial {twin.number}: "
           f"answered with its value {values}, not trained again", flush=True)
-
-EXHAUSTED = (f"the sampler proposed {MAX_IN_A_ROW} configurations in a row that completed trials had already "
-             "trained: the search ends here, with fewer trials than the study's `trials`")
