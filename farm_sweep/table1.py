@@ -21,14 +21,14 @@ def from_study(argv: list[str]) -> int:
     from farm_sweep.sweep import table1_report, tables  # the sweep's imports, only for this form
     from farm_sweep.sweep.study import StudyError, load_study
     try:
-        study = load_study(args.study)
-        text = table1_report.markdown(study, args.output)
+        table = table1_report.read(load_study(args.study), args.output)
+        text = table1_report.markdown(table)
     except (StudyError, tables.TableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    drawn = table1_report.figure(study, args.output, args.out.with_suffix(".png"))
+    drawn = table1_report.figure(table, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {drawn}")
     return 0
 

@@ -54,22 +54,48 @@ class Measured:
     values: dict[str, Spread] = field(default_factory=dict)
 
 
-def markdown(study: Study, output: Path) -> str:
+@dataclass(frozen=True)
+class StudyTable:
+    """What Table 1 is drawn from: the study, its output folder, its inpainting section, its confirmed
+    configurations ({config_id: {"params", MEAN: row, STD: row}}) and the table's lines."""
+
+    study: Study
+    output: Path
+    section: dict[str, Any]
+    confirmed: dict[str, dict[str, Any]]
+    lines: list[Line]
+
+    @property
+    def seeds(self) -> int:
+        return max(int(row[MEAN]["n"]) for row in self.confirmed.values())
+
+
+def read(study: Study, output: Path) -> StudyTable:
+    """The study's Table 1 from its output folder; StudyError without an inpainting section or a confirmed seed."""
+    section = validate_settings(study.evaluation)["inpaint"] if study.evaluation else None
+    if section is None:
+        raise StudyError(study.path, "evaluation", "Table 1 needs an `inpaint` section (cases, fills, protocol); "
+                         "add one and run the study")
+    confirmed = _confirmed(study, output)
+    params = {config_id: {**study.space.fixed, **row["params"]} for config_id, row in confirmed.items()}
+    lines = _lines(params, section["fills"], study.space.fixed.get("dataset") == PAPER_DATASET)
+    return StudyTable(study, output, section, confirmed, lines)
+
+
+def markdown(table: StudyTable) -> str:
     """Table 1 of the study's confirmed configurations, test split then validation split."""
-    section, confirmed, lines = _study_lines(study, output)
-    seeds = max(int(row[MEAN]["n"]) for row in confirmed.values())
-    parts = [_header(study, section, seeds),
-             f"\n### Test split: mean ± std over the confirmation's seeds\n\n{_table(lines, _test_cells(confirmed))}",
+    test, valid = _test_cells(table.confirmed), _validation_cells(table.output)
+    parts = [_header(table.study, table.section, table.seeds),
+             f"\n### Test split: mean ± std over the confirmation's seeds\n\n{_table(table.lines, test)}",
              "\n### Validation split (the split the paper's code used): each configuration's search trial, one seed"
-             f"\n\n{_table(lines, _validation_cells(output))}"]
+             f"\n\n{_table(table.lines, valid)}"]
     return "\n".join(parts) + "\n"
 
 
-def figure(study: Study, output: Path, path: Path) -> Path:
+def figure(table: StudyTable, path: Path) -> Path:
     """Table 1's test split as bars: per case, each line's L2 and chain NLL (mean ± std over the confirmation's
     seeds), the paper's value as a black bar where the paper has the row."""
-    _, confirmed, lines = _study_lines(study, output)
-    cells = _test_cells(confirmed)
+    lines, cells = table.lines, _test_cells(table.confirmed)
     legend_inches = 0.2 * math.ceil((len(lines) + 1) / 2) + 0.3
     drawing, panels = subplots(1, len(PAPER_CELLS), figsize=(13, 4.5 + legend_inches))
     width = 0.85 / len(lines)
@@ -79,31 +105,19 @@ def figure(study: Study, output: Path, path: Path) -> Path:
             found = cells.get((line.config_id, line.fill), Measured(0)).values
             spreads = [found.get(f"{case}/{metric}", (math.nan, None)) for case in CASES]
             axes.bar(xs, [mean for mean, _ in spreads], width, yerr=[std or 0.0 for _, std in spreads], capsize=2,
-                     label=f"{line.label.replace('`', '')}", color=f"C{index}")
+                     label=line.label.replace("`", ""), color=f"C{index}")
             if line.paper is not None:
                 axes.hlines([line.paper[case][PAPER_CELLS.index(metric)] for case in range(len(CASES))],
                             [x - width / 2 for x in xs], [x + width / 2 for x in xs], color="black", linewidth=2,
                             label="the paper's value for the row")
         axes.set_xticks(range(len(CASES)), [f"{case} case" for case in CASES])
-        axes.set(ylabel=f"{metric} (per occluded pixel)", title=f"Table 1 of {study.name}: {metric}")
+        axes.set(ylabel=f"{metric} (per occluded pixel)", title=f"Table 1 of {table.study.name}: {metric}")
         axes.grid(axis="y", alpha=0.3)
     handles = dict(zip(*reversed(panels[0].get_legend_handles_labels())))  # each label once
     drawing.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=8,
-                   title=f"test split, mean ± std over {max(int(row[MEAN]['n']) for row in confirmed.values())} "
-                         "seeds", title_fontsize=8)
+                   title=f"test split, mean ± std over {table.seeds} seeds", title_fontsize=8)
     drawing.tight_layout(rect=(0, legend_inches / (4.5 + legend_inches), 1, 1))  # the legend below the panels
     return save_figure(drawing, path, tight=False)
-
-
-def _study_lines(study: Study, output: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[Line]]:
-    """The study's inpainting section, its confirmed configurations and the table's lines."""
-    section = validate_settings(study.evaluation)["inpaint"] if study.evaluation else None
-    if section is None:
-        raise StudyError(study.path, "evaluation", "Table 1 needs an `inpaint` section (cases, fills, protocol); "
-                         "add one and run the study")
-    confirmed = _confirmed(study, output)
-    params = {config_id: {**study.space.fixed, **row["params"]} for config_id, row in confirmed.items()}
-    return section, confirmed, _lines(params, section["fills"], study.space.fixed.get("dataset") == PAPER_DATASET)
 
 
 def _confirmed(study: Study, output: Path) -> dict[str, dict[str, Any]]:
