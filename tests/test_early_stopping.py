@@ -148,3 +148,15 @@ def test_train_command_writes_the_curve_and_resumes_only_when_asked(tmp_path, ca
     with pytest.raises(SystemExit) as exit_:
         train_main(["--config", "[1, 2]"])
     assert exit_.value.code == 2
+
+
+def test_train_command_reports_the_test_mixture_and_each_ordering_alone(tmp_path, capsys):
+    config = json.dumps({**SMALL, "num_orderings": 3, "ordering_family": "random", "epochs": 1})
+    assert train_main(["--config", config, "--checkpoint-dir", str(tmp_path / "run"), "--test"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    per_ordering = summary["test_nll_image_per_ordering"]
+    assert len(per_ordering) == 3 and len(set(per_ordering)) == 3
+    # -log (1/k) sum_i p_i(x) <= (1/k) sum_i -log p_i(x) (Jensen) and <= min_i -log p_i(x) + log k, per image
+    assert summary["test_nll_image"] <= sum(per_ordering) / 3 + 0.01
+    assert summary["test_nll_image"] <= min(per_ordering) + math.log(3) + 0.01
+    assert not any(key.startswith("test_nll_image_ordering_") for key in summary)

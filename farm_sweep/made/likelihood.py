@@ -10,6 +10,8 @@ from farm_sweep.inference import inference
 from farm_sweep.losses import image_log_probs, mixture_nll
 from farm_sweep.made.network import FarmMADE
 
+PER_ORDERING = "nll_image_ordering_"  # the metric of ordering i alone is PER_ORDERING + str(i)
+
 
 @inference
 def ordering_log_probs(model: FarmMADE, x: torch.Tensor) -> torch.Tensor:
@@ -35,5 +37,5 @@ def nll_image(model: FarmMADE, images: torch.Tensor, batch_size: int = 500) -> d
     `nll_image_ordering_<i>` for each ordering alone."""
     log_probs = dataset_log_probs(model, images, batch_size)
     metrics = {"nll_image": mixture_nll(log_probs).mean().item()}
-    metrics.update({f"nll_image_ordering_{i}": -value for i, value in enumerate(log_probs.mean(1).tolist())})
+    metrics.update({f"{PER_ORDERING}{i}": -value for i, value in enumerate(log_probs.mean(1).tolist())})
     return metrics

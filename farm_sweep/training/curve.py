@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from farm_sweep.figures import integer_ticks, save_figure, subplots
-
-SKIPPED = ("nll_image_ordering_",)  # one column per ordering: in the checkpoint's history, not the curve
+from farm_sweep.made.likelihood import PER_ORDERING  # one column per ordering: in the history, not the curve
 
 
 def write_curve(history: Sequence[Mapping[str, Any]], path: Path, title: str) -> list[Path]:
     """`path` (CSV, one row per epoch) and `path` with suffix .png; both rewritten whole, so always complete."""
-    columns = [key for key in dict.fromkeys(k for row in history for k in row) if not key.startswith(SKIPPED)]
+    columns = [key for key in dict.fromkeys(k for row in history for k in row) if not key.startswith(PER_ORDERING)]
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
     with open(staging, "w", newline="") as handle:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from farm_sweep.data import DatasetSpec, ImageDataset, load_dataset, spec_sha256
+from farm_sweep.made.likelihood import PER_ORDERING
 from farm_sweep.made.task import MadeTask
 from farm_sweep.pixelcnn.task import PixelCNNTask
 from farm_sweep.training import checkpoint, early_stopping, preflight
@@ -231,9 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.test:
             model, _ = load_model(last, str(resolve_device(config.device)))
             test = load_split(config, "test")
-            summary.update({f"test_{k}": v for k, v in task_for(config).evaluate(model, test.images).items()})
-    print(json.dumps({k: v for k, v in summary.items() if "nll_image_ordering" not in k}, indent=2))
+            summary |= _test_summary(task_for(config).evaluate(model, test.images))
+    print(json.dumps({k: v for k, v in summary.items() if not k.startswith(PER_ORDERING)}, indent=2))
     return 0
+
+
+def _test_summary(metrics: dict[str, float]) -> dict[str, Any]:
+    """The test split's metrics as `test_<name>`, each ordering's own `nll_image` gathered into one list."""
+    summary = {f"test_{k}": v for k, v in metrics.items() if not k.startswith(PER_ORDERING)}
+    per_ordering = {int(k.removeprefix(PER_ORDERING)): v for k, v in metrics.items() if k.startswith(PER_ORDERING)}
+    if len(per_ordering) > 1:
+        summary["test_nll_image_per_ordering"] = [round(per_ordering[i], 2) for i in sorted(per_ordering)]
+    return summary
 
 
 def _parser() -> argparse.ArgumentParser:
