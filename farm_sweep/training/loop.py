@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
 def _test_summary(metrics: dict[str, float]) -> dict[str, Any]:
     """The test split's metrics as `test_<name>`, each ordering's own `nll_image` gathered into one list."""
     summary = {f"test_{k}": v for k, v in metrics.items() if not k.startswith(PER_ORDERING)}
-    per_ordering = {int(k.removeprefix(PER_ORDERING)): v for k, v in metrics.items() if k.startswith(PER_ORDERING)}
+    per_ordering = [round(v, 2) for k, v in metrics.items() if k.startswith(PER_ORDERING)]  # in ordering order
     if len(per_ordering) > 1:
-        summary["test_nll_image_per_ordering"] = [round(per_ordering[i], 2) for i in sorted(per_ordering)]
+        summary["test_nll_image_per_ordering"] = per_ordering
     return summary
 
 
